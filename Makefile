@@ -1,0 +1,35 @@
+# musiclm-jax: `make demo` sets up and runs the main job; `make test` sets up and runs the tests.
+# Both create their own virtualenv (VENV, default .venv) with the pinned versions.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEMO_DIR ?= runs/demo_lm_tiny
+DEMO_STEPS ?= 600
+
+.PHONY: setup test test-fast demo benchmark clean
+
+$(VENV)/.installed: setup.py constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+# The CI command: every test, multi-device and multi-process ones included.
+test: setup
+	$(PY) -m pytest -q -ra tests
+
+# Train the tiny LM on the built-in task (resumes if DEMO_DIR has checkpoints), then sample.
+demo: setup
+	$(PY) -m musiclm_jax.train --gin_file=lm/tiny.gin --gin_file=tasks/synthetic_arpeggios.gin \
+	  --gin_file=runs/pretrain.gin --gin.MODEL_DIR="'$(DEMO_DIR)'" --gin.TRAIN_STEPS=$(DEMO_STEPS)
+	$(PY) -m musiclm_jax.infer --gin_file=lm/tiny.gin --gin_file=tasks/synthetic_arpeggios.gin \
+	  --gin_file=runs/infer.gin --gin.MODEL_DIR="'$(DEMO_DIR)'"
+
+benchmark: setup
+	$(PY) benchmarks/lm_speed.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

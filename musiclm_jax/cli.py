@@ -1,0 +1,43 @@
+"""The `musiclm-jax` console script: one command over the entry points.
+
+  musiclm-jax train --gin_file=... --gin.MODEL_DIR="'/tmp/run'"
+  musiclm-jax eval  --gin_file=... ...
+  musiclm-jax infer --gin_file=... ...
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "train": ("musiclm_jax.train", "train a model (resumes from MODEL_DIR)"),
+    "eval": ("musiclm_jax.eval", "evaluate a checkpoint on a split"),
+    "infer": ("musiclm_jax.infer", "sample from a checkpoint"),
+}
+
+
+def _usage() -> str:
+  lines = ["usage: musiclm-jax COMMAND [--gin_file=F ...] [--gin.KEY=VALUE ...]", "",
+           "commands:"]
+  lines += [f"  {name:8s} {help_}" for name, (_, help_) in COMMANDS.items()]
+  return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+  argv = list(sys.argv if argv is None else argv)
+  if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
+    print(_usage())
+    raise SystemExit(0 if len(argv) >= 2 else 2)
+  command = argv[1]
+  if command not in COMMANDS:
+    print(f"error: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+    raise SystemExit(2)
+  module = importlib.import_module(COMMANDS[command][0])
+  sys.argv = [f"musiclm-jax {command}"] + argv[2:]
+  from musiclm_jax import launch
+  launch.run(module.main)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,51 @@
+"""Shared start-up for the entry points (train, eval, infer): flags, gin, multi-process."""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+import gin
+
+from absl import app, flags
+
+from musiclm_jax import gin_utils
+from musiclm_jax.training import distributed
+
+FLAGS = flags.FLAGS
+flags.DEFINE_multi_string("gin_file", [], "Gin files, parsed in order (later ones win).")
+flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings; '--gin.KEY=VALUE' also works.")
+flags.DEFINE_list("gin_search_paths", [], "Extra folders in which to look up gin files.")
+flags.DEFINE_string("coordinator_address", None, "Multi-process: 'host:port' of process 0.")
+flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes.")
+flags.DEFINE_integer("process_id", None, "Multi-process: this process's rank.")
+flags.DEFINE_string("cpu_collectives", None, "CPU collectives for multi-process CPU: 'gloo'.")
+flags.DEFINE_bool("multiprocess_auto", False,
+                  "Call jax.distributed.initialize() with cluster auto-detection.")
+
+
+def run(main: Callable[[], None]) -> None:
+  """Parses flags (with --gin.KEY=VALUE), starts multi-process JAX, parses gin, runs main."""
+
+  def _main(argv):
+    if len(argv) > 1:
+      raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                           FLAGS.cpu_collectives, auto=FLAGS.multiprocess_auto)
+    gin_utils.import_configurables()
+    try:
+      gin_utils.parse_gin_flags(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths)
+    except gin_utils.GinConfigError as e:
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(2)
+    main()
+
+  app.run(_main, argv=gin_utils.rewrite_gin_args(sys.argv))
+
+
+def required_model_dir() -> str:
+  """The MODEL_DIR gin macro, or a clear exit when it is not set."""
+  try:
+    return gin.query_parameter("%MODEL_DIR")
+  except ValueError:
+    raise SystemExit("error: set the model directory with --gin.MODEL_DIR=\"'/path'\"")

@@ -1,0 +1,105 @@
+"""T5X-style model API: a Flax module plus the functions the trainer calls.
+
+A `BaseModel` owns a Flax `nn.Module` and its optimizer definition(s). The trainer never
+touches the module directly: it calls `get_initial_variables`, `loss_fn`, `eval_fn`,
+`predict_batch` and `score_batch`, exactly the contract of `t5x.models.BaseModel`, so a
+T5X user finds the same seams here.
+
+Models trained with more than one optimizer (GAN generator/discriminator) name their
+*optimizer groups*: each group is a set of top-level parameter collections with its own
+optax transformation and its own loss (`loss_fn(..., group=name)`). The trainer updates the
+groups in the declared order within one step.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, Mapping, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+PyTree = Any
+Batch = Mapping[str, jnp.ndarray]
+Metrics = Mapping[str, jnp.ndarray]
+
+DEFAULT_GROUP = "default"
+
+
+class BaseModel(abc.ABC):
+  """Wraps a module with loss, evaluation, scoring and prediction.
+
+  Contract (as T5X):
+    get_initial_variables(rng, input_shapes, input_types) -> variables (Flax dict, boxed
+      with logical partitioning metadata).
+    loss_fn(params, batch, dropout_rng, group=...) -> (scalar loss, metrics dict).
+      Metrics are *summed* quantities plus weights (e.g. 'loss_sum', 'weight_sum') so that
+      gradient accumulation and multi-device reduction stay exact; `metrics_to_scalars`
+      turns them into averages.
+    eval_fn(params, batch) -> (loss, metrics), deterministic.
+    predict_batch(params, batch, rng, **decoder_params) -> predictions.
+    score_batch(params, batch) -> per-example log-likelihood [batch].
+  """
+
+  def __init__(self, module, optimizer_def: optax.GradientTransformation |
+               Mapping[str, optax.GradientTransformation]):
+    self.module = module
+    self.optimizer_def = optimizer_def
+
+  # ---- optimizer groups -------------------------------------------------------------------
+
+  @property
+  def optimizer_groups(self) -> Mapping[str, Optional[Sequence[str]]]:
+    """Group name -> top-level param collection names (None = all params).
+
+    The default is one group holding every parameter.
+    """
+    return {DEFAULT_GROUP: None}
+
+  def optimizer_for_group(self, group: str) -> optax.GradientTransformation:
+    if isinstance(self.optimizer_def, Mapping):
+      if group not in self.optimizer_def:
+        raise KeyError(f"No optimizer defined for optimizer group {group!r}; "
+                       f"have {sorted(self.optimizer_def)}")
+      return self.optimizer_def[group]
+    return self.optimizer_def
+
+  # ---- the contract -----------------------------------------------------------------------
+
+  @abc.abstractmethod
+  def get_initial_variables(self, rng: jax.Array, input_shapes: Mapping[str, Tuple[int, ...]],
+                            input_types: Optional[Mapping[str, Any]] = None) -> PyTree:
+    """Returns the initial Flax variables (params and any other collection)."""
+
+  @abc.abstractmethod
+  def loss_fn(self, params: PyTree, batch: Batch, dropout_rng: Optional[jax.Array],
+              group: str = DEFAULT_GROUP) -> Tuple[jnp.ndarray, Metrics]:
+    """Loss to minimise for `group` and summed metrics."""
+
+  def eval_fn(self, params: PyTree, batch: Batch) -> Tuple[jnp.ndarray, Metrics]:
+    """Deterministic loss and metrics (no dropout)."""
+    return self.loss_fn(params, batch, None)
+
+  @abc.abstractmethod
+  def predict_batch(self, params: PyTree, batch: Batch, rng: Optional[jax.Array] = None,
+                    **decoder_params) -> Any:
+    """Model predictions (e.g. sampled tokens) for a batch."""
+
+  @abc.abstractmethod
+  def score_batch(self, params: PyTree, batch: Batch) -> jnp.ndarray:
+    """Per-example log-likelihood of the batch's targets, [batch]."""
+
+
+def metrics_to_scalars(metrics: Mapping[str, Any]) -> dict:
+  """Turns summed metrics into averages: 'x_sum' / 'weight_sum' -> 'x'; others as they are."""
+  out = {}
+  weight = metrics.get("weight_sum")
+  for name, value in metrics.items():
+    if name == "weight_sum":
+      continue
+    if name.endswith("_sum") and weight is not None:
+      out[name[:-4]] = value / jnp.maximum(weight, 1e-9)
+    else:
+      out[name] = value
+  return out

@@ -1,0 +1,153 @@
+"""Device mesh, logical axis rules and shardings for `jax.jit` (what `pjit` became).
+
+Every parameter and key activation carries *logical* axis names ('batch', 'embed', 'mlp',
+...). One table of rules maps them to the *mesh* axes ('data', 'model'); changing the
+parallelism layout is a change of rules or mesh shape, never of model code. This mirrors
+`t5x.partitioning.PjitPartitioner`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Optional, Sequence, Tuple
+
+import flax.linen as nn
+import gin
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+LogicalRules = Sequence[Tuple[str, Optional[str | Tuple[str, ...]]]]
+
+# The one table: logical axis -> mesh axis (None = replicated). Data parallel over 'data';
+# tensor (Megatron-style) parallel over 'model' on the heads / mlp / vocab dimensions.
+STANDARD_LOGICAL_AXIS_RULES: LogicalRules = (
+    ("batch", "data"),
+    ("vocab", "model"),
+    ("embed", None),
+    ("mlp", "model"),
+    ("heads", "model"),
+    ("kv", None),
+    ("joined_kv", "model"),
+    ("length", None),
+    ("cache_length", None),
+    ("relpos_buckets", None),
+    ("conv_in", None),
+    ("conv_out", "model"),
+    ("codebook", None),
+    ("stack", None),
+)
+
+
+@gin.configurable
+def standard_logical_axis_rules() -> LogicalRules:
+  return STANDARD_LOGICAL_AXIS_RULES
+
+
+@gin.configurable
+class Partitioner:
+  """Builds the mesh and hands `jax.jit` its shardings.
+
+  Attributes:
+    mesh: `jax.sharding.Mesh` with axes ('data', 'model').
+    logical_axis_rules: the logical -> mesh table.
+  """
+
+  def __init__(self, num_partitions: int = 1, data_parallel: int = -1,
+               logical_axis_rules: Optional[LogicalRules] = None,
+               devices: Optional[Sequence[jax.Device]] = None):
+    """Args:
+      num_partitions: size of the 'model' axis (tensor parallelism).
+      data_parallel: size of the 'data' axis; -1 = all remaining devices.
+      logical_axis_rules: overrides `STANDARD_LOGICAL_AXIS_RULES`.
+      devices: devices to use (default: all global devices, every process).
+    """
+    devices = list(devices) if devices is not None else jax.devices()
+    if num_partitions < 1 or len(devices) % num_partitions:
+      raise ValueError(f"num_partitions={num_partitions} does not divide the "
+                       f"{len(devices)} available devices")
+    if data_parallel == -1:
+      data_parallel = len(devices) // num_partitions
+    if data_parallel * num_partitions != len(devices):
+      raise ValueError(f"mesh data={data_parallel} x model={num_partitions} needs "
+                       f"{data_parallel * num_partitions} devices, have {len(devices)}")
+    self.mesh = jax.make_mesh((data_parallel, num_partitions), ("data", "model"),
+                              axis_types=(AxisType.Auto, AxisType.Auto), devices=devices)
+    self.logical_axis_rules = tuple(logical_axis_rules or STANDARD_LOGICAL_AXIS_RULES)
+
+  # ---- mesh facts --------------------------------------------------------------------------
+
+  @property
+  def data_parallel_size(self) -> int:
+    return self.mesh.shape["data"]
+
+  @property
+  def model_parallel_size(self) -> int:
+    return self.mesh.shape["model"]
+
+  # ---- shardings ---------------------------------------------------------------------------
+
+  def logical_to_mesh_sharding(self, logical_specs: Any) -> Any:
+    """Tree of logical `PartitionSpec`s -> tree of `NamedSharding`s."""
+    return nn.logical_to_mesh_sharding(logical_specs, self.mesh, self.logical_axis_rules)
+
+  def sharding_of_boxed(self, boxed_tree: Any) -> Any:
+    """Shardings for a tree whose leaves are (possibly) `nn.LogicallyPartitioned` boxes.
+
+    Unboxed leaves are replicated.
+    """
+    return self.logical_to_mesh_sharding(nn.get_partition_spec(boxed_tree))
+
+  def replicated(self) -> NamedSharding:
+    return NamedSharding(self.mesh, P())
+
+  def data_sharding(self, ndim: int = 1) -> NamedSharding:
+    """Sharding of an input array: leading (batch) axis over 'data', the rest replicated."""
+    return NamedSharding(self.mesh, P("data", *([None] * (ndim - 1))))
+
+  # ---- moving data -------------------------------------------------------------------------
+
+  def shard_batch(self, host_batch: Any) -> Any:
+    """Host-local numpy batch -> global jax arrays sharded over 'data'.
+
+    Each process passes its own slice of the global batch (process p holds rows
+    [p * B/P, (p+1) * B/P)); on one process this is the whole batch.
+    """
+    def to_global(x):
+      x = np.asarray(x)
+      global_shape = (x.shape[0] * jax.process_count(),) + x.shape[1:]
+      return jax.make_array_from_process_local_data(self.data_sharding(x.ndim), x,
+                                                    global_shape)
+    return jax.tree.map(to_global, host_batch)
+
+  # ---- compiling ---------------------------------------------------------------------------
+
+  @contextlib.contextmanager
+  def activation_context(self):
+    """Mesh and logical rules for tracing, so `nn.with_logical_constraint` resolves."""
+    with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.logical_axis_rules):
+      yield
+
+  def partition(self, fn: Callable, in_shardings: Any, out_shardings: Any,
+                static_argnums: Sequence[int] = (),
+                donate_argnums: Sequence[int] = ()) -> "PartitionedFn":
+    """`jax.jit` with shardings, traced under this partitioner's mesh and rules."""
+    jitted = jax.jit(fn, in_shardings=in_shardings, out_shardings=out_shardings,
+                     static_argnums=static_argnums, donate_argnums=donate_argnums)
+    return PartitionedFn(jitted, self)
+
+
+class PartitionedFn:
+  """A jitted function that always runs (and traces) inside the partitioner's context."""
+
+  def __init__(self, jitted: Callable, partitioner: Partitioner):
+    self._jitted = jitted
+    self._partitioner = partitioner
+
+  def __call__(self, *args, **kwargs):
+    with self._partitioner.activation_context():
+      return self._jitted(*args, **kwargs)
+
+  def lower(self, *args, **kwargs):
+    with self._partitioner.activation_context():
+      return self._jitted.lower(*args, **kwargs)

@@ -1,0 +1,40 @@
+"""musiclm-jax: MusicLM (text-to-music) in JAX/Flax, T5X-style."""
+
+import re
+
+from setuptools import find_packages, setup
+
+with open("musiclm_jax/__init__.py", encoding="utf-8") as f:
+  VERSION = re.search(r'__version__ = "([^"]+)"', f.read()).group(1)
+
+# Tested together on Python 3.11 (CPU); exact versions in constraints.txt.
+INSTALL_REQUIRES = [
+    "jax>=0.10.2,<0.11",
+    "flax>=0.12.8,<0.13",
+    "optax>=0.2.8,<0.3",
+    "orbax-checkpoint>=0.12.8,<0.13",
+    "seqio==0.0.20",
+    "tensorflow>=2.21,<2.22",
+    "tensorflow-text>=2.21,<2.22",
+    "tensorflow-datasets>=4.9.10,<4.10",
+    "gin-config>=0.5.0",
+    "absl-py>=2.1",
+    "numpy>=2.0",
+    "tensorboardX>=2.6.5",
+    "tqdm>=4.66",
+    "soundfile>=0.13",
+]
+
+setup(
+    name="musiclm-jax",
+    version=VERSION,
+    description="MusicLM (text-to-music) in JAX/Flax, built T5X-style",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["musiclm_jax", "musiclm_jax.*"]),
+    python_requires=">=3.11",
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"test": ["pytest>=8", "pytest-timeout>=2.3"]},
+    entry_points={"console_scripts": ["musiclm-jax=musiclm_jax.cli:main"]},
+    license="Apache-2.0",
+)
