@@ -1,0 +1,130 @@
+r"""Decoder-only LM speed: training tokens/s and cached-sampling tokens/s.
+
+The size of audiolm-pytorch's SemanticTransformer comparison (issue #2): d_model 512,
+6 layers, 8 heads, vocab 1024, length 512, batch 8. Reference numbers for audiolm-pytorch
+on the same kind of 2-core CPU machine: 266 training tokens/s, 56 / 309 sampling tokens/s
+at batch 1 / 8. Targets: >= 3x, >= 5x, >= 2x.
+
+  python benchmarks/lm_speed.py [--dtype float32|bfloat16] [--steps 5] [--out FILE]
+
+Writes benchmarks/results/lm_speed_<machine>.json with the machine description.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from musiclm_jax.lm import decoder_lm, models as lm_models  # noqa: E402
+from musiclm_jax.training import partitioning, trainer as trainer_lib  # noqa: E402
+
+REFERENCE = {"source": "audiolm-pytorch SemanticTransformer, same size, 2-core CPU",
+             "train_tokens_per_s": 266.0, "sample_tokens_per_s_batch1": 56.0,
+             "sample_tokens_per_s_batch8": 309.0}
+TARGET_RATIO = {"train_tokens_per_s": 3.0, "sample_tokens_per_s_batch1": 5.0,
+                "sample_tokens_per_s_batch8": 2.0}
+VOCAB, LENGTH, BATCH = 1024, 512, 8
+
+
+def machine() -> dict:
+  cpu = platform.processor()
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+  except (OSError, StopIteration):
+    pass
+  return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
+          "jax": jax.__version__, "backend": jax.default_backend(),
+          "devices": [str(d) for d in jax.devices()]}
+
+
+def make_model(dtype: str) -> lm_models.DecoderOnlyLMModel:
+  config = decoder_lm.DecoderConfig(
+      target_vocab_size=VOCAB, prefix_vocab_size=0, num_layers=6, num_heads=8, head_dim=64,
+      emb_dim=512, mlp_dim=2048, dropout_rate=0.0, max_length=LENGTH, dtype=dtype)
+  return lm_models.DecoderOnlyLMModel(decoder_lm.DecoderOnlyLM(config), optax.adamw(1e-4))
+
+
+def bench_training(model, steps: int) -> float:
+  partitioner = partitioning.Partitioner(devices=jax.devices()[:1])
+  trainer = trainer_lib.Trainer(model, partitioner)
+  rng = np.random.default_rng(0)
+  targets = rng.integers(0, VOCAB, (BATCH, LENGTH)).astype(np.int32)
+  batch = {"decoder_target_tokens": targets,
+           "decoder_input_tokens": np.concatenate(
+               [np.full((BATCH, 1), VOCAB, np.int32), targets[:, :-1]], axis=1),
+           "decoder_loss_weights": np.ones((BATCH, LENGTH), np.float32)}
+  state = trainer.create_state({k: v.shape for k, v in batch.items()})
+  batch = partitioner.shard_batch(batch)
+  for _ in range(2):  # compile + warm-up
+    state, metrics = trainer.train_step(state, batch)
+  jax.block_until_ready(metrics)
+  start = time.perf_counter()
+  for _ in range(steps):
+    state, metrics = trainer.train_step(state, batch)
+  jax.block_until_ready(metrics)
+  return BATCH * LENGTH * steps / (time.perf_counter() - start)
+
+
+def bench_sampling(model, batch_size: int, repeats: int) -> float:
+  params = jax.jit(lambda rng: model.get_initial_variables(
+      rng, {"decoder_input_tokens": (1, LENGTH)})["params"])(jax.random.key(0))
+  from flax import linen as nn
+  params = nn.meta.unbox(params)
+  batch = {"decoder_input_tokens": np.zeros((batch_size, LENGTH), np.int32)}
+  sample = lambda rng: model.predict_batch(params, batch, rng, max_decode_length=LENGTH,
+                                           temperature=1.0)
+  jax.block_until_ready(sample(jax.random.key(1)))  # compile
+  start = time.perf_counter()
+  for i in range(repeats):
+    jax.block_until_ready(sample(jax.random.key(2 + i)))
+  return batch_size * LENGTH * repeats / (time.perf_counter() - start)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+  parser.add_argument("--steps", type=int, default=5)
+  parser.add_argument("--repeats", type=int, default=2)
+  parser.add_argument("--out", default=None)
+  args = parser.parse_args()
+
+  model = make_model(args.dtype)
+  results = {
+      "train_tokens_per_s": bench_training(model, args.steps),
+      "sample_tokens_per_s_batch1": bench_sampling(model, 1, args.repeats),
+      "sample_tokens_per_s_batch8": bench_sampling(model, 8, args.repeats),
+  }
+  ratios = {k: v / REFERENCE[k] for k, v in results.items()}
+  report = {"benchmark": "lm_speed", "size": {"d_model": 512, "layers": 6, "heads": 8,
+                                              "vocab": VOCAB, "length": LENGTH,
+                                              "batch": BATCH},
+            "dtype": args.dtype, "machine": machine(), "results": results,
+            "reference": REFERENCE, "ratio_vs_reference": ratios,
+            "target_ratio": TARGET_RATIO,
+            "meets_target": {k: ratios[k] >= TARGET_RATIO[k] for k in ratios},
+            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+  out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                 f"lm_speed_{jax.default_backend()}_{args.dtype}.json")
+  os.makedirs(os.path.dirname(out), exist_ok=True)
+  with open(out, "w", encoding="utf-8") as f:
+    json.dump(report, f, indent=2)
+  for name, value in results.items():
+    print(f"{name:30s} {value:10.1f}  ({ratios[name]:.2f}x reference, "
+          f"target {TARGET_RATIO[name]:.0f}x)")
+  print(f"-> {out}")
+
+
+if __name__ == "__main__":
+  main()
