@@ -7,7 +7,7 @@ from typing import Callable
 
 import gin
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from musiclm_jax import gin_utils
 from musiclm_jax.training import distributed
@@ -30,6 +30,9 @@ def run(main: Callable[[], None]) -> None:
   def _main(argv):
     if len(argv) > 1:
       raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if not FLAGS["verbosity"].present:
+      # Orbax and SeqIO log every file at INFO; keep the console to progress and results.
+      logging.set_verbosity(logging.WARNING)
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                            FLAGS.cpu_collectives, auto=FLAGS.multiprocess_auto)
     gin_utils.import_configurables()

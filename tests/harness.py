@@ -65,10 +65,17 @@ def losses(model_dir: str) -> dict[int, float]:
 
 
 def checkpointed_params(model_dir: str, step: int) -> dict:
-  """The params saved at `step`, as numpy arrays (read with Orbax directly)."""
+  """The params saved at `step`, as numpy arrays (read with Orbax directly).
+
+  Restored as host numpy arrays, so a checkpoint written by any device topology (e.g. two
+  processes) reads back in the test process.
+  """
+  import jax
   path = os.path.join(model_dir, "checkpoints", str(step), "state")
-  state = ocp.StandardCheckpointer().restore(path)
-  return state["params"]
+  checkpointer = ocp.PyTreeCheckpointer()
+  tree = checkpointer.metadata(path).item_metadata.tree
+  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+  return checkpointer.restore(path, restore_args=restore_args)["params"]
 
 
 def assert_trees_close(a, b, rtol=1e-6, atol=1e-7):

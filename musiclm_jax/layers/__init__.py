@@ -1,0 +1,1 @@
+"""Reusable Flax building blocks with logical axis names (shared by every model)."""

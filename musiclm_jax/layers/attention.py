@@ -1,0 +1,96 @@
+"""Multi-head dot-product attention with an optional key/value cache for decoding.
+
+Decoding writes keys and values of each new *chunk* of tokens (a whole prompt at once, then
+one token per step) into the 'cache' collection at `cache_start`; queries attend to every
+cached position at or before their own. The same code path serves training (no cache,
+causal or bidirectional mask) and generation, so cached decoding equals full recomputation.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from musiclm_jax.layers import linear, rotary
+
+NEG_INF = -1e10
+
+
+class MultiHeadAttention(nn.Module):
+  """Self-attention.
+
+  Attributes:
+    num_heads, head_dim: query/key/value shape per token is [num_heads, head_dim].
+    dtype: computation dtype (softmax always float32).
+    dropout_rate: dropout on the attention probabilities.
+    causal: mask keys after the query (decoder) or not (encoder).
+    use_rotary: rotate q and k by position (RoPE); otherwise positions come from `bias`.
+    cache_length: size of the key/value cache (decode mode only).
+  """
+  num_heads: int
+  head_dim: int
+  dtype: jnp.dtype = jnp.float32
+  dropout_rate: float = 0.0
+  causal: bool = True
+  use_rotary: bool = False
+  cache_length: Optional[int] = None
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, positions: jnp.ndarray, bias: Optional[jnp.ndarray],
+               cache_start: Optional[jnp.ndarray], deterministic: bool = True,
+               decode: bool = False) -> jnp.ndarray:
+    """Args:
+      x: [batch, length, embed].
+      positions: [length] absolute positions of x's tokens.
+      bias: additive logit bias broadcastable to [batch, heads, length, keys] or None.
+      cache_start: scalar int, where this chunk goes in the cache (decode mode).
+    Returns:
+      [batch, length, embed].
+    """
+    project = lambda name: linear.DenseGeneral(
+        (self.num_heads, self.head_dim), ("embed", "heads", "kv"), dtype=self.dtype,
+        name=name)
+    qkv_axes = ("batch", "length", "heads", "kv")
+    q = nn.with_logical_constraint(project("query")(x), qkv_axes)
+    k = nn.with_logical_constraint(project("key")(x), qkv_axes)
+    v = nn.with_logical_constraint(project("value")(x), qkv_axes)
+    if self.use_rotary:
+      q = rotary.apply_rotary(q, positions)
+      k = rotary.apply_rotary(k, positions)
+
+    key_positions = positions
+    if decode:
+      if self.cache_length is None:
+        raise ValueError("decode=True needs cache_length")
+      batch = x.shape[0]
+      shape = (batch, self.cache_length, self.num_heads, self.head_dim)
+      cached_key = self.variable("cache", "cached_key", jnp.zeros, shape, self.dtype)
+      cached_value = self.variable("cache", "cached_value", jnp.zeros, shape, self.dtype)
+      cache_axes = ("batch", "cache_length", "heads", "kv")
+      index = (0, cache_start, 0, 0)
+      k = jax.lax.dynamic_update_slice(cached_key.value, k.astype(self.dtype), index)
+      v = jax.lax.dynamic_update_slice(cached_value.value, v.astype(self.dtype), index)
+      k = nn.with_logical_constraint(k, cache_axes)
+      v = nn.with_logical_constraint(v, cache_axes)
+      cached_key.value, cached_value.value = k, v
+      # Unwritten cache slots lie after every query, so the causal mask hides them.
+      key_positions = jnp.arange(self.cache_length)
+
+    q = q * jnp.asarray(1.0 / np.sqrt(self.head_dim), q.dtype)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+    if bias is not None:
+      logits = logits + bias.astype(jnp.float32)
+    if self.causal:
+      visible = key_positions[None, :] <= positions[:, None]
+      logits = jnp.where(visible[None, None], logits, NEG_INF)
+    probs = jax.nn.softmax(logits, axis=-1)
+    if not deterministic and self.dropout_rate > 0:
+      probs = nn.Dropout(self.dropout_rate)(probs, deterministic=False)
+    out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(self.dtype), v)
+    out = nn.with_logical_constraint(out, qkv_axes)
+    return linear.DenseGeneral(x.shape[-1], ("heads", "kv", "embed"), contract_dims=2,
+                               dtype=self.dtype, name="out")(out)

@@ -1,0 +1,206 @@
+"""Decoder-only transformer over [conditioning prefix ; target tokens] (one file per model).
+
+Sequence layout (every MusicLM stage is this shape):
+
+    position:  0 .. P-1          P        P+1 .. P+T-1
+    token:     prefix_0..P-1    BOS      target_0 .. target_{T-2}
+    predicts:  (no loss)        target_0 target_1 .. target_{T-1}
+
+The prefix (e.g. MuLan tokens, or semantic tokens for the acoustic stages) has its own
+embedding table whose last real row is NULL: replacing a prefix by NULL tokens gives the
+unconditional model that classifier-free guidance needs. Attention is causal over the
+whole sequence, so one key/value cache serves the prefix and the generated tokens.
+
+Vocabularies are padded to a multiple of `vocab_multiple` (for even sharding over the
+'model' axis); padded ids and BOS get logit -1e10 and are never predicted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+
+from musiclm_jax.layers import linear, relative_position, transformer
+
+POSITION_EMBEDDINGS = ("relative_bias", "rotary")
+REMAT_POLICIES = ("none", "full", "dots")
+
+
+def round_up(n: int, multiple: int) -> int:
+  return -(-n // multiple) * multiple
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class DecoderConfig:
+  """Sizes and switches of a `DecoderOnlyLM`.
+
+  Attributes:
+    target_vocab_size: number of target token ids; BOS is id `target_vocab_size`.
+    prefix_vocab_size: number of prefix ids; NULL (for guidance) is id `prefix_vocab_size`.
+      0 = unconditional model (no prefix).
+    num_layers, num_heads, head_dim, emb_dim, mlp_dim: transformer sizes.
+    dropout_rate: dropout on residual branches, MLP and attention probabilities.
+    max_length: longest prefix + target sequence the model is meant for (decoding caches
+      are sized per call; this bounds them and documents the model).
+    dtype: computation dtype ('float32' or 'bfloat16'); parameters are always float32.
+    position_embedding: 'relative_bias' (T5) or 'rotary'.
+    relpos_num_buckets, relpos_max_distance: T5 relative bias buckets.
+    scan_layers: stack the layers with `nn.scan` (fast compiles for deep models; parameter
+      leaves gain a leading 'stack' axis).
+    remat_policy: activation rematerialisation per layer: 'none', 'full' or 'dots'
+      (keep matmul outputs, recompute the rest).
+    vocab_multiple: embedding/logit tables are padded to a multiple of this.
+  """
+  target_vocab_size: int
+  prefix_vocab_size: int = 0
+  num_layers: int = 6
+  num_heads: int = 8
+  head_dim: int = 64
+  emb_dim: int = 512
+  mlp_dim: int = 2048
+  dropout_rate: float = 0.0
+  max_length: int = 2048
+  dtype: str = "float32"
+  position_embedding: str = "relative_bias"
+  relpos_num_buckets: int = 32
+  relpos_max_distance: int = 128
+  scan_layers: bool = False
+  remat_policy: str = "none"
+  vocab_multiple: int = 128
+
+  def __post_init__(self):
+    if self.target_vocab_size < 1:
+      raise ValueError(f"target_vocab_size must be >= 1, got {self.target_vocab_size}")
+    if self.position_embedding not in POSITION_EMBEDDINGS:
+      raise ValueError(f"position_embedding={self.position_embedding!r}; expected one of "
+                       f"{POSITION_EMBEDDINGS}")
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(f"remat_policy={self.remat_policy!r}; expected one of "
+                       f"{REMAT_POLICIES}")
+    if self.dtype not in ("float32", "bfloat16"):
+      raise ValueError(f"dtype={self.dtype!r}; expected 'float32' or 'bfloat16'")
+
+  @property
+  def bos_id(self) -> int:
+    return self.target_vocab_size
+
+  @property
+  def null_prefix_id(self) -> int:
+    return self.prefix_vocab_size
+
+  @property
+  def padded_target_vocab(self) -> int:
+    return round_up(self.target_vocab_size + 1, self.vocab_multiple)
+
+  @property
+  def padded_prefix_vocab(self) -> int:
+    return round_up(self.prefix_vocab_size + 1, self.vocab_multiple)
+
+  @property
+  def jnp_dtype(self):
+    return jnp.dtype(self.dtype)
+
+
+def _remat_policy(name: str):
+  if name == "dots":
+    return jax.checkpoint_policies.dots_saveable
+  return None  # 'full': save nothing, recompute the layer in the backward pass
+
+
+class DecoderOnlyLM(nn.Module):
+  """Prefix-conditioned causal transformer LM. See the module docstring for the layout."""
+  config: DecoderConfig
+
+  def _embed(self, name: str, num_rows: int, tokens: jnp.ndarray) -> jnp.ndarray:
+    cfg = self.config
+    return nn.Embed(num_rows, cfg.emb_dim, dtype=cfg.jnp_dtype, param_dtype=jnp.float32,
+                    embedding_init=nn.with_logical_partitioning(
+                        nn.initializers.normal(stddev=1.0), ("vocab", "embed")),
+                    name=name)(tokens)
+
+  @nn.compact
+  def __call__(self, decoder_input_tokens: jnp.ndarray,
+               prefix_tokens: Optional[jnp.ndarray] = None, *, deterministic: bool = True,
+               decode: bool = False, cache_length: Optional[int] = None) -> jnp.ndarray:
+    """Next-token logits for the target positions.
+
+    Args:
+      decoder_input_tokens: [batch, T] int, BOS + targets shifted right (or, in decode
+        mode, the next chunk of target-side tokens).
+      prefix_tokens: [batch, P] int conditioning, or None (unconditional, or in decode mode
+        any call after the first).
+      deterministic: disables dropout.
+      decode: use and extend the key/value cache ('cache' collection, pass it mutable).
+      cache_length: cache size (positions) for decode mode; set on the first call.
+    Returns:
+      float32 logits [batch, T, padded_target_vocab] (ids >= target_vocab_size masked).
+    """
+    cfg = self.config
+    dtype = cfg.jnp_dtype
+    x = self._embed("token_embedder", cfg.padded_target_vocab, decoder_input_tokens)
+    num_targets = x.shape[1]
+    if prefix_tokens is not None:
+      if cfg.prefix_vocab_size == 0:
+        raise ValueError("prefix_tokens given to a model with prefix_vocab_size=0")
+      prefix = self._embed("prefix_embedder", cfg.padded_prefix_vocab, prefix_tokens)
+      x = jnp.concatenate([prefix, x], axis=1)
+    x = nn.with_logical_constraint(x, transformer.ACTIVATION_AXES)
+    x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+    length = x.shape[1]
+
+    if decode:
+      if cache_length is None:
+        raise ValueError("decode=True needs cache_length")
+      index = self.variable("cache", "cache_index", lambda: jnp.zeros((), jnp.int32))
+      cache_start = index.value
+      positions = cache_start + jnp.arange(length, dtype=jnp.int32)
+      key_positions = jnp.arange(cache_length, dtype=jnp.int32)
+      index.value = cache_start + length
+    else:
+      cache_start = None
+      positions = key_positions = jnp.arange(length, dtype=jnp.int32)
+
+    bias = None
+    if cfg.position_embedding == "relative_bias":
+      bias = relative_position.RelativePositionBiases(
+          cfg.relpos_num_buckets, cfg.relpos_max_distance, cfg.num_heads, bidirectional=False,
+          dtype=jnp.float32, name="relpos_bias")(positions, key_positions)
+
+    layer_kwargs = dict(num_heads=cfg.num_heads, head_dim=cfg.head_dim, mlp_dim=cfg.mlp_dim,
+                        dtype=dtype, dropout_rate=cfg.dropout_rate, causal=True,
+                        use_rotary=cfg.position_embedding == "rotary",
+                        deterministic=deterministic, decode=decode,
+                        cache_length=cache_length)
+    layer_cls = transformer.TransformerLayer
+    if cfg.remat_policy != "none":
+      layer_cls = nn.remat(layer_cls, policy=_remat_policy(cfg.remat_policy),
+                           prevent_cse=not cfg.scan_layers)
+    if cfg.scan_layers:
+      stack = nn.scan(layer_cls, variable_axes={"params": 0, "cache": 0},
+                      split_rngs={"params": True, "dropout": True},
+                      in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
+                      length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: "stack"})
+      x, _ = stack(**layer_kwargs, name="layers")(x, positions, bias, cache_start)
+    else:
+      for i in range(cfg.num_layers):
+        x, _ = layer_cls(**layer_kwargs, name=f"layers_{i}")(x, positions, bias, cache_start)
+
+    x = linear.RMSNorm(dtype=dtype, name="final_norm")(x[:, length - num_targets:])
+    x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+    logits = linear.DenseGeneral(cfg.padded_target_vocab, ("embed", "vocab"), dtype=dtype,
+                                 name="logits_dense")(x).astype(jnp.float32)
+    logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
+    real = jnp.arange(cfg.padded_target_vocab) < cfg.target_vocab_size
+    return jnp.where(real, logits, -1e10)
+
+
+@gin.configurable
+def decoder_only_lm(config: DecoderConfig = gin.REQUIRED) -> DecoderOnlyLM:
+  """gin factory: `DecoderOnlyLMModel.module = @decoder_only_lm()`."""
+  return DecoderOnlyLM(config)

@@ -1,0 +1,104 @@
+"""Autoregressive sampling in one `lax.while_loop`: temperature, top-k, top-p, guidance.
+
+`sample` is model-agnostic: it owns the token buffer and the random stream and asks a
+`logits_fn` for the next-step logits after each chosen token. The cached and the
+full-recompute paths of `DecoderOnlyLMModel` only differ in their `logits_fn`, so the
+sampling rules are written once and the two paths are directly comparable.
+
+Randomness: the tokens at position i are drawn with `fold_in(rng, i)`, so a sample depends
+only on (rng, logits), not on how the loop computed the logits.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+
+NEG_INF = -1e10
+
+# logits_fn(carry, tokens [B, L], new_token [B], index) -> (logits [rows, V], carry): the
+# logits for position index + 1 once `new_token` sits at `index`. rows = B, or 2B with
+# guidance (conditional rows first, then unconditional).
+LogitsFn = Callable[[Any, jnp.ndarray, jnp.ndarray, jnp.ndarray], Tuple[jnp.ndarray, Any]]
+
+
+def apply_guidance(logits: jnp.ndarray, guidance_scale: Optional[float]) -> jnp.ndarray:
+  """[2B, V] (cond ; uncond) -> [B, V] = cond + (s - 1) (cond - uncond); None: as is.
+
+  Written around `cond` so that s = 1 returns the conditional logits exactly.
+  """
+  if guidance_scale is None:
+    return logits
+  cond, uncond = jnp.split(logits, 2, axis=0)
+  return cond + (guidance_scale - 1.0) * (cond - uncond)
+
+
+def filter_logits(logits: jnp.ndarray, top_k: int = 0, top_p: float = 1.0) -> jnp.ndarray:
+  """Masks all but the top-k ids and then all outside the top-p nucleus. [B, V] -> [B, V]."""
+  if top_k and top_k < logits.shape[-1]:
+    kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
+    logits = jnp.where(logits < kth, NEG_INF, logits)
+  if top_p < 1.0:
+    sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    mass_before = jnp.cumsum(probs, axis=-1) - probs
+    # Keep the smallest prefix of ids whose mass reaches top_p (the top id always stays).
+    cutoff = jnp.min(jnp.where(mass_before < top_p, sorted_logits, jnp.inf), axis=-1,
+                     keepdims=True)
+    logits = jnp.where(logits < cutoff, NEG_INF, logits)
+  return logits
+
+
+def choose_tokens(rng: jax.Array, logits: jnp.ndarray, temperature: float, top_k: int,
+                  top_p: float) -> jnp.ndarray:
+  """One token per row from logits [B, V]; temperature 0 = greedy."""
+  if temperature == 0.0:
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  logits = filter_logits(logits / temperature, top_k, top_p)
+  return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+
+
+def sample(logits_fn: LogitsFn, first_logits: jnp.ndarray, carry: Any,
+           prompt: jnp.ndarray, length: int, rng: jax.Array, *, temperature: float = 1.0,
+           top_k: int = 0, top_p: float = 1.0, guidance_scale: Optional[float] = None
+           ) -> Tuple[jnp.ndarray, jnp.ndarray]:
+  """Samples positions prompt_len .. length-1.
+
+  Args:
+    logits_fn: see `LogitsFn`.
+    first_logits: [rows, V] logits for position prompt_len (after the prompt).
+    carry: logits_fn's state (e.g. the key/value cache).
+    prompt: [B, prompt_len] tokens kept as they are at the start of the output.
+    length: total number of output tokens.
+    rng: random key.
+  Returns:
+    tokens [B, length] int32 and log_probs [B, length] float32: the (guided) model
+    log-probability of each sampled token before temperature and filtering (0 for the
+    prompt).
+  """
+  batch, prompt_len = prompt.shape
+  if not 0 <= prompt_len < length:
+    raise ValueError(f"prompt length {prompt_len} must be < decode length {length}")
+  tokens = jnp.zeros((batch, length), jnp.int32).at[:, :prompt_len].set(prompt)
+  log_probs = jnp.zeros((batch, length), jnp.float32)
+
+  def body(state):
+    index, tokens, log_probs, logits, carry = state
+    guided = apply_guidance(logits, guidance_scale)
+    chosen = choose_tokens(jax.random.fold_in(rng, index), guided, temperature, top_k,
+                           top_p)
+    logp = jnp.take_along_axis(jax.nn.log_softmax(guided, axis=-1), chosen[:, None],
+                               axis=-1)[:, 0]
+    tokens = jax.lax.dynamic_update_slice(tokens, chosen[:, None], (0, index))
+    log_probs = jax.lax.dynamic_update_slice(log_probs, logp[:, None], (0, index))
+    fed = chosen if guidance_scale is None else jnp.concatenate([chosen, chosen])
+    # The last iteration's forward pass is unused: one wasted step buys a loop without
+    # a branch; the cache has one spare slot for it.
+    logits, carry = logits_fn(carry, tokens, fed, index)
+    return index + 1, tokens, log_probs, logits, carry
+
+  state = (jnp.asarray(prompt_len, jnp.int32), tokens, log_probs, first_logits, carry)
+  _, tokens, log_probs, _, _ = jax.lax.while_loop(lambda s: s[0] < length, body, state)
+  return tokens, log_probs

@@ -1,0 +1,213 @@
+"""`DecoderOnlyLMModel`: losses, scoring and sampling for a `DecoderOnlyLM` (cf. T5X's
+`DecoderOnlyModel`).
+
+Batches (from `PrefixLMFeatureConverter`):
+  prefix_tokens [B, P] (optional), decoder_input_tokens [B, T], decoder_target_tokens
+  [B, T], decoder_loss_weights [B, T].
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Mapping, Optional, Tuple
+
+import gin
+import jax
+import jax.numpy as jnp
+import optax
+
+from musiclm_jax.lm import decoder_lm, decoding
+from musiclm_jax.training import models as models_lib
+
+
+def cross_entropy_with_z_loss(logits: jnp.ndarray, targets: jnp.ndarray,
+                              weights: jnp.ndarray, z_loss: float = 0.0):
+  """Per-token (nll + z_loss * logsumexp^2, nll, correct). Shapes [B, T, V], [B, T] -> [B, T].
+
+  The z-loss (PaLM) keeps the softmax normaliser near 1, which stabilises bfloat16 logits.
+  """
+  log_z = jax.nn.logsumexp(logits, axis=-1)
+  target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+  nll = log_z - target_logit
+  total = nll + z_loss * jnp.square(log_z)
+  correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+  return total * weights, nll * weights, correct * weights
+
+
+@gin.configurable
+class DecoderOnlyLMModel(models_lib.BaseModel):
+  """Prefix-conditioned LM with classifier-free-guidance training and cached sampling."""
+
+  def __init__(self, module: decoder_lm.DecoderOnlyLM, optimizer_def: optax.GradientTransformation,
+               prefix_dropout_rate: float = 0.0, z_loss: float = 0.0):
+    """Args:
+      module: the network.
+      optimizer_def: optax transformation (see `training.optimizers.create_optimizer`).
+      prefix_dropout_rate: probability that a training example's prefix is replaced by
+        NULL tokens, which trains the unconditional model used for guidance.
+      z_loss: weight of the log-partition-function penalty.
+    """
+    super().__init__(module, optimizer_def)
+    if not 0.0 <= prefix_dropout_rate <= 1.0:
+      raise ValueError(f"prefix_dropout_rate must be in [0, 1], got {prefix_dropout_rate}")
+    self.prefix_dropout_rate = prefix_dropout_rate
+    self.z_loss = z_loss
+
+  @property
+  def config(self) -> decoder_lm.DecoderConfig:
+    return self.module.config
+
+  def _prefix(self, batch: Mapping[str, jnp.ndarray]) -> Optional[jnp.ndarray]:
+    if self.config.prefix_vocab_size == 0:
+      return None
+    if "prefix_tokens" not in batch:
+      raise KeyError("this model is conditional (prefix_vocab_size="
+                     f"{self.config.prefix_vocab_size}) but the batch has no 'prefix_tokens'; "
+                     f"keys: {sorted(batch)}")
+    return batch["prefix_tokens"]
+
+  # ---- training -----------------------------------------------------------------------------
+
+  def get_initial_variables(self, rng, input_shapes, input_types=None):
+    tokens = jnp.zeros(input_shapes["decoder_input_tokens"], jnp.int32)
+    prefix = None
+    if self.config.prefix_vocab_size:
+      prefix = jnp.zeros(input_shapes["prefix_tokens"], jnp.int32)
+    return self.module.init({"params": rng}, tokens, prefix, deterministic=True)
+
+  def _logits(self, params, batch, dropout_rng):
+    prefix = self._prefix(batch)
+    rngs = None
+    if dropout_rng is not None:
+      prefix_rng, dropout_rng = jax.random.split(dropout_rng)
+      rngs = {"dropout": dropout_rng}
+      if prefix is not None and self.prefix_dropout_rate > 0:
+        drop = jax.random.bernoulli(prefix_rng, self.prefix_dropout_rate,
+                                    (prefix.shape[0], 1))
+        prefix = jnp.where(drop, self.config.null_prefix_id, prefix)
+    return self.module.apply({"params": params}, batch["decoder_input_tokens"], prefix,
+                             deterministic=dropout_rng is None, rngs=rngs)
+
+  def loss_fn(self, params, batch, dropout_rng, group=models_lib.DEFAULT_GROUP):
+    """Token-averaged cross-entropy (+ z-loss) over weighted target positions."""
+    logits = self._logits(params, batch, dropout_rng)
+    weights = batch["decoder_loss_weights"].astype(jnp.float32)
+    total, nll, correct = cross_entropy_with_z_loss(
+        logits, batch["decoder_target_tokens"], weights, self.z_loss)
+    weight_sum = jnp.sum(weights)
+    loss = jnp.sum(total) / jnp.maximum(weight_sum, 1.0)
+    metrics = {"loss_sum": jnp.sum(nll), "accuracy_sum": jnp.sum(correct),
+               "weight_sum": weight_sum}
+    return loss, metrics
+
+  def score_batch(self, params, batch):
+    """Sum of target log-likelihoods per example, [B]."""
+    logits = self._logits(params, batch, None)
+    _, nll, _ = cross_entropy_with_z_loss(logits, batch["decoder_target_tokens"],
+                                          batch["decoder_loss_weights"].astype(jnp.float32))
+    return -jnp.sum(nll, axis=-1)
+
+  # ---- sampling -----------------------------------------------------------------------------
+
+  def predict_batch(self, params, batch, rng=None, **decoder_params) -> jnp.ndarray:
+    """Sampled target tokens [B, max_decode_length]; see `predict_batch_with_aux`."""
+    return self.predict_batch_with_aux(params, batch, rng, **decoder_params)[0]
+
+  def predict_batch_with_aux(self, params, batch, rng=None, *,
+                             max_decode_length: Optional[int] = None,
+                             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                             guidance_scale: Optional[float] = None,
+                             use_cache: bool = True) -> Tuple[jnp.ndarray, dict]:
+    """Samples targets for each example, conditioned on its prefix.
+
+    Args:
+      params: model parameters.
+      batch: 'prefix_tokens' [B, P] for conditional models; optionally
+        'decoder_prompt_tokens' [B, Tp] (the first Tp targets, kept, e.g. a continuation);
+        'decoder_input_tokens' only tells the batch size and default length.
+      rng: random key (needed unless temperature == 0).
+      max_decode_length: number of target tokens to produce (default: input length).
+      temperature: softmax temperature; 0 = greedy.
+      top_k: keep the k most likely ids (0 = all).
+      top_p: keep the smallest set of ids holding this probability mass (1 = all).
+      guidance_scale: classifier-free guidance scale s (logits = cond + (s-1)(cond -
+        uncond)); None = no guidance (and no unconditional pass).
+      use_cache: key/value cache (fast); False recomputes the whole sequence every step
+        (the reference the cache is tested against).
+    Returns:
+      tokens [B, max_decode_length] int32 and {'log_probs': [B, max_decode_length]}.
+    """
+    prefix = self._prefix(batch)
+    prompt = batch.get("decoder_prompt_tokens")
+    some = next(batch[k] for k in ("prefix_tokens", "decoder_prompt_tokens",
+                                   "decoder_input_tokens") if k in batch)
+    batch_size = some.shape[0]
+    if max_decode_length is None:
+      if "decoder_input_tokens" not in batch:
+        raise ValueError("pass max_decode_length or a batch with 'decoder_input_tokens'")
+      max_decode_length = batch["decoder_input_tokens"].shape[1]
+    if prompt is None:
+      prompt = jnp.zeros((batch_size, 0), jnp.int32)
+    if guidance_scale is not None and prefix is None:
+      raise ValueError("guidance_scale needs a conditional model and 'prefix_tokens'")
+    if temperature != 0.0 and rng is None:
+      raise ValueError("sampling with temperature > 0 needs an rng")
+    if rng is None:
+      rng = jax.random.key(0)
+    tokens, log_probs = self._sample_jit(
+        params, prefix, jnp.asarray(prompt, jnp.int32), rng,
+        length=int(max_decode_length), temperature=float(temperature), top_k=int(top_k),
+        top_p=float(top_p),
+        guidance_scale=None if guidance_scale is None else float(guidance_scale),
+        use_cache=bool(use_cache))
+    return tokens, {"log_probs": log_probs}
+
+  @functools.partial(jax.jit, static_argnums=0,
+                     static_argnames=("length", "temperature", "top_k", "top_p",
+                                      "guidance_scale", "use_cache"))
+  def _sample_jit(self, params, prefix, prompt, rng, *, length, temperature, top_k, top_p,
+                  guidance_scale, use_cache):
+    cfg = self.config
+    if guidance_scale is not None:
+      # Conditional rows first, then the same examples with a NULL prefix.
+      prefix = jnp.concatenate([prefix, jnp.full_like(prefix, cfg.null_prefix_id)])
+    rows = prompt.shape[0] * (1 if guidance_scale is None else 2)
+    bos = jnp.full((rows, 1), cfg.bos_id, jnp.int32)
+    prompt_rows = prompt if guidance_scale is None else jnp.concatenate([prompt, prompt])
+    prompt_len = prompt.shape[1]
+    apply = functools.partial(self.module.apply, deterministic=True)
+
+    if use_cache:
+      prefix_len = 0 if prefix is None else prefix.shape[1]
+      cache_length = prefix_len + length + 1  # + one slot for the loop's unused last step
+      first_chunk = jnp.concatenate([bos, prompt_rows], axis=1)
+      logits, variables = apply({"params": params}, first_chunk, prefix, decode=True,
+                                cache_length=cache_length, mutable=["cache"])
+
+      def logits_fn(cache, tokens, new_token, index):
+        del tokens, index
+        step_logits, variables = apply({"params": params, "cache": cache}, new_token[:, None],
+                                       None, decode=True, cache_length=cache_length,
+                                       mutable=["cache"])
+        return step_logits[:, 0], variables["cache"]
+
+      carry = variables["cache"]
+    else:
+      def full_logits(tokens):
+        tokens = tokens if guidance_scale is None else jnp.concatenate([tokens, tokens])
+        inputs = jnp.concatenate([bos, tokens[:, :-1]], axis=1)
+        return apply({"params": params}, inputs, prefix)
+
+      def logits_fn(carry, tokens, new_token, index):
+        del new_token
+        position = jnp.minimum(index + 1, length - 1)
+        return jax.lax.dynamic_index_in_dim(full_logits(tokens), position, 1, False), carry
+
+      padded_prompt = jnp.zeros((prompt.shape[0], length), jnp.int32)
+      padded_prompt = padded_prompt.at[:, :prompt_len].set(prompt)
+      logits = full_logits(padded_prompt)[:, :prompt_len + 1]
+      carry = ()
+
+    return decoding.sample(logits_fn, logits[:, -1], carry, prompt, length, rng,
+                           temperature=temperature, top_k=top_k, top_p=top_p,
+                           guidance_scale=guidance_scale)

@@ -1,0 +1,139 @@
+"""The decoder-only LM: layers, loss, scan/remat equivalence, mixed precision."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from musiclm_jax.layers import relative_position, rotary
+from musiclm_jax.lm import decoder_lm, models as lm_models
+from tests import lm_fixtures
+
+
+@pytest.fixture(scope="module")
+def batch():
+  return lm_fixtures.batches(1)[0]
+
+
+def init_params(model, batch, seed=0):
+  variables = model.get_initial_variables(jax.random.key(seed), lm_fixtures.input_shapes(batch))
+  return nn.meta.unbox(variables)["params"]
+
+
+def test_relative_position_buckets_follow_t5():
+  distance = np.array([0, 1, 15, 16, 30, 64, 127, 128, 1000])
+  buckets = relative_position.relative_position_bucket(
+      -jnp.asarray(distance), bidirectional=False, num_buckets=32, max_distance=128)
+  buckets = np.asarray(buckets)
+  np.testing.assert_array_equal(buckets[:3], [0, 1, 15])      # exact below num_buckets / 2
+  assert np.all(np.diff(buckets) >= 0)                        # monotone in distance
+  assert buckets[3] == 16 and buckets[-2] == buckets[-1] == 31  # log-spaced, then capped
+  # Future keys (positive relative positions) share bucket 0 in the causal variant.
+  assert int(relative_position.relative_position_bucket(
+      jnp.asarray(5), False, 32, 128)) == 0
+
+
+def test_rotary_scores_depend_only_on_distance():
+  rng = np.random.default_rng(0)
+  q = jnp.asarray(rng.normal(size=(1, 1, 2, 8)), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(1, 1, 2, 8)), jnp.float32)
+  score = lambda pq, pk: jnp.sum(rotary.apply_rotary(q, jnp.array([pq]))
+                                 * rotary.apply_rotary(k, jnp.array([pk])))
+  np.testing.assert_allclose(score(3, 1), score(10, 8), rtol=1e-5)
+  assert abs(float(score(3, 1)) - float(score(3, 2))) > 1e-4
+
+
+def test_loss_is_causal_and_uses_the_prefix(batch):
+  model = lm_fixtures.tiny_model()
+  params = init_params(model, batch)
+  apply = lambda tokens, prefix: model.module.apply({"params": params}, tokens, prefix)
+  tokens, prefix = batch["decoder_input_tokens"], batch["prefix_tokens"]
+  logits = apply(tokens, prefix)
+  assert logits.shape == tokens.shape + (model.config.padded_target_vocab,)
+  # Changing token 5 leaves the logits at positions 0..4 untouched, and changes later ones.
+  changed = apply(np.where(np.arange(tokens.shape[1]) == 5, 7, tokens), prefix)
+  np.testing.assert_allclose(changed[:, :5], logits[:, :5], rtol=1e-6, atol=1e-6)
+  assert not np.allclose(changed[:, 5:], logits[:, 5:])
+  # The prefix conditions every position.
+  other = apply(tokens, (prefix + 1) % model.config.prefix_vocab_size)
+  assert not np.allclose(other[:, 0], logits[:, 0])
+  # Padded vocabulary ids (and BOS) are never predicted.
+  assert np.all(np.asarray(logits[..., model.config.target_vocab_size:]) <= -1e9)
+
+
+def test_score_matches_loss_and_prefix_dropout_trains_null_prefix(batch):
+  model = lm_fixtures.tiny_model()
+  params = init_params(model, batch)
+  loss, metrics = model.loss_fn(params, batch, None)
+  scores = model.score_batch(params, batch)
+  np.testing.assert_allclose(-np.sum(scores) / float(metrics["weight_sum"]), float(loss),
+                             rtol=1e-5)
+  np.testing.assert_allclose(float(metrics["loss_sum"]) / float(metrics["weight_sum"]),
+                             float(loss), rtol=1e-6)
+  # With prefix dropout 1, every prefix is NULL during training.
+  always_null = lm_models.DecoderOnlyLMModel(model.module, optax.adam(1e-3),
+                                             prefix_dropout_rate=1.0)
+  dropped, _ = always_null.loss_fn(params, batch, jax.random.key(3))
+  null_batch = dict(batch, prefix_tokens=np.full_like(batch["prefix_tokens"],
+                                                      model.config.null_prefix_id))
+  expected, _ = model.loss_fn(params, null_batch, None)
+  np.testing.assert_allclose(float(dropped), float(expected), rtol=1e-6)
+
+
+def _stack_layers(params, num_layers):
+  layers = [params.pop(f"layers_{i}") for i in range(num_layers)]
+  params["layers"] = jax.tree.map(lambda *xs: jnp.stack(xs), *layers)
+  return params
+
+
+@pytest.mark.parametrize("remat_policy", ["none", "full", "dots"])
+def test_scanned_and_rematerialised_layers_compute_the_same_function(batch, remat_policy):
+  loop = lm_fixtures.tiny_model()
+  params = init_params(loop, batch)
+  scanned = lm_fixtures.tiny_model(scan_layers=True, remat_policy=remat_policy)
+  scanned_params = init_params(scanned, batch)
+  stacked = _stack_layers(dict(params), loop.config.num_layers)
+  assert jax.tree.map(jnp.shape, stacked) == jax.tree.map(jnp.shape, scanned_params)
+
+  grad = lambda m, p: jax.value_and_grad(lambda q: m.loss_fn(q, batch, None)[0])(p)
+  loss_loop, grads_loop = grad(loop, params)
+  loss_scan, grads_scan = grad(scanned, stacked)
+  np.testing.assert_allclose(float(loss_scan), float(loss_loop), rtol=1e-6)
+  grads_loop = _stack_layers(dict(grads_loop), loop.config.num_layers)
+  for a, b in zip(jax.tree.leaves(grads_scan), jax.tree.leaves(grads_loop)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_scanned_parameters_carry_a_stack_axis(batch):
+  scanned = lm_fixtures.tiny_model(scan_layers=True)
+  boxed = scanned.get_initial_variables(jax.random.key(0), lm_fixtures.input_shapes(batch))
+  spec = nn.get_partition_spec(boxed)["params"]["layers"]["self_attention"]["query"]["kernel"]
+  assert tuple(spec) == ("stack", "embed", "heads", "kv")
+
+
+def test_bfloat16_compute_keeps_float32_master_weights(batch):
+  f32 = lm_fixtures.tiny_model()
+  bf16 = lm_fixtures.tiny_model(dtype="bfloat16")
+  params = init_params(f32, batch)
+  assert {x.dtype for x in jax.tree.leaves(init_params(bf16, batch))} == {jnp.dtype("float32")}
+  loss32, _ = f32.loss_fn(params, batch, None)
+  loss16, _ = bf16.loss_fn(params, batch, None)
+  np.testing.assert_allclose(float(loss16), float(loss32), rtol=2e-2)
+  grads = jax.grad(lambda p: bf16.loss_fn(p, batch, None)[0])(params)
+  assert {x.dtype for x in jax.tree.leaves(grads)} == {jnp.dtype("float32")}
+
+
+def test_bad_configuration_and_inputs_are_named():
+  with pytest.raises(ValueError, match="position_embedding='alibi'"):
+    lm_fixtures.tiny_config(position_embedding="alibi")
+  with pytest.raises(ValueError, match="remat_policy"):
+    lm_fixtures.tiny_config(remat_policy="some")
+  model = lm_fixtures.tiny_model()
+  with pytest.raises(KeyError, match="prefix_tokens"):
+    model.loss_fn({}, {"decoder_input_tokens": np.zeros((1, 4), np.int32)}, None)
+  unconditional = decoder_lm.DecoderOnlyLM(lm_fixtures.tiny_config(prefix_vocab_size=0))
+  with pytest.raises(ValueError, match="prefix_vocab_size=0"):
+    unconditional.init(jax.random.key(0), np.zeros((1, 4), np.int32),
+                       np.zeros((1, 2), np.int32))
