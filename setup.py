@@ -23,6 +23,7 @@ INSTALL_REQUIRES = [
     "tensorboardX>=2.6.5",
     "tqdm>=4.66",
     "soundfile>=0.13",
+    "soxr>=0.5",
 ]
 
 setup(

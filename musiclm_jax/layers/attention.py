@@ -62,26 +62,19 @@ class MultiHeadAttention(nn.Module):
       q = rotary.apply_rotary(q, positions)
       k = rotary.apply_rotary(k, positions)
 
-    key_positions = positions
+    q = q * jnp.asarray(1.0 / np.sqrt(self.head_dim), q.dtype)
     if decode:
-      if self.cache_length is None:
-        raise ValueError("decode=True needs cache_length")
-      batch = x.shape[0]
-      shape = (batch, self.cache_length, self.num_heads, self.head_dim)
-      cached_key = self.variable("cache", "cached_key", jnp.zeros, shape, self.dtype)
-      cached_value = self.variable("cache", "cached_value", jnp.zeros, shape, self.dtype)
-      cache_axes = ("batch", "cache_length", "heads", "kv")
-      index = (0, cache_start, 0, 0)
-      k = jax.lax.dynamic_update_slice(cached_key.value, k.astype(self.dtype), index)
-      v = jax.lax.dynamic_update_slice(cached_value.value, v.astype(self.dtype), index)
-      k = nn.with_logical_constraint(k, cache_axes)
-      v = nn.with_logical_constraint(v, cache_axes)
-      cached_key.value, cached_value.value = k, v
+      k, v = self._update_cache(k, v, cache_start)
+      # Cache layout [batch, heads, head_dim, cache_length]: the layout the dots consume,
+      # so XLA updates it in place instead of re-laying it out every step (as T5X does).
+      logits_eq, values_eq = "bqhd,bhdk->bhqk", "bhqk,bhdk->bqhd"
       # Unwritten cache slots lie after every query, so the causal mask hides them.
       key_positions = jnp.arange(self.cache_length)
+    else:
+      logits_eq, values_eq = "bqhd,bkhd->bhqk", "bhqk,bkhd->bqhd"
+      key_positions = positions
 
-    q = q * jnp.asarray(1.0 / np.sqrt(self.head_dim), q.dtype)
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+    logits = jnp.einsum(logits_eq, q, k, preferred_element_type=jnp.float32)
     if bias is not None:
       logits = logits + bias.astype(jnp.float32)
     if self.causal:
@@ -90,7 +83,26 @@ class MultiHeadAttention(nn.Module):
     probs = jax.nn.softmax(logits, axis=-1)
     if not deterministic and self.dropout_rate > 0:
       probs = nn.Dropout(self.dropout_rate)(probs, deterministic=False)
-    out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(self.dtype), v)
+    out = jnp.einsum(values_eq, probs.astype(self.dtype), v)
     out = nn.with_logical_constraint(out, qkv_axes)
     return linear.DenseGeneral(x.shape[-1], ("heads", "kv", "embed"), contract_dims=2,
                                dtype=self.dtype, name="out")(out)
+
+  def _update_cache(self, k: jnp.ndarray, v: jnp.ndarray, cache_start: jnp.ndarray):
+    """Writes a chunk k, v [batch, length, heads, head_dim] at `cache_start`.
+
+    Returns the whole cached keys and values, [batch, heads, head_dim, cache_length].
+    """
+    if self.cache_length is None:
+      raise ValueError("decode=True needs cache_length")
+    shape = (k.shape[0], self.num_heads, self.head_dim, self.cache_length)
+    cached_key = self.variable("cache", "cached_key", jnp.zeros, shape, self.dtype)
+    cached_value = self.variable("cache", "cached_value", jnp.zeros, shape, self.dtype)
+    cache_axes = ("batch", "heads", "kv", "cache_length")
+    index = (0, 0, 0, cache_start)
+    to_cache_layout = lambda x: jnp.transpose(x, (0, 2, 3, 1)).astype(self.dtype)
+    k = jax.lax.dynamic_update_slice(cached_key.value, to_cache_layout(k), index)
+    v = jax.lax.dynamic_update_slice(cached_value.value, to_cache_layout(v), index)
+    cached_key.value = nn.with_logical_constraint(k, cache_axes)
+    cached_value.value = nn.with_logical_constraint(v, cache_axes)
+    return cached_key.value, cached_value.value

@@ -1,0 +1,1 @@
+"""Audio in and out: reading any common format, resampling, validation, features."""
