@@ -65,6 +65,33 @@ class BaseModel(abc.ABC):
       return self.optimizer_def[group]
     return self.optimizer_def
 
+  # ---- non-parameter state ----------------------------------------------------------------
+
+  @property
+  def mutable_collections(self) -> Sequence[str]:
+    """Flax collections besides 'params' that training updates (e.g. ('quantizer',) for
+    EMA codebooks). They live in `TrainState.flax_mutables`, replicated, and are updated
+    from the *global* batch inside the jitted step, so every device holds the same state.
+    """
+    return ()
+
+  def loss_fn_with_mutables(self, params: PyTree, flax_mutables: Mapping[str, PyTree],
+                            batch: Batch, dropout_rng: Optional[jax.Array],
+                            group: str = DEFAULT_GROUP):
+    """What the trainer differentiates: -> (loss, (metrics, new flax_mutables)).
+
+    The default is `loss_fn` with the mutables passed through unchanged; models with
+    `mutable_collections` override this (and read their state in `eval_fn_with_mutables`).
+    """
+    loss, metrics = self.loss_fn(params, batch, dropout_rng, group=group)
+    return loss, (metrics, flax_mutables)
+
+  def eval_fn_with_mutables(self, params: PyTree, flax_mutables: Mapping[str, PyTree],
+                            batch: Batch) -> Tuple[jnp.ndarray, Metrics]:
+    """Deterministic loss and metrics given the current non-parameter state."""
+    del flax_mutables
+    return self.eval_fn(params, batch)
+
   # ---- the contract -----------------------------------------------------------------------
 
   @abc.abstractmethod

@@ -128,45 +128,52 @@ class Trainer:
 
   # ---- the steps ---------------------------------------------------------------------------
 
-  def _loss_and_grads(self, group: str, selected, rest, batch, rng):
-    """Mean loss, summed metrics and mean gradients over the microbatches."""
-    def loss_of(sub, micro_batch, micro_rng):
-      return self.model.loss_fn({**rest, **sub}, micro_batch, micro_rng, group=group)
+  def _loss_and_grads(self, group: str, selected, rest, mutables, batch, rng):
+    """Mean loss, summed metrics, mean gradients and updated mutables over microbatches.
+
+    Microbatches run in sequence, each seeing the mutables (e.g. EMA codebooks) the
+    previous one left, exactly as if they were consecutive small steps of that state.
+    """
+    def loss_of(sub, micro_mutables, micro_batch, micro_rng):
+      return self.model.loss_fn_with_mutables({**rest, **sub}, micro_mutables, micro_batch,
+                                              micro_rng, group=group)
     grad_fn = jax.value_and_grad(loss_of, has_aux=True)
 
     if self.num_microbatches == 1:
-      (loss, metrics), grads = grad_fn(selected, batch, rng)
-      return loss, metrics, grads
+      (loss, (metrics, mutables)), grads = grad_fn(selected, mutables, batch, rng)
+      return loss, metrics, grads, mutables
 
     micro = _microbatch_slices(batch, self.num_microbatches)
 
     def body(carry, xs):
-      loss_acc, metrics_acc, grads_acc = carry
+      loss_acc, metrics_acc, grads_acc, micro_mutables = carry
       index, micro_batch = xs
-      (loss, metrics), grads = grad_fn(selected, micro_batch, jax.random.fold_in(rng, index))
+      (loss, (metrics, micro_mutables)), grads = grad_fn(
+          selected, micro_mutables, micro_batch, jax.random.fold_in(rng, index))
       return (loss_acc + loss, jax.tree.map(jnp.add, metrics_acc, metrics),
-              jax.tree.map(jnp.add, grads_acc, grads)), None
+              jax.tree.map(jnp.add, grads_acc, grads), micro_mutables), None
 
     first = jax.tree.map(lambda x: x[0], micro)
-    (_, metrics_shape), _ = jax.eval_shape(grad_fn, selected, first, rng)
+    (_, (metrics_shape, _)), _ = jax.eval_shape(grad_fn, selected, mutables, first, rng)
     zeros = lambda t: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), t)
     init = (jnp.zeros((), jnp.float32), zeros(metrics_shape),
-            jax.tree.map(jnp.zeros_like, selected))
-    (loss, metrics, grads), _ = jax.lax.scan(
+            jax.tree.map(jnp.zeros_like, selected), mutables)
+    (loss, metrics, grads, mutables), _ = jax.lax.scan(
         body, init, (jnp.arange(self.num_microbatches), micro))
     scale = 1.0 / self.num_microbatches
-    return loss * scale, metrics, jax.tree.map(lambda g: g * scale, grads)
+    return loss * scale, metrics, jax.tree.map(lambda g: g * scale, grads), mutables
 
   def _train_step(self, state: TrainState, batch) -> Tuple[TrainState, dict]:
     step_rng = jax.random.fold_in(jax.random.key(self.seed), state.step)
     params = state.params
+    mutables = dict(state.flax_mutables)
     opt_states = dict(state.opt_states)
     metrics = {}
     single = len(self.groups) == 1
     for index, (group, collections) in enumerate(self.groups.items()):
       selected, rest = split_params(params, collections)
-      loss, group_metrics, grads = self._loss_and_grads(
-          group, selected, rest, batch, jax.random.fold_in(step_rng, index))
+      loss, group_metrics, grads, mutables = self._loss_and_grads(
+          group, selected, rest, mutables, batch, jax.random.fold_in(step_rng, index))
       optimizer = self.model.optimizer_for_group(group)
       updates, opt_states[group] = optimizer.update(grads, opt_states[group], selected)
       params = {**rest, **optax.apply_updates(selected, updates)}
@@ -180,11 +187,12 @@ class Trainer:
       decay = self.ema_decay
       ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
     new_state = state.replace(step=state.step + 1, params=params, opt_states=opt_states,
-                              ema_params=ema)
+                              ema_params=ema, flax_mutables=mutables)
     return new_state, metrics
 
   def _eval_step(self, state: TrainState, batch) -> dict:
-    _, metrics = self.model.eval_fn(state.params_for_inference(self.eval_with_ema), batch)
+    _, metrics = self.model.eval_fn_with_mutables(
+        state.params_for_inference(self.eval_with_ema), dict(state.flax_mutables), batch)
     return dict(metrics)
 
   def _compiled_step(self, name: str, fn, batch, donate: bool):
