@@ -46,6 +46,9 @@ VOCAB, LENGTH, BATCH = 1024, 512, 8
 # Gated MLP width with the parameter count of the reference's GEGLU feed-forward
 # (audiolm-pytorch: mult 4 * 2/3 = 1365): the same size, not only the same d_model.
 MLP_DIM = 1365
+# The reference's attention shares one key/value head across the 8 query heads
+# (multi-query); so does this side, through DecoderConfig.num_kv_heads.
+NUM_KV_HEADS = 1
 
 
 def machine() -> dict:
@@ -63,7 +66,7 @@ def machine() -> dict:
 def make_model(dtype: str) -> lm_models.DecoderOnlyLMModel:
   config = decoder_lm.DecoderConfig(
       target_vocab_size=VOCAB, prefix_vocab_size=0, num_layers=6, num_heads=8, head_dim=64,
-      emb_dim=512, mlp_dim=MLP_DIM, dropout_rate=0.0, max_length=LENGTH, dtype=dtype)
+      emb_dim=512, mlp_dim=MLP_DIM, num_kv_heads=NUM_KV_HEADS, dropout_rate=0.0, max_length=LENGTH, dtype=dtype)
   return lm_models.DecoderOnlyLMModel(decoder_lm.DecoderOnlyLM(config), optax.adamw(1e-4))
 
 
@@ -140,6 +143,7 @@ def main():
   ratios = {k: v / reference[k] for k, v in results.items()}
   report = {"benchmark": "lm_speed", "size": {"d_model": 512, "layers": 6, "heads": 8,
                                               "mlp_dim": MLP_DIM,
+                                              "num_kv_heads": NUM_KV_HEADS,
                                               "vocab": VOCAB, "length": LENGTH,
                                               "batch": BATCH},
             "dtype": args.dtype, "machine": machine(), "results": results,

@@ -40,6 +40,7 @@ def both_paths(model, params, inputs, **decoder_params):
     ({}, {"temperature": 1.2, "top_p": 0.9}),
     ({}, {"temperature": 1.0, "guidance_scale": 3.0}),
     ({"position_embedding": "rotary"}, {"temperature": 1.0}),
+    ({"num_kv_heads": 1}, {"temperature": 1.0, "guidance_scale": 2.0}),
     ({"scan_layers": True}, {"temperature": 1.0, "guidance_scale": 2.0}),
 ])
 def test_cached_decoding_equals_full_recomputation(batch, model_kw, decoder_params):

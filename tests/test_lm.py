@@ -106,6 +106,20 @@ def test_scanned_and_rematerialised_layers_compute_the_same_function(batch, rema
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+def test_grouped_query_attention_equals_multi_head_with_shared_key_values(batch):
+  """num_kv_heads=1 computes what multi-head attention computes when every head has the
+  same key and value projections."""
+  mqa = lm_fixtures.tiny_model(num_kv_heads=1)
+  mha = lm_fixtures.tiny_model()
+  params = init_params(mqa, batch)
+  shared = jax.tree_util.tree_map_with_path(
+      lambda path, x: jnp.repeat(x, mha.config.num_heads, axis=1)
+      if any(getattr(k, "key", None) in ("key", "value") for k in path) else x, params)
+  np.testing.assert_allclose(mqa.loss_fn(params, batch, None)[0],
+                             mha.loss_fn(shared, batch, None)[0], rtol=1e-6)
+  assert params["layers_0"]["self_attention"]["key"]["kernel"].shape[1] == 1
+
+
 def test_scanned_parameters_carry_a_stack_axis(batch):
   scanned = lm_fixtures.tiny_model(scan_layers=True)
   boxed = scanned.get_initial_variables(jax.random.key(0), lm_fixtures.input_shapes(batch))
@@ -128,6 +142,8 @@ def test_bfloat16_compute_keeps_float32_master_weights(batch):
 def test_bad_configuration_and_inputs_are_named():
   with pytest.raises(ValueError, match="position_embedding='alibi'"):
     lm_fixtures.tiny_config(position_embedding="alibi")
+  with pytest.raises(ValueError, match="num_kv_heads=3"):
+    lm_fixtures.tiny_config(num_kv_heads=3)
   with pytest.raises(ValueError, match="remat_policy"):
     lm_fixtures.tiny_config(remat_policy="some")
   model = lm_fixtures.tiny_model()

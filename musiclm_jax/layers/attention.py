@@ -24,7 +24,10 @@ class MultiHeadAttention(nn.Module):
   """Self-attention.
 
   Attributes:
-    num_heads, head_dim: query/key/value shape per token is [num_heads, head_dim].
+    num_heads, head_dim: query shape per token is [num_heads, head_dim].
+    num_kv_heads: key/value heads (None = num_heads). Fewer key/value heads (grouped-query
+      attention; 1 = multi-query) shrink the cache and the bytes read per decoding step;
+      each group of num_heads / num_kv_heads query heads shares one key/value head.
     dtype: computation dtype (softmax always float32).
     dropout_rate: dropout on the attention probabilities.
     causal: mask keys after the query (decoder) or not (encoder).
@@ -38,6 +41,14 @@ class MultiHeadAttention(nn.Module):
   causal: bool = True
   use_rotary: bool = False
   cache_length: Optional[int] = None
+  num_kv_heads: Optional[int] = None
+
+  @property
+  def kv_heads(self) -> int:
+    kv = self.num_kv_heads or self.num_heads
+    if self.num_heads % kv:
+      raise ValueError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={kv}")
+    return kv
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, positions: jnp.ndarray, bias: Optional[jnp.ndarray],
@@ -51,54 +62,63 @@ class MultiHeadAttention(nn.Module):
     Returns:
       [batch, length, embed].
     """
-    project = lambda name: linear.DenseGeneral(
-        (self.num_heads, self.head_dim), ("embed", "heads", "kv"), dtype=self.dtype,
-        name=name)
+    kv_heads = self.kv_heads
+    groups = self.num_heads // kv_heads
+    # Key/value heads shard over 'model' like query heads, unless they are fewer (GQA/MQA).
+    kv_name = "heads" if kv_heads == self.num_heads else "kv_heads"
+    project = lambda name, heads, axis: linear.DenseGeneral(
+        (heads, self.head_dim), ("embed", axis, "kv"), dtype=self.dtype, name=name)
     qkv_axes = ("batch", "length", "heads", "kv")
-    q = nn.with_logical_constraint(project("query")(x), qkv_axes)
-    k = nn.with_logical_constraint(project("key")(x), qkv_axes)
-    v = nn.with_logical_constraint(project("value")(x), qkv_axes)
+    kv_axes = ("batch", "length", kv_name, "kv")
+    q = nn.with_logical_constraint(project("query", self.num_heads, "heads")(x), qkv_axes)
+    k = nn.with_logical_constraint(project("key", kv_heads, kv_name)(x), kv_axes)
+    v = nn.with_logical_constraint(project("value", kv_heads, kv_name)(x), kv_axes)
     if self.use_rotary:
       q = rotary.apply_rotary(q, positions)
       k = rotary.apply_rotary(k, positions)
 
     q = q * jnp.asarray(1.0 / np.sqrt(self.head_dim), q.dtype)
+    # Query heads as [kv_heads, groups]: head h = kv_head * groups + group.
+    q = q.reshape(q.shape[:2] + (kv_heads, groups, self.head_dim))
     if decode:
-      k, v = self._update_cache(k, v, cache_start)
-      # Cache layout [batch, heads, head_dim, cache_length]: the layout the dots consume,
-      # so XLA updates it in place instead of re-laying it out every step (as T5X does).
-      logits_eq, values_eq = "bqhd,bhdk->bhqk", "bhqk,bhdk->bqhd"
+      k, v = self._update_cache(k, v, cache_start, kv_name)
+      # Cache layout [batch, kv_heads, head_dim, cache_length]: the layout the dots
+      # consume, so XLA updates it in place instead of re-laying it out every step.
+      logits_eq, values_eq = "bqhgd,bhdk->bhgqk", "bhgqk,bhdk->bqhgd"
       # Unwritten cache slots lie after every query, so the causal mask hides them.
       key_positions = jnp.arange(self.cache_length)
     else:
-      logits_eq, values_eq = "bqhd,bkhd->bhqk", "bhqk,bkhd->bqhd"
+      logits_eq, values_eq = "bqhgd,bkhd->bhgqk", "bhgqk,bkhd->bqhgd"
       key_positions = positions
 
     logits = jnp.einsum(logits_eq, q, k, preferred_element_type=jnp.float32)
     if bias is not None:
-      logits = logits + bias.astype(jnp.float32)
+      bias = bias.astype(jnp.float32)
+      logits = logits + bias.reshape(bias.shape[:1] + (kv_heads, groups) + bias.shape[2:])
     if self.causal:
       visible = key_positions[None, :] <= positions[:, None]
-      logits = jnp.where(visible[None, None], logits, NEG_INF)
+      logits = jnp.where(visible, logits, NEG_INF)
     probs = jax.nn.softmax(logits, axis=-1)
     if not deterministic and self.dropout_rate > 0:
       probs = nn.Dropout(self.dropout_rate)(probs, deterministic=False)
     out = jnp.einsum(values_eq, probs.astype(self.dtype), v)
+    out = out.reshape(out.shape[:2] + (self.num_heads, self.head_dim))
     out = nn.with_logical_constraint(out, qkv_axes)
     return linear.DenseGeneral(x.shape[-1], ("heads", "kv", "embed"), contract_dims=2,
                                dtype=self.dtype, name="out")(out)
 
-  def _update_cache(self, k: jnp.ndarray, v: jnp.ndarray, cache_start: jnp.ndarray):
-    """Writes a chunk k, v [batch, length, heads, head_dim] at `cache_start`.
+  def _update_cache(self, k: jnp.ndarray, v: jnp.ndarray, cache_start: jnp.ndarray,
+                    kv_name: str):
+    """Writes a chunk k, v [batch, length, kv_heads, head_dim] at `cache_start`.
 
-    Returns the whole cached keys and values, [batch, heads, head_dim, cache_length].
+    Returns the whole cached keys and values, [batch, kv_heads, head_dim, cache_length].
     """
     if self.cache_length is None:
       raise ValueError("decode=True needs cache_length")
-    shape = (k.shape[0], self.num_heads, self.head_dim, self.cache_length)
+    shape = (k.shape[0], k.shape[2], self.head_dim, self.cache_length)
     cached_key = self.variable("cache", "cached_key", jnp.zeros, shape, self.dtype)
     cached_value = self.variable("cache", "cached_value", jnp.zeros, shape, self.dtype)
-    cache_axes = ("batch", "heads", "kv", "cache_length")
+    cache_axes = ("batch", kv_name, "kv", "cache_length")
     index = (0, 0, 0, cache_start)
     to_cache_layout = lambda x: jnp.transpose(x, (0, 2, 3, 1)).astype(self.dtype)
     k = jax.lax.dynamic_update_slice(cached_key.value, to_cache_layout(k), index)

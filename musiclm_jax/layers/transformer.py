@@ -46,6 +46,7 @@ class TransformerLayer(nn.Module):
   deterministic: bool = True
   decode: bool = False
   cache_length: Optional[int] = None
+  num_kv_heads: Optional[int] = None
 
   @nn.compact
   def __call__(self, x, positions, bias, cache_start):
@@ -54,7 +55,7 @@ class TransformerLayer(nn.Module):
     h = attention.MultiHeadAttention(
         self.num_heads, self.head_dim, dtype=self.dtype, dropout_rate=self.dropout_rate,
         causal=self.causal, use_rotary=self.use_rotary, cache_length=self.cache_length,
-        name="self_attention")(h, positions, bias, cache_start, self.deterministic,
+        num_kv_heads=self.num_kv_heads, name="self_attention")(h, positions, bias, cache_start, self.deterministic,
                                self.decode)
     x = x + nn.Dropout(self.dropout_rate)(h, deterministic=self.deterministic)
     h = linear.RMSNorm(dtype=self.dtype, name="pre_mlp_norm")(x)

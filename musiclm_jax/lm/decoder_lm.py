@@ -45,6 +45,8 @@ class DecoderConfig:
     prefix_vocab_size: number of prefix ids; NULL (for guidance) is id `prefix_vocab_size`.
       0 = unconditional model (no prefix).
     num_layers, num_heads, head_dim, emb_dim, mlp_dim: transformer sizes.
+    num_kv_heads: key/value heads; None = num_heads (multi-head), fewer = grouped-query
+      attention (1 = multi-query): a smaller cache and faster decoding.
     dropout_rate: dropout on residual branches, MLP and attention probabilities.
     max_length: longest prefix + target sequence the model is meant for (decoding caches
       are sized per call; this bounds them and documents the model).
@@ -64,6 +66,7 @@ class DecoderConfig:
   head_dim: int = 64
   emb_dim: int = 512
   mlp_dim: int = 2048
+  num_kv_heads: Optional[int] = None
   dropout_rate: float = 0.0
   max_length: int = 2048
   dtype: str = "float32"
@@ -77,6 +80,10 @@ class DecoderConfig:
   def __post_init__(self):
     if self.target_vocab_size < 1:
       raise ValueError(f"target_vocab_size must be >= 1, got {self.target_vocab_size}")
+    if self.num_kv_heads is not None and (self.num_kv_heads < 1 or
+                                          self.num_heads % self.num_kv_heads):
+      raise ValueError(f"num_kv_heads={self.num_kv_heads} must divide "
+                       f"num_heads={self.num_heads}")
     if self.position_embedding not in POSITION_EMBEDDINGS:
       raise ValueError(f"position_embedding={self.position_embedding!r}; expected one of "
                        f"{POSITION_EMBEDDINGS}")
@@ -176,7 +183,7 @@ class DecoderOnlyLM(nn.Module):
                         dtype=dtype, dropout_rate=cfg.dropout_rate, causal=True,
                         use_rotary=cfg.position_embedding == "rotary",
                         deterministic=deterministic, decode=decode,
-                        cache_length=cache_length)
+                        cache_length=cache_length, num_kv_heads=cfg.num_kv_heads)
     layer_cls = transformer.TransformerLayer
     if cfg.remat_policy != "none":
       layer_cls = nn.remat(layer_cls, policy=_remat_policy(cfg.remat_policy),

@@ -27,6 +27,7 @@ STANDARD_LOGICAL_AXIS_RULES: LogicalRules = (
     ("embed", None),
     ("mlp", "model"),
     ("heads", "model"),
+    ("kv_heads", None),       # grouped-query key/value heads: few, so replicated
     ("kv", None),
     ("joined_kv", "model"),
     ("length", None),

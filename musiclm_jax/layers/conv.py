@@ -1,0 +1,175 @@
+"""Causal 1-D convolutions (plain and transposed) that can stream.
+
+SoundStream's codec must run with low latency, so every convolution looks only at the past:
+the plain conv pads on the left only, the transposed conv drops the samples that would spill
+past the end of its input (EnCodec's causal mode). Because nothing looks ahead, a clip can
+be processed in chunks: each module keeps what the next chunk needs from this one in the
+'stream' collection (the last input samples for a conv, the overlapping output tail for a
+transposed conv), starting from zeros, which is exactly the zero padding of the whole-clip
+path. So chunked outputs, concatenated, equal the whole-clip outputs:
+
+  state = {}
+  for chunk in chunks:                       # chunk lengths: multiples of the stride
+    y, state = module.apply({'params': params, **state}, chunk, streaming=True,
+                            mutable=['stream'])
+
+Start a new stream by dropping the 'stream' collection. The state holds the batch size of
+the first chunk.
+
+Frame alignment (stride s, effective kernel k_eff = (kernel_size - 1) * dilation + 1):
+output frame i of `CausalConv1D` reads input samples [(i + 1) * s - k_eff, (i + 1) * s), so
+it ends with the last sample of its own block of s inputs; there are time // s frames (any
+trailing time % s samples are dropped; SEANet requires whole frames). Output sample j of
+`CausalConvTranspose1D` depends on input frames <= j // s only.
+
+Weight normalisation (Salimans & Kingma, as in SoundStream/EnCodec) is optional:
+kernel = scale * v / ||v||, the norm taken per output channel over (width, in); `scale`
+starts at ||v|| so the initial kernel is the same as without it.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from musiclm_jax.layers import linear
+
+KERNEL_AXES = (None, "conv_in", "conv_out")
+_DIMENSION_NUMBERS = ("NWC", "WIO", "NWC")
+
+
+def _kernel(module: nn.Module, shape, weight_norm: bool) -> jnp.ndarray:
+  """Creates 'kernel' [width, in, out] (and 'scale' [out] with weight norm); float32."""
+  init = linear.fan_in_normal(shape[0] * shape[1])
+  v = module.param("kernel", nn.with_logical_partitioning(init, KERNEL_AXES), shape,
+                   jnp.float32)
+  if not weight_norm:
+    return v
+  norm = lambda w: jnp.sqrt(jnp.sum(jnp.square(w), axis=(0, 1)))
+  scale = module.param(
+      "scale", nn.with_logical_partitioning(lambda *_: norm(v), ("conv_out",)),
+      (shape[2],), jnp.float32)
+  return v * (scale / jnp.maximum(norm(v), 1e-12))
+
+
+def _bias(module: nn.Module, features: int) -> jnp.ndarray:
+  return module.param("bias", nn.with_logical_partitioning(nn.initializers.zeros,
+                                                           ("conv_out",)),
+                      (features,), jnp.float32)
+
+
+class CausalConv1D(nn.Module):
+  """Causal (left-padded) 1-D convolution: [batch, time, in] -> [batch, time // stride, features].
+
+  Attributes:
+    features: output channels.
+    kernel_size: taps of the kernel.
+    stride: downsampling factor; needs (kernel_size - 1) * dilation + 1 >= stride.
+    dilation: spacing between taps.
+    dtype: computation dtype (parameters stay float32).
+    use_bias: add a learned bias.
+    weight_norm: weight-normalise the kernel (see the module docstring).
+  """
+  features: int
+  kernel_size: int
+  stride: int = 1
+  dilation: int = 1
+  dtype: jnp.dtype = jnp.float32
+  use_bias: bool = True
+  weight_norm: bool = False
+
+  @property
+  def left_context(self) -> int:
+    """Input samples before a frame's own block that it reads: k_eff - stride."""
+    return (self.kernel_size - 1) * self.dilation + 1 - self.stride
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, streaming: bool = False) -> jnp.ndarray:
+    """Args:
+      x: [batch, time, channels].
+      streaming: take the left context from (and leave it in) the 'stream' collection
+        instead of zero padding; time must then be a multiple of stride.
+    Returns:
+      [batch, time // stride, features].
+    """
+    pad = self.left_context
+    if pad < 0:
+      raise ValueError(f"{self.name}: effective kernel {(self.kernel_size - 1) * self.dilation + 1}"
+                       f" is shorter than the stride {self.stride}")
+    time = x.shape[1]
+    if streaming and time % self.stride:
+      raise ValueError(f"{self.name}: streaming chunk of {time} samples is not a multiple of "
+                       f"the stride {self.stride}")
+    if time < self.stride:
+      raise ValueError(f"{self.name}: {time} input samples make no frame of stride "
+                       f"{self.stride}")
+    x = x[:, :time - time % self.stride].astype(self.dtype)
+    kernel = _kernel(self, (self.kernel_size, x.shape[-1], self.features), self.weight_norm)
+
+    if streaming and pad:
+      buffer = self.variable("stream", "buffer", jnp.zeros, (x.shape[0], pad, x.shape[-1]),
+                             self.dtype)
+      x = jnp.concatenate([buffer.value.astype(self.dtype), x], axis=1)
+      buffer.value = x[:, x.shape[1] - pad:]
+    else:
+      x = jnp.pad(x, ((0, 0), (pad, 0), (0, 0)))
+
+    y = jax.lax.conv_general_dilated(
+        x, kernel.astype(self.dtype), window_strides=(self.stride,), padding="VALID",
+        rhs_dilation=(self.dilation,), dimension_numbers=_DIMENSION_NUMBERS)
+    if self.use_bias:
+      y = y + _bias(self, self.features).astype(self.dtype)
+    return y
+
+
+class CausalConvTranspose1D(nn.Module):
+  """Causal transposed conv, upsampling: [batch, frames, in] -> [batch, frames * stride, features].
+
+  The full transposed conv makes frames * stride + (kernel_size - stride) samples; the last
+  kernel_size - stride would need the next frame's contribution too, so they are trimmed
+  (whole clip) or carried into the next chunk (streaming).
+
+  Attributes:
+    features: output channels.
+    kernel_size: taps; needs kernel_size >= stride (SEANet uses 2 * stride).
+    stride: upsampling factor.
+    dtype: computation dtype (parameters stay float32).
+    use_bias: add a learned bias.
+    weight_norm: weight-normalise the kernel (see the module docstring).
+  """
+  features: int
+  kernel_size: int
+  stride: int
+  dtype: jnp.dtype = jnp.float32
+  use_bias: bool = True
+  weight_norm: bool = False
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, streaming: bool = False) -> jnp.ndarray:
+    """Args:
+      x: [batch, frames, channels].
+      streaming: add the previous chunk's overhang (kept in the 'stream' collection) to the
+        start of this chunk and keep this chunk's overhang for the next.
+    Returns:
+      [batch, frames * stride, features].
+    """
+    overhang = self.kernel_size - self.stride
+    if overhang < 0:
+      raise ValueError(f"{self.name}: kernel_size {self.kernel_size} is shorter than the "
+                       f"stride {self.stride}")
+    kernel = _kernel(self, (self.kernel_size, x.shape[-1], self.features), self.weight_norm)
+    y = jax.lax.conv_transpose(
+        x.astype(self.dtype), kernel.astype(self.dtype), strides=(self.stride,),
+        padding="VALID", dimension_numbers=_DIMENSION_NUMBERS)
+    length = x.shape[1] * self.stride  # y has length + overhang samples
+
+    if streaming and overhang:
+      tail = self.variable("stream", "tail", jnp.zeros,
+                           (x.shape[0], overhang, self.features), self.dtype)
+      y = y.at[:, :overhang].add(tail.value.astype(self.dtype))
+      tail.value = y[:, length:]
+    y = y[:, :length]
+    if self.use_bias:
+      y = y + _bias(self, self.features).astype(self.dtype)
+    return y

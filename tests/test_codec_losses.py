@@ -1,0 +1,176 @@
+"""Spectral features, SoundStream's discriminators and losses (tiny configs)."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from musiclm_jax.audio import features
+from musiclm_jax.soundstream import discriminators, losses, seanet
+
+RATE = 16000
+
+
+def sine(freq, samples=RATE // 4, batch=1):
+  t = np.arange(samples) / RATE
+  return jnp.asarray(np.tile(0.5 * np.sin(2 * np.pi * freq * t), (batch, 1)), jnp.float32)
+
+
+def noise(shape, seed=0, scale=1.0):
+  return jnp.asarray(scale * np.random.default_rng(seed).normal(size=shape), jnp.float32)
+
+
+# ---- features -------------------------------------------------------------------------------
+
+def test_stft_matches_tensorflow():
+  import tensorflow as tf
+  wave = noise((2, 1000))
+  ours = features.stft(wave, frame_length=100, frame_step=25, fft_length=128)
+  theirs = tf.signal.stft(np.asarray(wave), 100, 25, 128).numpy()
+  assert ours.shape == theirs.shape == (2, 37, 65)
+  np.testing.assert_allclose(ours, theirs, atol=1e-3)
+  centred = features.stft(wave, 100, 25, center=True)
+  assert centred.shape == (2, features.num_frames(1000, 100, 25, center=True), 65) == (2, 41, 65)
+  with pytest.raises(ValueError, match="fewer than one frame"):
+    features.stft(wave[:, :50], 100, 25)
+
+
+def test_mel_filterbank_shape_and_cache():
+  matrix = features.mel_filterbank(40, 512, RATE, 20.0, 8000.0)
+  assert matrix.shape == (257, 40) and matrix.dtype == np.float32
+  assert features.mel_filterbank(40, 512, RATE, 20.0, 8000.0) is matrix
+  assert np.all(matrix >= 0) and np.all(matrix.sum(0) > 0)
+  with pytest.raises(ValueError, match="fmax"):
+    features.mel_filterbank(40, 512, RATE, 0.0, 9000.0)
+
+
+@pytest.mark.parametrize("freq", [300.0, 1000.0, 4000.0])
+def test_log_mel_of_a_sine_peaks_at_its_band(freq):
+  num_mels, fmin, fmax = 40, 0.0, RATE / 2
+  log_mel = features.log_mel_spectrogram(sine(freq), RATE, frame_length=1024, frame_step=256,
+                                         num_mels=num_mels, fmin=fmin, fmax=fmax)
+  assert log_mel.shape == (1, 1 + (RATE // 4 - 1024) // 256, num_mels)
+  peak = np.bincount(np.argmax(np.asarray(log_mel[0]), axis=-1)).argmax()
+  # Band centres on the HTK mel scale (TensorFlow's).
+  mel = lambda f: 1127.0 * np.log1p(f / 700.0)
+  centres_mel = np.linspace(mel(fmin), mel(fmax), num_mels + 2)[1:-1]
+  expected = np.argmin(np.abs(centres_mel - mel(freq)))
+  assert abs(int(peak) - int(expected)) <= 1, (peak, expected)
+
+
+def test_features_jit_and_differentiate():
+  wave = noise((1, 2000))
+  fn = jax.jit(lambda w: jnp.sum(features.log_mel_spectrogram(w, RATE, 256, 64, num_mels=16)))
+  grad = jax.grad(fn)(wave)
+  assert np.all(np.isfinite(grad)) and np.any(grad != 0)
+  assert np.all(np.isfinite(jax.grad(fn)(jnp.zeros_like(wave))))  # |0| has a finite gradient
+
+
+# ---- losses ---------------------------------------------------------------------------------
+
+def test_hinge_losses():
+  ones, zeros = jnp.ones((2, 5)), jnp.zeros((2, 5))
+  # A discriminator that is right by a margin has zero loss; undecided costs 1 + 1.
+  assert float(losses.discriminator_hinge_loss([2 * ones, ones], [-ones, -3 * ones])) == 0.0
+  assert float(losses.discriminator_hinge_loss([zeros], [zeros])) == pytest.approx(2.0)
+  assert float(losses.discriminator_hinge_loss([ones], [ones])) == pytest.approx(2.0)
+  assert float(losses.generator_hinge_loss([ones, 5 * ones])) == 0.0
+  assert float(losses.generator_hinge_loss([zeros, -ones])) == pytest.approx(1.5)
+  with pytest.raises(ValueError):
+    losses.discriminator_hinge_loss([ones], [])
+
+
+def test_feature_matching():
+  real = [[noise((2, 8, 3), 0), noise((2, 4, 5), 1)], [noise((2, 6, 2), 2)]]
+  fake = [[f + noise(f.shape, 9, 0.5) for f in maps] for maps in real]
+  assert float(losses.feature_matching_loss(real, real)) == 0.0
+  value = float(losses.feature_matching_loss(real, fake))
+  assert 0.1 < value < 1.0  # relative error of noise at half the features' scale
+  # Invariant to the scale of a layer (normalised by the real map's magnitude).
+  scaled = lambda maps_list, c: [[c * f for f in maps] for maps in maps_list]
+  np.testing.assert_allclose(losses.feature_matching_loss(scaled(real, 10.0),
+                                                          scaled(fake, 10.0)), value, rtol=1e-5)
+
+
+def test_spectral_loss_zero_when_equal_and_grows_with_noise():
+  wave = sine(440.0, samples=4000, batch=2) + noise((2, 4000), 1, 0.05)
+  assert float(losses.multi_scale_spectral_loss(wave, wave, RATE)) == 0.0
+  small = float(losses.multi_scale_spectral_loss(wave, wave + noise(wave.shape, 2, 0.01), RATE))
+  large = float(losses.multi_scale_spectral_loss(wave, wave + noise(wave.shape, 2, 0.1), RATE))
+  assert 0.0 < small < large
+  # Gradients at identical inputs are finite (the L2 norm's sqrt is guarded).
+  grad = jax.grad(lambda r: losses.multi_scale_spectral_loss(wave, r, RATE))(wave)
+  assert np.all(np.isfinite(grad))
+
+
+# ---- discriminators and the whole generator loss --------------------------------------------
+
+def tiny_stft_discriminator():
+  return discriminators.STFTDiscriminator(channels=4, channel_multipliers=(1, 2),
+                                          unit_strides=((1, 2), (2, 2)), frame_length=64,
+                                          frame_step=16)
+
+
+def tiny_wave_discriminator():
+  return discriminators.MultiScaleWaveDiscriminator(channels=4, max_channels=16,
+                                                    downsample_factors=(4, 4))
+
+
+def test_discriminator_outputs():
+  wave = noise((2, 1600), 0, 0.3)
+  stft_d, wave_d = tiny_stft_discriminator(), tiny_wave_discriminator()
+  stft_vars = stft_d.init(jax.random.key(0), wave)
+  wave_vars = wave_d.init(jax.random.key(1), wave)
+  for variables in (stft_vars, wave_vars):
+    leaves = jax.tree.leaves(variables["params"],
+                             is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+    assert all(isinstance(l, nn.LogicallyPartitioned) and l.value.dtype == jnp.float32
+               for l in leaves)
+
+  (logits, maps), = stft_d.apply(stft_vars, wave)
+  # 101 centred frames x 33 bins -> units with strides (1, 2), (2, 2) -> 51 x 9 -> 51 logits.
+  assert logits.shape == (2, 51) and np.all(np.isfinite(logits))
+  assert [m.shape for m in maps] == [(2, 101, 33, 4), (2, 101, 17, 4), (2, 51, 9, 8)]
+
+  outputs = wave_d.apply(wave_vars, wave)
+  assert len(outputs) == 3
+  for k, (logits, maps) in enumerate(outputs):
+    samples = 1600 // 2 ** k
+    assert logits.shape == (2, samples // 16) and np.all(np.isfinite(logits))
+    assert [m.shape for m in maps] == [(2, samples, 4), (2, samples // 4, 16),
+                                       (2, samples // 16, 16), (2, samples // 16, 16)]
+
+
+def test_generator_loss_gradients_reach_every_codec_param():
+  wave = sine(440.0, samples=1600, batch=2) + noise((2, 1600), 3, 0.05)
+  encoder = seanet.SEANetEncoder(channels=4, strides=(2, 2, 2), embedding_dim=8)
+  decoder = seanet.SEANetDecoder(channels=4, strides=(2, 2, 2))
+  stft_d, wave_d = tiny_stft_discriminator(), tiny_wave_discriminator()
+  enc_p = nn.meta.unbox(encoder.init(jax.random.key(0), wave))
+  dec_p = nn.meta.unbox(decoder.init(jax.random.key(1), encoder.apply(enc_p, wave)))
+  stft_p = nn.meta.unbox(stft_d.init(jax.random.key(2), wave))
+  wave_p = nn.meta.unbox(wave_d.init(jax.random.key(3), wave))
+  run_discriminators = lambda w: stft_d.apply(stft_p, w) + wave_d.apply(wave_p, w)
+
+  def loss_fn(codec_params):
+    recon = decoder.apply(codec_params["dec"], encoder.apply(codec_params["enc"], wave))
+    total, terms = losses.generator_loss(run_discriminators(wave), run_discriminators(recon),
+                                         wave, recon, RATE)
+    return total, terms
+
+  params = {"enc": enc_p, "dec": dec_p}
+  (total, terms), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params)
+  assert np.isfinite(float(total)) and all(float(v) > 0 for v in terms.values())
+  np.testing.assert_allclose(
+      total, terms["adversarial"] + 100 * terms["feature_matching"] + terms["reconstruction"],
+      rtol=1e-5)
+  for path, g in jax.tree_util.tree_leaves_with_path(grads):
+    assert np.all(np.isfinite(g)) and np.any(g != 0), jax.tree_util.keystr(path)
+
+  # The discriminator loss trains the discriminators (finite, non-zero gradients too).
+  recon = decoder.apply(dec_p, encoder.apply(enc_p, wave))
+  d_grads = jax.grad(lambda p: losses.discriminator_loss(
+      wave_d.apply(p, wave), wave_d.apply(p, jax.lax.stop_gradient(recon))))(wave_p)
+  assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(d_grads))
+  assert any(np.any(g != 0) for g in jax.tree.leaves(d_grads))
