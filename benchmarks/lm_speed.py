@@ -66,7 +66,8 @@ def machine() -> dict:
 def make_model(dtype: str) -> lm_models.DecoderOnlyLMModel:
   config = decoder_lm.DecoderConfig(
       target_vocab_size=VOCAB, prefix_vocab_size=0, num_layers=6, num_heads=8, head_dim=64,
-      emb_dim=512, mlp_dim=MLP_DIM, num_kv_heads=NUM_KV_HEADS, dropout_rate=0.0, max_length=LENGTH, dtype=dtype)
+      emb_dim=512, mlp_dim=MLP_DIM, num_kv_heads=NUM_KV_HEADS, dropout_rate=0.0,
+      max_length=LENGTH, dtype=dtype)
   return lm_models.DecoderOnlyLMModel(decoder_lm.DecoderOnlyLM(config), optax.adamw(1e-4))
 
 

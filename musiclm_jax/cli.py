@@ -3,6 +3,7 @@
   musiclm-jax train --gin_file=... --gin.MODEL_DIR="'/tmp/run'"
   musiclm-jax eval  --gin_file=... ...
   musiclm-jax infer --gin_file=... ...
+  musiclm-jax codec encode|decode|export ...   (argparse; see musiclm_jax/soundstream/cli.py)
 """
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ COMMANDS = {
     "train": ("musiclm_jax.train", "train a model (resumes from MODEL_DIR)"),
     "eval": ("musiclm_jax.eval", "evaluate a checkpoint on a split"),
     "infer": ("musiclm_jax.infer", "sample from a checkpoint"),
+    "codec": ("musiclm_jax.soundstream.cli", "SoundStream: encode/decode audio, export"),
 }
+# Commands with their own argparse interface (no gin): run as module.main(argv).
+PLAIN_COMMANDS = ("codec",)
 
 
 def _usage() -> str:
@@ -34,6 +38,9 @@ def main(argv=None) -> None:
     print(f"error: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
     raise SystemExit(2)
   module = importlib.import_module(COMMANDS[command][0])
+  if command in PLAIN_COMMANDS:
+    module.main(argv[2:])
+    return
   sys.argv = [f"musiclm-jax {command}"] + argv[2:]
   from musiclm_jax import launch
   launch.run(module.main)

@@ -67,5 +67,6 @@ def import_configurables() -> None:
   """Imports every module that registers gin configurables."""
   # pylint: disable=g-import-not-at-top,unused-import
   import musiclm_jax.lm  # noqa: F401
+  import musiclm_jax.soundstream.model  # noqa: F401
   import musiclm_jax.tasks  # noqa: F401
   from musiclm_jax.training import checkpoints, data, optimizers, partitioning, trainer  # noqa

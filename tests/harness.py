@@ -9,7 +9,6 @@ import sys
 from typing import Optional, Sequence
 
 import numpy as np
-import orbax.checkpoint as ocp
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_LM_GIN = ("lm/tiny.gin", "tasks/synthetic_arpeggios.gin", "runs/pretrain.gin")
@@ -65,17 +64,9 @@ def losses(model_dir: str) -> dict[int, float]:
 
 
 def checkpointed_params(model_dir: str, step: int) -> dict:
-  """The params saved at `step`, as numpy arrays (read with Orbax directly).
-
-  Restored as host numpy arrays, so a checkpoint written by any device topology (e.g. two
-  processes) reads back in the test process.
-  """
-  import jax
-  path = os.path.join(model_dir, "checkpoints", str(step), "state")
-  checkpointer = ocp.PyTreeCheckpointer()
-  tree = checkpointer.metadata(path).item_metadata.tree
-  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-  return checkpointer.restore(path, restore_args=restore_args)["params"]
+  """The params saved at `step`, as numpy arrays, whatever topology wrote them."""
+  from musiclm_jax.training import checkpoints
+  return checkpoints.restore_numpy_state(model_dir, step)[1]["params"]
 
 
 def assert_trees_close(a, b, rtol=1e-6, atol=1e-7):

@@ -154,3 +154,25 @@ def restore_state(model_dir: str, abstract_state: PyTree,
   if restored is None:
     raise FileNotFoundError(f"No checkpoint found in {manager.directory}")
   return restored.step, restored.state
+
+
+def restore_numpy_state(model_dir: str, step: Optional[int] = None) -> Tuple[int, PyTree]:
+  """(step, the saved TrainState as nested dicts of host numpy arrays).
+
+  Needs no model, mesh or abstract state, and reads checkpoints written by any device
+  topology (e.g. a multi-host job): for exporting and inspecting. `step` None = newest.
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  directory = os.path.join(os.path.abspath(model_dir), "checkpoints")
+  steps = sorted(int(d) for d in os.listdir(directory) if d.isdigit()) if os.path.isdir(
+      directory) else []
+  if not steps:
+    raise FileNotFoundError(f"No checkpoint found in {directory}")
+  step = steps[-1] if step is None else step
+  if step not in steps:
+    raise FileNotFoundError(f"No checkpoint for step {step} in {directory}; have {steps}")
+  path = os.path.join(directory, str(step), "state")
+  checkpointer = ocp.PyTreeCheckpointer()
+  tree = checkpointer.metadata(path).item_metadata.tree
+  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+  return step, checkpointer.restore(path, restore_args=restore_args)

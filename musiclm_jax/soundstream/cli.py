@@ -1,0 +1,114 @@
+"""`musiclm-jax codec ...`: audio files <-> SoundStream tokens, and bundle export.
+
+  musiclm-jax codec encode IN.(wav|flac|ogg|mp3) OUT.npy --bundle DIR [--levels Q]
+  musiclm-jax codec decode IN.npy OUT.(wav|flac) --bundle DIR [--levels Q]
+  musiclm-jax codec export --model_dir RUN OUT_BUNDLE [--step N] [--no_ema]
+
+Input audio of any sample rate and channel count is down-mixed and resampled to the codec's
+rate. Codes are saved as int32 [frames, levels] for one file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+
+def _encode(args) -> None:
+  from musiclm_jax.audio import io as audio_io
+  from musiclm_jax.soundstream import codec as codec_lib
+  codec = codec_lib.Codec.load(args.bundle)
+  wave = audio_io.load_audio(args.input, sample_rate=codec.config.sample_rate)
+  codes = codec.encode(wave[None], args.levels)[0]
+  _save_npy(args.output, codes.astype(np.int32))
+  print(f"{args.input}: {wave.shape[0] / codec.config.sample_rate:.2f} s -> codes "
+        f"{codes.shape} ({codec.config.bitrate(codes.shape[-1]) / 1000:.1f} kbps) -> "
+        f"{args.output}")
+
+
+def _decode(args) -> None:
+  from musiclm_jax.audio import io as audio_io
+  from musiclm_jax.soundstream import codec as codec_lib
+  codec = codec_lib.Codec.load(args.bundle)
+  try:
+    codes = np.load(args.input, allow_pickle=False)
+  except (OSError, ValueError) as e:
+    raise ValueError(f"{args.input}: not a readable .npy file ({e})") from e
+  if codes.ndim != 2:
+    raise ValueError(f"{args.input}: codes must be [frames, levels], got shape {codes.shape}")
+  if args.levels:
+    codes = codes[:, :args.levels]
+  wave = codec.decode(codes[None])[0]
+  audio_io.save_audio(args.output, wave, codec.config.sample_rate)
+  print(f"{args.input}: codes {codes.shape} -> {wave.shape[0] / codec.config.sample_rate:.2f} "
+        f"s -> {args.output}")
+
+
+def _export(args) -> None:
+  import gin
+  from musiclm_jax import gin_utils
+  from musiclm_jax.soundstream import codec as codec_lib
+  from musiclm_jax.soundstream import model as model_lib
+  from musiclm_jax.training import checkpoints
+  config_path = os.path.join(args.model_dir, "config.gin")
+  if not os.path.isfile(config_path):
+    raise FileNotFoundError(f"{config_path} not found: is {args.model_dir!r} a training run?")
+  gin_utils.import_configurables()
+  gin.parse_config_file(config_path, skip_unknown=True)
+  config = model_lib.SoundStreamConfig()
+  step, state = checkpoints.restore_numpy_state(args.model_dir, args.step)
+  params = state["ema_params"] if (not args.no_ema and state.get("ema_params")) else state[
+      "params"]
+  codec = codec_lib.Codec.from_train_state(config, params, state["flax_mutables"])
+  codec._check_shapes(config_path)  # pylint: disable=protected-access
+  codec.save(args.output)
+  print(f"step {step} of {args.model_dir} -> codec bundle {args.output} "
+        f"({config.bitrate() / 1000:.1f} kbps at {config.num_quantizers} levels)")
+
+
+def _save_npy(path: str, array: np.ndarray) -> None:
+  """np.save through a temporary name, so a crash leaves no half-written file."""
+  tmp = f"{path}.tmp-{os.getpid()}.npy"
+  np.save(tmp, array)
+  os.replace(tmp, path)
+
+
+def parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="musiclm-jax codec", description=__doc__.split("\n")[0])
+  sub = p.add_subparsers(dest="command", required=True)
+  enc = sub.add_parser("encode", help="audio file -> codes .npy")
+  enc.add_argument("input")
+  enc.add_argument("output")
+  enc.add_argument("--bundle", required=True, help="codec bundle folder (codec export)")
+  enc.add_argument("--levels", type=int, default=None, help="keep the first Q levels")
+  enc.set_defaults(run=_encode)
+  dec = sub.add_parser("decode", help="codes .npy -> audio file")
+  dec.add_argument("input")
+  dec.add_argument("output")
+  dec.add_argument("--bundle", required=True)
+  dec.add_argument("--levels", type=int, default=None, help="decode the first Q levels")
+  dec.set_defaults(run=_decode)
+  exp = sub.add_parser("export", help="training run checkpoint -> codec bundle")
+  exp.add_argument("--model_dir", required=True)
+  exp.add_argument("output")
+  exp.add_argument("--step", type=int, default=None)
+  exp.add_argument("--no_ema", action="store_true", help="export raw, not EMA, params")
+  exp.set_defaults(run=_export)
+  return p
+
+
+def main(argv=None) -> None:
+  args = parser().parse_args(argv)
+  from musiclm_jax.audio import io as audio_io
+  try:
+    args.run(args)
+  except (audio_io.AudioError, ValueError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+if __name__ == "__main__":
+  main()

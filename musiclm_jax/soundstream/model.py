@@ -1,0 +1,292 @@
+"""SoundStream (Zeghidour et al. 2021): the codec network and its GAN training model.
+
+  SoundStream       generator: SEANet encoder -> residual VQ -> SEANet decoder.
+  Discriminators    the STFT discriminator + three multi-scale waveform discriminators.
+  SoundStreamGAN    both, so one variable tree holds params {'generator', 'discriminator'}.
+  SoundStreamModel  the T5X-style model: two optimizer groups (discriminator, then
+                    generator, each step), EMA codebooks in the 'quantizer' collection, a
+                    step counter for the discriminator warm-up in 'gan_state'.
+
+Batches: {'audio': float32 [batch, samples]} at `SoundStreamConfig.sample_rate`, samples a
+multiple of the hop length (the product of the strides).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Mapping, Optional, Sequence, Tuple
+
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+import optax
+
+from musiclm_jax.layers import quantizers
+from musiclm_jax.soundstream import discriminators, losses, seanet
+from musiclm_jax.training import models as models_lib
+
+GAN_STATE = "gan_state"
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class SoundStreamConfig:
+  """Codec and discriminator sizes. Defaults are the paper's 24 kHz, 6 kbps codec.
+
+  Attributes:
+    sample_rate: Hz of the audio the codec reads and writes.
+    channels: SEANet base width C (block i has C * 2^(i+1) channels).
+    strides: SEANet down/up-sampling per block; hop = prod(strides) samples per frame.
+    embedding_dim: D of the frames the quantizer codes.
+    num_quantizers, codebook_size: residual VQ levels x codes per level.
+    quantizer_dropout: train with a random number of levels per example (any bitrate).
+    codebook_decay, dead_code_threshold, kmeans_iterations: see `layers.quantizers`.
+    weight_norm: weight-normalise the SEANet convs.
+    stft_channels, wave_channels, wave_max_channels, wave_scales: discriminator sizes.
+    stft_frame_length, stft_frame_step: the STFT discriminator's window and hop.
+    dtype: compute dtype of the networks.
+  """
+  sample_rate: int = 24000
+  channels: int = 32
+  strides: Tuple[int, ...] = (3, 4, 5, 8)
+  embedding_dim: int = 128
+  num_quantizers: int = 12
+  codebook_size: int = 1024
+  quantizer_dropout: bool = True
+  codebook_decay: float = 0.99
+  dead_code_threshold: float = 2.0
+  kmeans_iterations: int = 10
+  weight_norm: bool = True
+  stft_channels: int = 32
+  stft_frame_length: int = 1024
+  stft_frame_step: int = 256
+  wave_channels: int = 16
+  wave_max_channels: int = 1024
+  wave_scales: int = 3
+  dtype: str = "float32"
+
+  @property
+  def hop_length(self) -> int:
+    return math.prod(self.strides)
+
+  @property
+  def frame_rate(self) -> float:
+    return self.sample_rate / self.hop_length
+
+  def bitrate(self, num_levels: Optional[int] = None) -> float:
+    """Bits per second when decoding with the first `num_levels` levels (default all)."""
+    levels = self.num_quantizers if num_levels is None else num_levels
+    return levels * math.log2(self.codebook_size) * self.frame_rate
+
+
+class SoundStream(nn.Module):
+  """The codec: [batch, samples] -> codes [batch, frames, levels] -> [batch, samples]."""
+  config: SoundStreamConfig
+
+  def setup(self):
+    cfg = self.config
+    dtype = jnp.dtype(cfg.dtype)
+    self.encoder = seanet.SEANetEncoder(cfg.channels, tuple(cfg.strides), cfg.embedding_dim,
+                                        weight_norm=cfg.weight_norm, dtype=dtype)
+    self.quantizer = quantizers.ResidualVectorQuantizer(
+        cfg.num_quantizers, cfg.codebook_size, cfg.embedding_dim, decay=cfg.codebook_decay,
+        kmeans_iterations=cfg.kmeans_iterations, dead_code_threshold=cfg.dead_code_threshold,
+        quantizer_dropout=cfg.quantizer_dropout)
+    self.decoder = seanet.SEANetDecoder(cfg.channels, tuple(cfg.strides),
+                                        weight_norm=cfg.weight_norm, dtype=dtype)
+
+  def __call__(self, wave: jnp.ndarray, train: bool = False,
+               dropout_rng: Optional[jax.Array] = None, num_levels: Optional[int] = None):
+    """Encode, quantize, decode.
+
+    Returns (reconstruction [batch, samples], codes int32 [batch, frames, levels],
+    quantizer metrics). In training the codebooks update ('quantizer' mutable) and, with
+    quantizer dropout, each example uses its own random number of levels.
+    """
+    embeddings = self.encoder(wave)
+    quantized, codes, metrics = self.quantizer(embeddings, train=train,
+                                               dropout_rng=dropout_rng, num_levels=num_levels)
+    return self.decoder(quantized), codes, metrics
+
+  def encode(self, wave: jnp.ndarray, num_levels: Optional[int] = None,
+             streaming: bool = False) -> jnp.ndarray:
+    """[batch, samples] -> codes int32 [batch, samples // hop, levels]."""
+    return self.quantizer.encode(self.encoder(wave, streaming), num_levels)
+
+  def decode(self, codes: jnp.ndarray, streaming: bool = False) -> jnp.ndarray:
+    """codes [batch, frames, q] (any q <= num_quantizers) -> [batch, frames * hop]."""
+    return self.decoder(self.quantizer.decode(codes), streaming)
+
+
+class Discriminators(nn.Module):
+  """STFT discriminator + multi-scale waveform discriminators, as one flat output list."""
+  config: SoundStreamConfig
+
+  @nn.compact
+  def __call__(self, wave: jnp.ndarray) -> discriminators.DiscriminatorOutput:
+    cfg = self.config
+    dtype = jnp.dtype(cfg.dtype)
+    stft = discriminators.STFTDiscriminator(
+        cfg.stft_channels, frame_length=cfg.stft_frame_length,
+        frame_step=cfg.stft_frame_step, dtype=dtype, name="stft")(wave)
+    waves = discriminators.MultiScaleWaveDiscriminator(
+        cfg.wave_scales, cfg.wave_channels, cfg.wave_max_channels, dtype=dtype,
+        name="wave")(wave)
+    return stft + waves
+
+
+class SoundStreamGAN(nn.Module):
+  """Holds the generator and the discriminators under one variable tree."""
+  config: SoundStreamConfig
+
+  def setup(self):
+    self.generator = SoundStream(self.config)
+    self.discriminator = Discriminators(self.config)
+    self.step = self.variable(GAN_STATE, "step", lambda: jnp.zeros((), jnp.int32))
+
+  def __call__(self, wave: jnp.ndarray):
+    """Initialisation pass through both networks."""
+    reconstruction, _, _ = self.generator(wave)
+    return self.discriminator(reconstruction)
+
+  def generate(self, wave, train: bool = False, dropout_rng=None, num_levels=None):
+    return self.generator(wave, train=train, dropout_rng=dropout_rng, num_levels=num_levels)
+
+  def discriminate(self, wave):
+    return self.discriminator(wave)
+
+  def count_step(self):
+    self.step.value = self.step.value + 1
+
+
+@gin.configurable
+def soundstream_gan(config: SoundStreamConfig = gin.REQUIRED) -> SoundStreamGAN:
+  """gin factory: `SoundStreamModel.module = @soundstream_gan()`."""
+  return SoundStreamGAN(config)
+
+
+@gin.configurable
+class SoundStreamModel(models_lib.BaseModel):
+  """GAN training of the codec on the T5X-style core."""
+
+  def __init__(self, module: SoundStreamGAN,
+               optimizer_def: Mapping[str, optax.GradientTransformation],
+               lambda_adv: float = losses.LAMBDA_ADV, lambda_feat: float = losses.LAMBDA_FEAT,
+               lambda_rec: float = losses.LAMBDA_REC, lambda_commit: float = 1.0,
+               discriminator_warmup_steps: int = 0,
+               spectral_windows: Sequence[int] = losses.SPECTRAL_WINDOWS):
+    """Args:
+      module: the generator + discriminators.
+      optimizer_def: {'generator': ..., 'discriminator': ...} optax transformations.
+      lambda_adv, lambda_feat, lambda_rec: generator loss weights (the paper's defaults).
+      lambda_commit: weight of the quantizer commitment loss.
+      discriminator_warmup_steps: train the generator on reconstruction alone (and leave
+        the discriminators still) for this many steps before the adversarial game starts.
+      spectral_windows: STFT window sizes of the multi-scale reconstruction loss.
+    """
+    missing = {"generator", "discriminator"} - set(optimizer_def)
+    if missing:
+      raise ValueError(f"SoundStreamModel needs optimizers for {sorted(missing)}")
+    super().__init__(module, optimizer_def)
+    self.lambda_adv, self.lambda_feat, self.lambda_rec = lambda_adv, lambda_feat, lambda_rec
+    self.lambda_commit = lambda_commit
+    self.discriminator_warmup_steps = discriminator_warmup_steps
+    self.spectral_windows = tuple(spectral_windows)
+
+  @property
+  def config(self) -> SoundStreamConfig:
+    return self.module.config
+
+  @property
+  def optimizer_groups(self):
+    # The discriminator moves first, against the current generator; then the generator.
+    return {"discriminator": ("discriminator",), "generator": ("generator",)}
+
+  @property
+  def mutable_collections(self):
+    return (quantizers.COLLECTION, GAN_STATE)
+
+  def get_initial_variables(self, rng, input_shapes, input_types=None):
+    wave = jnp.zeros(input_shapes["audio"], jnp.float32)
+    return self.module.init(rng, wave)
+
+  # ---- losses ---------------------------------------------------------------------------
+
+  def _adversarial_on(self, mutables) -> jnp.ndarray:
+    step = mutables[GAN_STATE]["step"]
+    return (step >= self.discriminator_warmup_steps).astype(jnp.float32)
+
+  def loss_fn_with_mutables(self, params, flax_mutables, batch, dropout_rng,
+                            group=models_lib.DEFAULT_GROUP):
+    wave = batch["audio"]
+    variables = {"params": params, **flax_mutables}
+    adversarial_on = self._adversarial_on(flax_mutables)
+    batch_size = jnp.asarray(wave.shape[0], jnp.float32)
+    real = self.module.apply(variables, wave, method=SoundStreamGAN.discriminate)
+
+    if group == "discriminator":
+      reconstruction, _, _ = self.module.apply(variables, wave, method=SoundStreamGAN.generate)
+      fake = self.module.apply(variables, jax.lax.stop_gradient(reconstruction),
+                               method=SoundStreamGAN.discriminate)
+      loss = losses.discriminator_loss(real, fake) * adversarial_on
+      return loss, ({"discriminator_loss_sum": loss * batch_size, "weight_sum": batch_size},
+                    flax_mutables)
+
+    if group != "generator":
+      raise ValueError(f"unknown optimizer group {group!r}")
+    (reconstruction, _, vq), updates = self.module.apply(
+        variables, wave, train=True, dropout_rng=dropout_rng, method=SoundStreamGAN.generate,
+        mutable=[quantizers.COLLECTION])
+    fake = self.module.apply(variables, reconstruction, method=SoundStreamGAN.discriminate)
+    total, terms = losses.generator_loss(
+        real, fake, wave, reconstruction, self.config.sample_rate,
+        lambda_adv=self.lambda_adv * adversarial_on,
+        lambda_feat=self.lambda_feat * adversarial_on, lambda_rec=self.lambda_rec,
+        window_sizes=self.spectral_windows)
+    loss = total + self.lambda_commit * vq["commitment_loss"]
+    _, counted = self.module.apply(variables, method=SoundStreamGAN.count_step,
+                                   mutable=[GAN_STATE])
+    metrics = {f"{name}_sum": value * batch_size for name, value in terms.items()}
+    metrics.update({"commitment_loss_sum": vq["commitment_loss"] * batch_size,
+                    "codebook_perplexity_sum": vq["perplexity"] * batch_size,
+                    "codebook_usage_sum": vq["usage"] * batch_size,
+                    "weight_sum": batch_size})
+    new_mutables = {**flax_mutables, quantizers.COLLECTION: updates[quantizers.COLLECTION],
+                    GAN_STATE: counted[GAN_STATE]}
+    return loss, (metrics, new_mutables)
+
+  def loss_fn(self, params, batch, dropout_rng, group=models_lib.DEFAULT_GROUP):
+    raise NotImplementedError("SoundStreamModel keeps codebooks in flax_mutables: use "
+                              "loss_fn_with_mutables / eval_fn_with_mutables")
+
+  def eval_fn_with_mutables(self, params, flax_mutables, batch):
+    """Reconstruction quality at full bitrate: spectral loss and mel distance."""
+    wave = batch["audio"]
+    variables = {"params": params, **flax_mutables}
+    reconstruction, _, vq = self.module.apply(variables, wave, method=SoundStreamGAN.generate)
+    rec = losses.multi_scale_spectral_loss(wave, reconstruction, self.config.sample_rate,
+                                           self.spectral_windows)
+    batch_size = jnp.asarray(wave.shape[0], jnp.float32)
+    return rec, {"reconstruction_sum": rec * batch_size,
+                 "codebook_perplexity_sum": vq["perplexity"] * batch_size,
+                 "weight_sum": batch_size}
+
+  # ---- inference ------------------------------------------------------------------------
+
+  def predict_batch(self, params, batch, rng=None, flax_mutables=None, num_levels=None,
+                    **unused):
+    """Reconstructions [batch, samples] through `num_levels` levels (default all)."""
+    if flax_mutables is None:
+      raise ValueError("SoundStreamModel.predict_batch needs flax_mutables (the codebooks)")
+    variables = {"params": params, **flax_mutables}
+    return self.module.apply(variables, batch["audio"], num_levels=num_levels,
+                             method=SoundStreamGAN.generate)[0]
+
+  def score_batch(self, params, batch, flax_mutables=None):
+    """Negative per-example spectral reconstruction loss, [batch]."""
+    reconstruction = self.predict_batch(params, batch, flax_mutables=flax_mutables)
+    per_example = jax.vmap(lambda w, r: losses.multi_scale_spectral_loss(
+        w[None], r[None], self.config.sample_rate, self.spectral_windows))
+    return -per_example(batch["audio"], reconstruction)
