@@ -60,7 +60,7 @@ def _bias(module: nn.Module, features: int) -> jnp.ndarray:
 
 
 class CausalConv1D(nn.Module):
-  """Causal (left-padded) 1-D convolution: [batch, time, in] -> [batch, time // stride, features].
+  """Causal (left-padded) 1-D conv: [batch, time, in] -> [batch, time // stride, features].
 
   Attributes:
     features: output channels.
@@ -95,8 +95,8 @@ class CausalConv1D(nn.Module):
     """
     pad = self.left_context
     if pad < 0:
-      raise ValueError(f"{self.name}: effective kernel {(self.kernel_size - 1) * self.dilation + 1}"
-                       f" is shorter than the stride {self.stride}")
+      raise ValueError(f"{self.name}: effective kernel {pad + self.stride} is shorter than "
+                       f"the stride {self.stride}")
     time = x.shape[1]
     if streaming and time % self.stride:
       raise ValueError(f"{self.name}: streaming chunk of {time} samples is not a multiple of "
@@ -124,7 +124,7 @@ class CausalConv1D(nn.Module):
 
 
 class CausalConvTranspose1D(nn.Module):
-  """Causal transposed conv, upsampling: [batch, frames, in] -> [batch, frames * stride, features].
+  """Causal transposed conv: [batch, frames, in] -> [batch, frames * stride, features].
 
   The full transposed conv makes frames * stride + (kernel_size - stride) samples; the last
   kernel_size - stride would need the next frame's contribution too, so they are trimmed
