@@ -4,8 +4,8 @@ SoundStream's codec must run with low latency, so every convolution looks only a
 the plain conv pads on the left only, the transposed conv drops the samples that would spill
 past the end of its input (EnCodec's causal mode). Because nothing looks ahead, a clip can
 be processed in chunks: each module keeps what the next chunk needs from this one in the
-'stream' collection (the last input samples for a conv, the overlapping output tail for a
-transposed conv), starting from zeros, which is exactly the zero padding of the whole-clip
+'stream' collection (the last input samples for a conv, the last input frames for a
+transposed conv, which it computes in polyphase form), starting from zeros, which is exactly the zero padding of the whole-clip
 path. So chunked outputs, concatenated, equal the whole-clip outputs:
 
   state = {}
@@ -127,8 +127,9 @@ class CausalConvTranspose1D(nn.Module):
   """Causal transposed conv: [batch, frames, in] -> [batch, frames * stride, features].
 
   The full transposed conv makes frames * stride + (kernel_size - stride) samples; the last
-  kernel_size - stride would need the next frame's contribution too, so they are trimmed
-  (whole clip) or carried into the next chunk (streaming).
+  kernel_size - stride would need the next frame's contribution too, so they are left to
+  the next chunk (streaming) or dropped (whole clip). Computed in polyphase form (a conv
+  over frames with stride * features outputs), with no zero-stuffing.
 
   Attributes:
     features: output channels.
@@ -149,27 +150,37 @@ class CausalConvTranspose1D(nn.Module):
   def __call__(self, x: jnp.ndarray, streaming: bool = False) -> jnp.ndarray:
     """Args:
       x: [batch, frames, channels].
-      streaming: add the previous chunk's overhang (kept in the 'stream' collection) to the
-        start of this chunk and keep this chunk's overhang for the next.
+      streaming: take the previous chunk's last input frames from the 'stream' collection
+        (and leave this chunk's there) instead of zero padding.
     Returns:
       [batch, frames * stride, features].
     """
-    overhang = self.kernel_size - self.stride
-    if overhang < 0:
+    stride = self.stride
+    if self.kernel_size < stride:
       raise ValueError(f"{self.name}: kernel_size {self.kernel_size} is shorter than the "
-                       f"stride {self.stride}")
+                       f"stride {stride}")
     kernel = _kernel(self, (self.kernel_size, x.shape[-1], self.features), self.weight_norm)
-    y = jax.lax.conv_transpose(
-        x.astype(self.dtype), kernel.astype(self.dtype), strides=(self.stride,),
-        padding="VALID", dimension_numbers=_DIMENSION_NUMBERS)
-    length = x.shape[1] * self.stride  # y has length + overhang samples
-
-    if streaming and overhang:
-      tail = self.variable("stream", "tail", jnp.zeros,
-                           (x.shape[0], overhang, self.features), self.dtype)
-      y = y.at[:, :overhang].add(tail.value.astype(self.dtype))
-      tail.value = y[:, length:]
-    y = y[:, :length]
+    # Polyphase form: output sample t * s + r = sum_j x[t - j] @ kernel[j * s + r]. That is a
+    # causal conv over *frames* with m = ceil(kernel_size / s) taps and s * features output
+    # channels, reshaped to [frames * s, features]: the zero-stuffed input a dilated
+    # transposed conv would multiply (s times the work) is never built.
+    taps = -(-self.kernel_size // stride)
+    kernel = jnp.pad(kernel, ((0, taps * stride - self.kernel_size), (0, 0), (0, 0)))
+    kernel = kernel.reshape(taps, stride, x.shape[-1], self.features)
+    kernel = jnp.transpose(kernel[::-1], (0, 2, 1, 3)).reshape(
+        taps, x.shape[-1], stride * self.features)  # tap order: oldest frame first
+    x = x.astype(self.dtype)
+    context = taps - 1
+    if streaming and context:
+      buffer = self.variable("stream", "buffer", jnp.zeros,
+                             (x.shape[0], context, x.shape[-1]), self.dtype)
+      x = jnp.concatenate([buffer.value.astype(self.dtype), x], axis=1)
+      buffer.value = x[:, x.shape[1] - context:]
+    else:
+      x = jnp.pad(x, ((0, 0), (context, 0), (0, 0)))
+    y = jax.lax.conv_general_dilated(x, kernel.astype(self.dtype), window_strides=(1,),
+                                     padding="VALID", dimension_numbers=_DIMENSION_NUMBERS)
+    y = y.reshape(y.shape[0], y.shape[1] * stride, self.features)
     if self.use_bias:
       y = y + _bias(self, self.features).astype(self.dtype)
     return y

@@ -167,21 +167,16 @@ class StreamingEncoder:
   def __init__(self, codec: Codec, num_levels: Optional[int]):
     self._codec, self._levels = codec, num_levels
     self._state = {}
-    self._step = jax.jit(self._apply)
-
-  def _apply(self, variables, state, chunk):
-    out, updates = self._codec.module.apply(
-        {**variables, **state}, chunk, self._levels, True, method=model_lib.SoundStream.encode,
-        mutable=["stream"])
-    return out, updates
 
   def push(self, chunk: np.ndarray) -> np.ndarray:
     """[batch, samples] with samples a multiple of the hop -> codes [batch, frames, levels]."""
     chunk = np.asarray(chunk, np.float32)
-    if chunk.ndim != 2 or chunk.shape[1] == 0 or chunk.shape[1] % self._codec.config.hop_length:
-      raise ValueError(f"stream chunks must be [batch, k * {self._codec.config.hop_length}] "
-                       f"samples, got shape {chunk.shape}")
-    codes, self._state = self._step(self._codec.variables, self._state, jnp.asarray(chunk))
+    hop = self._codec.config.hop_length
+    if chunk.ndim != 2 or chunk.shape[1] == 0 or chunk.shape[1] % hop:
+      raise ValueError(f"stream chunks must be [batch, k * {hop}] samples, got shape "
+                       f"{chunk.shape}")
+    codes, self._state = _stream_encode(self._codec, self._codec.variables, self._state,
+                                        jnp.asarray(chunk), self._levels)
     return np.asarray(codes)
 
 
@@ -191,14 +186,22 @@ class StreamingDecoder:
   def __init__(self, codec: Codec):
     self._codec = codec
     self._state = {}
-    self._step = jax.jit(self._apply)
-
-  def _apply(self, variables, state, codes):
-    return self._codec.module.apply({**variables, **state}, codes, True,
-                                    method=model_lib.SoundStream.decode, mutable=["stream"])
 
   def push(self, codes: np.ndarray) -> np.ndarray:
     """codes [batch, frames, q] -> audio [batch, frames * hop]."""
-    audio, self._state = self._step(self._codec.variables, self._state,
-                                    jnp.asarray(codes, jnp.int32))
+    audio, self._state = _stream_decode(self._codec, self._codec.variables, self._state,
+                                        jnp.asarray(codes, jnp.int32))
     return np.asarray(audio)
+
+
+# One compiled step per (codec, shapes), shared by every stream: a new stream costs nothing.
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def _stream_encode(codec, variables, state, chunk, num_levels):
+  return codec.module.apply({**variables, **state}, chunk, num_levels, True,
+                            method=model_lib.SoundStream.encode, mutable=["stream"])
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _stream_decode(codec, variables, state, codes):
+  return codec.module.apply({**variables, **state}, codes, True,
+                            method=model_lib.SoundStream.decode, mutable=["stream"])
