@@ -21,6 +21,7 @@ INSTALL_REQUIRES = [
     "absl-py>=2.1",
     "numpy>=2.0",
     "tensorboardX>=2.6.5",
+    "pillow>=10",  # tensorboardX's image summaries (spectrograms)
     "tqdm>=4.66",
     "soundfile>=0.13",
     "soxr>=0.5",

@@ -122,7 +122,8 @@ def train(model_dir: str = gin.REQUIRED, *, model: models_lib.BaseModel = gin.RE
           "or inspect the data near this step.") from None
     if step % log_period == 0 or step == end_step:
       writer.write_scalars(step, scalars)
-    progress.update(step, scalars.get("loss"))
+    progress.update(step, {k: v for k, v in scalars.items()
+                           if k == "loss" or k.endswith("/loss")})
 
   try:
     for step in range(start_step, end_step):
@@ -158,6 +159,8 @@ def evaluate_steps(trainer, state, partitioner, dataset_cfg, feature_converter, 
       break
     metrics = jax.device_get(trainer.eval_step(state, partitioner.shard_batch(batch)))
     totals = metrics if totals is None else jax.tree.map(np.add, totals, metrics)
+    if i == 0 and writer is not None:
+      writer.write_summaries(step, trainer.summaries(state, batch))
   scalars = models_lib.metrics_to_scalars(totals or {})
   if writer is not None and scalars:
     writer.write_scalars(step, scalars)

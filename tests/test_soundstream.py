@@ -144,3 +144,36 @@ def test_codec_cli_on_real_and_broken_files(trained, tmp_path):
   assert result.returncode == 2 and "empty.wav" in result.stderr
   # The earlier good output is untouched by the failed runs.
   assert np.array_equal(np.load(codes_path), codes)
+
+
+def test_train_entry_point_then_export_and_encode(tmp_path):
+  """gin configs + `python -m musiclm_jax.train` on a built audio_folder, then export."""
+  import shutil
+  from musiclm_jax.tasks import audio as audio_tasks
+  music = tmp_path / "music"
+  music.mkdir()
+  root = fx.debian_music.fetch("sonic-pi-samples")
+  for path in [f for f in fx.debian_music.audio_files(root) if "/samples/loop_" in f][:8]:
+    shutil.copy(path, music)
+  data_dir = str(tmp_path / "tfds")
+  audio_tasks.build_audio_folder(str(music), data_dir, "16khz_2s")
+  model_dir = str(tmp_path / "run")
+  cmd = [sys.executable, "-m", "musiclm_jax.train", "--gin_file=soundstream/tiny.gin",
+         "--gin_file=runs/soundstream.gin", f"--gin.MODEL_DIR='{model_dir}'",
+         "--gin.TRAIN_STEPS=4", f"--gin.AUDIO_DATA_DIR='{data_dir}'", "--gin.BATCH_SIZE=4",
+         "--gin.CROP_SAMPLES=3200", "--gin.train.eval_period=4", "--gin.train.log_period=1",
+         "--gin.CheckpointManager.save_interval_steps=4"]
+  result = subprocess.run(cmd, cwd=harness.REPO, env=harness.env_with_devices(1),
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  from musiclm_jax.training import metrics
+  records = metrics.read_metrics(model_dir, "train")
+  assert [r["step"] for r in records] == [1, 2, 3, 4]
+  assert all(np.isfinite(r["generator/reconstruction"]) for r in records)
+  assert metrics.read_metrics(model_dir, "eval")[-1]["step"] == 4
+  bundle = str(tmp_path / "bundle")
+  result = _codec_cli("export", "--model_dir", model_dir, bundle)
+  assert result.returncode == 0, result.stderr
+  codec = codec_lib.Codec.load(bundle)
+  assert codec.config.sample_rate == 16000 and codec.config.num_quantizers == 4
+  assert codec.encode(fx.real_clips()[:1]).shape == (1, 80, 4)

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from musiclm_jax.audio import features
 from musiclm_jax.layers import quantizers
 from musiclm_jax.soundstream import discriminators, losses, seanet
 from musiclm_jax.training import models as models_lib
@@ -272,6 +273,25 @@ class SoundStreamModel(models_lib.BaseModel):
     return rec, {"reconstruction_sum": rec * batch_size,
                  "codebook_perplexity_sum": vq["perplexity"] * batch_size,
                  "weight_sum": batch_size}
+
+  def summaries(self, params, flax_mutables, batch):
+    """Input and decoded audio (full and lowest bitrate) with their log-mel spectrograms."""
+    wave = jnp.asarray(batch["audio"])
+    variables = {"params": params, **flax_mutables}
+    generate = jax.jit(lambda v, w, q: self.module.apply(
+        v, w, num_levels=q, method=SoundStreamGAN.generate)[0], static_argnums=2)
+    decoded = {"full": generate(variables, wave, None), "1_level": generate(variables, wave, 1)}
+    sr = self.config.sample_rate
+    log_mel = lambda w: features.log_mel_spectrogram(w[None], sr, 512, 128,
+                                                     center=True)[0].T[::-1]  # [mels, time]
+    out = {"audio": {}, "images": {}}
+    for i in range(wave.shape[0]):
+      out["audio"][f"example_{i}/input"] = (wave[i], sr)
+      out["images"][f"example_{i}/input_log_mel"] = log_mel(wave[i])
+      for name, audio in decoded.items():
+        out["audio"][f"example_{i}/decoded_{name}"] = (jnp.clip(audio[i], -1, 1), sr)
+        out["images"][f"example_{i}/decoded_{name}_log_mel"] = log_mel(audio[i])
+    return out
 
   # ---- inference ------------------------------------------------------------------------
 

@@ -43,6 +43,20 @@ class MetricWriter:
     if self._enabled:
       self._tb.add_audio(name, np.asarray(audio, np.float32), step, sample_rate=sample_rate)
 
+  def write_image(self, step: int, name: str, image: np.ndarray) -> None:
+    """A [height, width] array, scaled to [0, 1] for display (e.g. a spectrogram)."""
+    if self._enabled:
+      image = np.asarray(image, np.float32)
+      span = max(float(image.max() - image.min()), 1e-9)
+      self._tb.add_image(name, (image - image.min()) / span, step, dataformats="HW")
+
+  def write_summaries(self, step: int, summaries: Mapping[str, Mapping]) -> None:
+    """Writes a model's `summaries()` output (audio and images)."""
+    for name, (audio, sample_rate) in summaries.get("audio", {}).items():
+      self.write_audio(step, name, audio, sample_rate)
+    for name, image in summaries.get("images", {}).items():
+      self.write_image(step, name, image)
+
   def flush(self) -> None:
     if self._enabled:
       self._tb.flush()
@@ -75,13 +89,18 @@ class ProgressBar:
     self._last_time = time.perf_counter()
     self._last_step = start_step
 
-  def update(self, step: int, loss: Optional[float] = None) -> float:
-    """Advances to `step`; returns steps/s since the last update."""
+  def update(self, step: int, loss: Optional[float | Mapping[str, float]] = None) -> float:
+    """Advances to `step`; returns steps/s since the last update.
+
+    `loss` is one value, or {name: value} for models with several losses (GANs).
+    """
     now = time.perf_counter()
     rate = (step - self._last_step) / max(now - self._last_time, 1e-9)
     self._bar.update(step - self._last_step)
     postfix = {"steps/s": f"{rate:.2f}"}
-    if loss is not None:
+    if isinstance(loss, Mapping):
+      postfix.update({name: f"{value:.4f}" for name, value in loss.items()})
+    elif loss is not None:
       postfix["loss"] = f"{loss:.4f}"
     self._bar.set_postfix(postfix)
     self._last_time, self._last_step = now, step

@@ -92,6 +92,15 @@ class BaseModel(abc.ABC):
     del flax_mutables
     return self.eval_fn(params, batch)
 
+  def summaries(self, params: PyTree, flax_mutables: Mapping[str, PyTree], batch: Batch
+                ) -> Mapping[str, Mapping[str, Any]]:
+    """Media for TensorBoard at evaluation time, from a few examples of `batch`:
+    {'audio': {name: (wave [samples], sample_rate)}, 'images': {name: [height, width]}}.
+    The default has none.
+    """
+    del params, flax_mutables, batch
+    return {}
+
   # ---- the contract -----------------------------------------------------------------------
 
   @abc.abstractmethod
@@ -119,12 +128,17 @@ class BaseModel(abc.ABC):
 
 
 def metrics_to_scalars(metrics: Mapping[str, Any]) -> dict:
-  """Turns summed metrics into averages: 'x_sum' / 'weight_sum' -> 'x'; others as they are."""
+  """Turns summed metrics into averages: 'x_sum' / 'weight_sum' -> 'x'; others as they are.
+
+  Group-prefixed metrics ('generator/x_sum') divide by their own group's
+  'generator/weight_sum'.
+  """
   out = {}
-  weight = metrics.get("weight_sum")
   for name, value in metrics.items():
-    if name == "weight_sum":
+    prefix = name.rsplit("/", 1)[0] + "/" if "/" in name else ""
+    if name == prefix + "weight_sum":
       continue
+    weight = metrics.get(prefix + "weight_sum")
     if name.endswith("_sum") and weight is not None:
       out[name[:-4]] = value / jnp.maximum(weight, 1e-9)
     else:

@@ -211,9 +211,21 @@ class Trainer:
     """One optimizer step on a global batch (arrays sharded over 'data'). Donates `state`."""
     return self._compiled_step("train", self._train_step, batch, donate=True)(state, batch)
 
+  def summaries(self, state: TrainState, host_batch) -> dict:
+    """The model's TensorBoard media for the first examples of a host batch (host arrays)."""
+    params = state.params_for_inference(self.eval_with_ema)
+    with self.partitioner.activation_context():
+      media = self.model.summaries(params, dict(state.flax_mutables),
+                                   _first_examples(host_batch))
+    return jax.device_get(media)
+
   def eval_step(self, state: TrainState, batch) -> dict:
     """Summed eval metrics of a global batch."""
     return self._compiled_step("eval", self._eval_step, batch, donate=False)(state, batch)
+
+
+def _first_examples(batch, count: int = 2):
+  return jax.tree.map(lambda x: x[:count], batch)
 
 
 def metrics_are_finite(metrics: Mapping[str, Any]) -> bool:
