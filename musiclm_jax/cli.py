@@ -4,6 +4,7 @@
   musiclm-jax eval  --gin_file=... ...
   musiclm-jax infer --gin_file=... ...
   musiclm-jax codec encode|decode|export ...   (argparse; see musiclm_jax/soundstream/cli.py)
+  musiclm-jax build-data audio_folder --manual_dir=DIR --data_dir=OUT [--config=24khz]
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ COMMANDS = {
     "eval": ("musiclm_jax.eval", "evaluate a checkpoint on a split"),
     "infer": ("musiclm_jax.infer", "sample from a checkpoint"),
     "codec": ("musiclm_jax.soundstream.cli", "SoundStream: encode/decode audio, export"),
+    "build-data": ("musiclm_jax.tasks.build_cli", "build a TFDS dataset from local files"),
 }
 # Commands with their own argparse interface (no gin): run as module.main(argv).
-PLAIN_COMMANDS = ("codec",)
+PLAIN_COMMANDS = ("codec", "build-data")
 
 
 def _usage() -> str:

@@ -149,14 +149,17 @@ def test_codec_cli_on_real_and_broken_files(trained, tmp_path):
 def test_train_entry_point_then_export_and_encode(tmp_path):
   """gin configs + `python -m musiclm_jax.train` on a built audio_folder, then export."""
   import shutil
-  from musiclm_jax.tasks import audio as audio_tasks
   music = tmp_path / "music"
   music.mkdir()
   root = fx.debian_music.fetch("sonic-pi-samples")
   for path in [f for f in fx.debian_music.audio_files(root) if "/samples/loop_" in f][:8]:
     shutil.copy(path, music)
   data_dir = str(tmp_path / "tfds")
-  audio_tasks.build_audio_folder(str(music), data_dir, "16khz_2s")
+  built = subprocess.run([sys.executable, "-m", "musiclm_jax.cli", "build-data", "audio_folder",
+                          f"--manual_dir={music}", f"--data_dir={data_dir}",
+                          "--config=16khz_2s"], cwd=harness.REPO, capture_output=True,
+                         text=True, timeout=300, env=harness.env_with_devices(1))
+  assert built.returncode == 0 and "train" in built.stdout, built.stderr[-2000:]
   model_dir = str(tmp_path / "run")
   cmd = [sys.executable, "-m", "musiclm_jax.train", "--gin_file=soundstream/tiny.gin",
          "--gin_file=runs/soundstream.gin", f"--gin.MODEL_DIR='{model_dir}'",
