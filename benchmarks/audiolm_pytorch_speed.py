@@ -43,6 +43,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # fail fast on any hub lookup
 
 import torch  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import machine  # noqa: E402  (plain Python: no jax needed)
+
 VOCAB, LENGTH, BATCH = 1024, 512, 8
 SIZE = {"dim": 512, "depth": 6, "heads": 8, "dim_head": 64, "num_semantic_tokens": VOCAB,
         "length": LENGTH, "batch": BATCH}
@@ -76,17 +79,6 @@ def versions() -> dict:
       out[pkg] = None
   out["python"] = platform.python_version()
   return out
-
-
-def machine() -> dict:
-  cpu = platform.processor()
-  try:
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-      cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-  except (OSError, StopIteration):
-    pass
-  return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
-          "torch_threads": torch.get_num_threads()}
 
 
 def make_wrapper(alm, seed: int):
@@ -178,7 +170,7 @@ def main():
     notes.append("fairseq failed to import (Python 3.11 dataclass error) and was replaced "
                  "by an empty stub module; it is unused by SemanticTransformer.")
   report = {"benchmark": "audiolm_pytorch_speed", "package_versions": versions(),
-            "machine": machine(), "size": dict(SIZE, params=num_params),
+            "machine": machine.describe(torch_threads=torch.get_num_threads()), "size": dict(SIZE, params=num_params),
             "dtype": "float32", "steps": args.steps, "repeats": args.repeats,
             "results": results, "notes": " ".join(notes),
             "wall_s": time.perf_counter() - t0,

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 
@@ -25,21 +24,11 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks import machine  # noqa: E402
+
 from musiclm_jax.audio import debian_music, io as audio_io  # noqa: E402
 from musiclm_jax.soundstream import codec as codec_lib, model as model_lib  # noqa: E402
 import flax.linen as nn  # noqa: E402
-
-
-def machine() -> dict:
-  cpu = platform.processor()
-  try:
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-      cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-  except (OSError, StopIteration):
-    pass
-  return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
-          "jax": jax.__version__, "backend": jax.default_backend(),
-          "devices": [str(d) for d in jax.devices()]}
 
 
 def real_music(seconds: float, sample_rate: int) -> tuple[np.ndarray, str]:
@@ -114,7 +103,7 @@ def main():
   report = {"benchmark": "codec_speed", "size": "paper (24 kHz, hop 480, C=32, D=128, "
                                                   "12 x 1024 RVQ)",
             "batch": args.batch, "clip_seconds": args.seconds, "audio_source": source,
-            "machine": machine(), "results": results, "target": {
+            "machine": machine.describe_jax(), "results": results, "target": {
                 "encode_decode_x_realtime": 20.0},
             "meets_target": results["encode_decode_x_realtime"] >= 20.0,
             "date": time.strftime("%Y-%m-%d %H:%M:%S")}

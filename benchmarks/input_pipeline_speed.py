@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -32,6 +31,8 @@ import tensorflow_datasets as tfds  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks import machine  # noqa: E402
+
 from musiclm_jax.audio import debian_music  # noqa: E402
 from musiclm_jax.tasks import audio as audio_tasks  # noqa: E402
 from musiclm_jax.training import data as data_lib  # noqa: E402
@@ -42,17 +43,6 @@ SETTINGS = (  # (name, crops_per_clip, cache the split in memory)
     ("crops_per_clip=1, from disk", 1, False),
     ("crops_per_clip=4, from disk", 4, False),
 )
-
-
-def machine() -> dict:
-  cpu = platform.processor()
-  try:
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-      cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-  except (OSError, StopIteration):
-    pass
-  return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
-          "tensorflow": tf.__version__, "tensorflow_datasets": tfds.__version__}
 
 
 def build(package: str, data_dir: str) -> dict:
@@ -119,7 +109,8 @@ def main():
             f"batches of {args.batch} x 1 s per s; first batch after "
             f"{r['first_batch_s']:.1f} s)", flush=True)
 
-  report = {"benchmark": "input_pipeline_speed", "machine": machine(),
+  report = {"benchmark": "input_pipeline_speed", "machine": machine.describe(tensorflow=tf.__version__,
+                                                      tensorflow_datasets=tfds.__version__),
             "dataset": f"audio_folder/24khz from Debian {args.package}",
             "crop": {"sample_rate": RATE, "samples": CROP}, "batch": args.batch,
             "build": built, "read": results,

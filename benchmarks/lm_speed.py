@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,8 @@ import numpy as np
 import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import machine  # noqa: E402
 
 from musiclm_jax.lm import decoder_lm, models as lm_models  # noqa: E402
 from musiclm_jax.training import partitioning, trainer as trainer_lib  # noqa: E402
@@ -49,18 +50,6 @@ MLP_DIM = 1365
 # The reference's attention shares one key/value head across the 8 query heads
 # (multi-query); so does this side, through DecoderConfig.num_kv_heads.
 NUM_KV_HEADS = 1
-
-
-def machine() -> dict:
-  cpu = platform.processor()
-  try:
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-      cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-  except (OSError, StopIteration):
-    pass
-  return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
-          "jax": jax.__version__, "backend": jax.default_backend(),
-          "devices": [str(d) for d in jax.devices()]}
 
 
 def make_model(dtype: str) -> lm_models.DecoderOnlyLMModel:
@@ -147,7 +136,7 @@ def main():
                                               "num_kv_heads": NUM_KV_HEADS,
                                               "vocab": VOCAB, "length": LENGTH,
                                               "batch": BATCH},
-            "dtype": args.dtype, "machine": machine(), "results": results,
+            "dtype": args.dtype, "machine": machine.describe_jax(), "results": results,
             "reference": reference, "ratio_vs_reference": ratios,
             "target_ratio": TARGET_RATIO,
             "ratio_vs_quoted_reference": {k: v / QUOTED_REFERENCE[k]

@@ -1,0 +1,1 @@
+"""Benchmarks: speed and quality, each writing benchmarks/results/*.json with its machine."""

@@ -1,0 +1,28 @@
+"""The machine a benchmark ran on, recorded beside every result.
+
+Plain Python only (no jax import), so the reference benchmarks that run in other
+virtualenvs (e.g. audiolm-pytorch's) describe their machine the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+
+
+def describe(**extra) -> dict:
+  """CPU model, core count and platform, plus any `extra` fields (library versions...)."""
+  cpu = platform.processor()
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+  except (OSError, StopIteration):
+    pass
+  return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), **extra}
+
+
+def describe_jax(**extra) -> dict:
+  """`describe()` plus the JAX version, backend and devices."""
+  import jax  # pylint: disable=g-import-not-at-top
+  return describe(jax=jax.__version__, backend=jax.default_backend(),
+                  devices=[str(d) for d in jax.devices()], **extra)
