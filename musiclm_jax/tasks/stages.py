@@ -213,9 +213,11 @@ def to_stage(ds: tf.data.Dataset, layout: TokenLayout, stage: str) -> tf.data.Da
 
 @gin.configurable
 def register_stage_task(name: str = gin.REQUIRED, stage: str = gin.REQUIRED,
-                        split_patterns: Mapping[str, str] = gin.REQUIRED,
+                        split_patterns: Optional[Mapping[str, str]] = None,
                         crop_seconds: float = gin.REQUIRED,
-                        layout: Optional[TokenLayout] = None) -> str:
+                        layout: Optional[TokenLayout] = None,
+                        tokens_dir: Optional[str] = None,
+                        splits: Sequence[str] = ("train", "validation")) -> str:
   """Registers the SeqIO task of one stage over token shards; returns its name.
 
   Args:
@@ -225,8 +227,14 @@ def register_stage_task(name: str = gin.REQUIRED, stage: str = gin.REQUIRED,
       {'train': '/tokens/train-*.tfrecord', 'validation': '/tokens/validation-*.tfrecord'}.
     crop_seconds: length of the training crops (paper: 30 s semantic, 10 s acoustic).
     layout: token rates and vocabularies (default: the paper's).
+    tokens_dir: instead of split_patterns: the tokenize job's output folder, read as
+      '<tokens_dir>/<split>-*.tfrecord' for each of `splits`.
   """
   layout = layout or TokenLayout()
+  if (split_patterns is None) == (tokens_dir is None):
+    raise ValueError(f"register_stage_task({name!r}): give split_patterns or tokens_dir")
+  if tokens_dir is not None:
+    split_patterns = {s: os.path.join(tokens_dir, f"{s}-*.tfrecord") for s in splits}
   if stage not in STAGES:
     raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
   if name in seqio.TaskRegistry.names():
