@@ -36,7 +36,8 @@ setup(
     packages=find_packages(include=["musiclm_jax", "musiclm_jax.*"]),
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": ["pytest>=8", "pytest-timeout>=2.3"]},
+    extras_require={"test": ["pytest>=8", "pytest-timeout>=2.3",
+                             "scikit-learn>=1.5"]},  # reference k-means in tests
     entry_points={"console_scripts": ["musiclm-jax=musiclm_jax.cli:main"]},
     license="Apache-2.0",
 )

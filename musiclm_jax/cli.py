@@ -5,6 +5,7 @@
   musiclm-jax infer --gin_file=... ...
   musiclm-jax codec encode|decode|export ...   (argparse; see musiclm_jax/soundstream/cli.py)
   musiclm-jax build-data audio_folder --manual_dir=DIR --data_dir=OUT [--config=24khz]
+  musiclm-jax semantic fit-kmeans|tokenize ...  (argparse; see musiclm_jax/w2v_bert/cli.py)
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ COMMANDS = {
     "infer": ("musiclm_jax.infer", "sample from a checkpoint"),
     "codec": ("musiclm_jax.soundstream.cli", "SoundStream: encode/decode audio, export"),
     "build-data": ("musiclm_jax.tasks.build_cli", "build a TFDS dataset from local files"),
+    "semantic": ("musiclm_jax.w2v_bert.cli", "semantic tokens: fit k-means, tokenize audio"),
 }
 # Commands with their own argparse interface (no gin): run as module.main(argv).
-PLAIN_COMMANDS = ("codec", "build-data")
+PLAIN_COMMANDS = ("codec", "build-data", "semantic")
 
 
 def _usage() -> str:

@@ -69,4 +69,5 @@ def import_configurables() -> None:
   import musiclm_jax.lm  # noqa: F401
   import musiclm_jax.soundstream.model  # noqa: F401
   import musiclm_jax.tasks  # noqa: F401
+  import musiclm_jax.w2v_bert.model  # noqa: F401
   from musiclm_jax.training import checkpoints, data, optimizers, partitioning, trainer  # noqa

@@ -78,6 +78,24 @@ def test_residual_levels_reduce_the_error_and_decode_at_every_bitrate():
                              rtol=1e-5, atol=1e-5)
 
 
+def test_every_level_learns_when_batches_are_smaller_than_the_codebook():
+  """Fewer vectors per batch than codes (SoundStream: 200 frames vs 1024 codes) must not
+  turn every code dead each step, nor let level 0 copy the batch and starve the others."""
+  rng = np.random.default_rng(0)
+  batches = [rng.normal(size=(2, 20, 4)).astype(np.float32) for _ in range(6)]
+  rvq = quantizers.ResidualVectorQuantizer(4, 64, 4, quantizer_dropout=False)
+  variables = train_steps(rvq, init(rvq, batches[0]), batches)
+  state = variables[quantizers.COLLECTION]
+  test = rng.normal(size=(2, 20, 4)).astype(np.float32)
+  codes = np.asarray(rvq.apply(variables, test, method=rvq.encode))
+  errors = [float(jnp.mean((rvq.apply(variables, codes[..., :q], method=rvq.decode)
+                            - test) ** 2)) for q in range(1, 5)]
+  for level in range(4):
+    assert float(jnp.abs(state[f"level_{level}"]["codebook"]).max()) > 0, level
+    assert len(np.unique(codes[..., level])) > 3, (level, codes[..., level])
+  assert all(a > b for a, b in zip(errors, errors[1:])), errors
+
+
 def test_quantizer_dropout_uses_fewer_levels_per_example():
   rng = np.random.default_rng(0)
   x = rng.normal(size=(64, 8, 4)).astype(np.float32)
@@ -86,8 +104,9 @@ def test_quantizer_dropout_uses_fewer_levels_per_example():
   (dropped, codes, _), updates = rvq.apply(variables, x, train=True,
                                            dropout_rng=jax.random.key(1),
                                            mutable=[quantizers.COLLECTION])
-  updated = {**variables, **updates}
-  by_depth = [np.asarray(rvq.apply(updated, codes[..., :q], method=rvq.decode))
+  # A training step quantizes with the codebooks as they were before its own update.
+  del updates
+  by_depth = [np.asarray(rvq.apply(variables, codes[..., :q], method=rvq.decode))
               for q in range(1, 5)]
   # Each example's output is the decoding of its first n levels, for its own n.
   depths = []

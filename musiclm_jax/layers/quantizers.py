@@ -4,8 +4,8 @@ The codebook is not a parameter: it lives in the 'quantizer' collection and is u
 the forward pass of a training step (pass `mutable=['quantizer']`):
   - k-means (k-means++ seeded) initialisation on the first training batch,
   - exponential moving averages of cluster sizes and sums (van den Oord et al. 2017),
-  - dead-code replacement: codes whose average usage falls below a threshold are reset to
-    vectors of the current batch.
+  - dead-code replacement: codes whose average usage falls below a fraction of the mean
+    usage are reset to vectors of the current batch (used from the next step on).
 Every statistic is a sum over the *global* batch, computed inside the jitted step, and the
 state is replicated; so on a 'data'-sharded mesh XLA all-reduces the statistics and every
 device holds identical codebooks -- no per-device drift, no collective that one device can
@@ -34,7 +34,9 @@ class VectorQuantizer(nn.Module):
     epsilon: Laplace smoothing of cluster sizes.
     kmeans_iterations: Lloyd iterations of the first-batch initialisation, seeded with
       k-means++ (0: the k-means++ seeds alone).
-    dead_code_threshold: EMA cluster size below which a code is replaced (0: never).
+    dead_code_threshold: a code whose EMA usage falls below this fraction of the mean
+      usage is replaced by a vector of the current batch (0: never). With decay 0.99 and
+      0.1, a code unused for ~230 steps is revived.
     seed: base of the dead-code sampling randomness (distinct per residual level).
   """
   codebook_size: int
@@ -42,7 +44,7 @@ class VectorQuantizer(nn.Module):
   decay: float = 0.99
   epsilon: float = 1e-5
   kmeans_iterations: int = 10
-  dead_code_threshold: float = 2.0
+  dead_code_threshold: float = 0.1
   seed: int = 0
 
   def setup(self):
@@ -84,10 +86,15 @@ class VectorQuantizer(nn.Module):
     x = jnp.asarray(x)
     flat = x.reshape(-1, self.dim).astype(jnp.float32)
     w = None if weights is None else weights.reshape(-1).astype(jnp.float32)
-    if train and not self.is_initializing():
-      self._update(jax.lax.stop_gradient(flat), w)
+    training = train and not self.is_initializing()
+    if training:
+      self._initialise_once(jax.lax.stop_gradient(flat))
+    # This step's output uses the codebook as it stands; the updates below only serve the
+    # next step (so a code revived from this batch never quantizes its own vector exactly).
     codes = kmeans.assign(flat, self.codebook.value)
     quantized = jnp.take(self.codebook.value, codes, axis=0)
+    if training:
+      self._update(jax.lax.stop_gradient(flat), codes, w)
     counts = jnp.sum(jax.nn.one_hot(codes, self.codebook_size, dtype=jnp.float32)
                      * (1.0 if w is None else w[:, None]), axis=0)
     probs = counts / jnp.maximum(jnp.sum(counts), 1.0)
@@ -101,41 +108,54 @@ class VectorQuantizer(nn.Module):
     return (straight_through.reshape(x.shape).astype(x.dtype), codes.reshape(x.shape[:-1]),
             metrics)
 
-  def _update(self, flat: jnp.ndarray, weights: Optional[jnp.ndarray]) -> None:
-    """k-means init (first call), EMA update, dead-code replacement."""
+  def _rng(self, purpose: int) -> jax.Array:
+    return jax.random.fold_in(jax.random.fold_in(jax.random.key(self.seed), self.steps.value),
+                              purpose)
+
+  def _initialise_once(self, flat: jnp.ndarray) -> None:
+    """k-means (k-means++ seeded) on the first training batch; a no-op afterwards."""
     k = self.codebook_size
-    rng = jax.random.fold_in(jax.random.key(self.seed), self.steps.value)
-    init_rng, dead_rng = jax.random.split(rng)
 
     def initialise(_):
-      start = kmeans.kmeans_plusplus(init_rng, flat, k)
-      centroids, counts = kmeans.lloyd(flat, start, self.kmeans_iterations)
-      # Start the EMA as if every code had been seen once: no code is dead on step one.
-      size = jnp.maximum(counts, 1.0)
+      start = kmeans.kmeans_plusplus(self._rng(0), flat, k)
+      centroids, _ = kmeans.lloyd(flat, start, self.kmeans_iterations)
+      # Start every code at the mean usage, so none counts as dead on step one.
+      size = jnp.full((k,), flat.shape[0] / k, jnp.float32)
       return centroids, centroids * size[:, None], size
     codebook, embed_sum, cluster_size = jax.lax.cond(
         self.initialized.value,
         lambda _: (self.codebook.value, self.embed_sum.value, self.cluster_size.value),
         initialise, None)
+    self.codebook.value = codebook
+    self.embed_sum.value = embed_sum
+    self.cluster_size.value = cluster_size
+    self.initialized.value = jnp.ones((), bool)
 
-    counts, sums = kmeans.cluster_sums(flat, kmeans.assign(flat, codebook), k, weights)
-    cluster_size = self.decay * cluster_size + (1 - self.decay) * counts
-    embed_sum = self.decay * embed_sum + (1 - self.decay) * sums
+  def _update(self, flat: jnp.ndarray, codes: jnp.ndarray,
+              weights: Optional[jnp.ndarray]) -> None:
+    """EMA update from this step's assignment, then dead-code replacement."""
+    k = self.codebook_size
+    counts, sums = kmeans.cluster_sums(flat, codes, k, weights)
+    cluster_size = self.decay * self.cluster_size.value + (1 - self.decay) * counts
+    embed_sum = self.decay * self.embed_sum.value + (1 - self.decay) * sums
     total = jnp.sum(cluster_size)
     smoothed = (cluster_size + self.epsilon) / (total + k * self.epsilon) * total
     codebook = embed_sum / smoothed[:, None]
 
     if self.dead_code_threshold > 0:
-      dead = cluster_size < self.dead_code_threshold
-      replacement = kmeans.sample_vectors(dead_rng, flat, k)
+      # Relative to the mean usage, so the rule means the same whatever the ratio of
+      # vectors per batch to codes (an absolute count would call every code dead when a
+      # batch has fewer vectors than the codebook has codes).
+      mean_usage = total / k
+      dead = cluster_size < self.dead_code_threshold * mean_usage
+      replacement = kmeans.sample_vectors(self._rng(1), flat, k)
       codebook = jnp.where(dead[:, None], replacement, codebook)
-      embed_sum = jnp.where(dead[:, None], replacement * self.dead_code_threshold, embed_sum)
-      cluster_size = jnp.where(dead, self.dead_code_threshold, cluster_size)
+      embed_sum = jnp.where(dead[:, None], replacement * mean_usage, embed_sum)
+      cluster_size = jnp.where(dead, mean_usage, cluster_size)
 
     self.codebook.value = codebook
     self.embed_sum.value = embed_sum
     self.cluster_size.value = cluster_size
-    self.initialized.value = jnp.ones((), bool)
     self.steps.value = self.steps.value + 1
 
 
@@ -150,7 +170,7 @@ class ResidualVectorQuantizer(nn.Module):
   dim: int
   decay: float = 0.99
   kmeans_iterations: int = 10
-  dead_code_threshold: float = 2.0
+  dead_code_threshold: float = 0.1
   quantizer_dropout: bool = True
   seed: int = 0
 

@@ -57,7 +57,7 @@ class SoundStreamConfig:
   codebook_size: int = 1024
   quantizer_dropout: bool = True
   codebook_decay: float = 0.99
-  dead_code_threshold: float = 2.0
+  dead_code_threshold: float = 0.1
   kmeans_iterations: int = 10
   weight_norm: bool = True
   stft_channels: int = 32

@@ -1,0 +1,588 @@
+"""w2v-BERT: network, span masking, losses and the T5X-style training model.
+
+    audio [B, samples] at 16 kHz
+      -> log-mel, 100 frames/s -> two stride-2 convs -> [B, frames, emb_dim] at 25 frames/s
+         (FeatureEncoder: hop = 4 * mel hop = 640 samples)
+      ├─ unmasked ─> GumbelQuantizer ─> quantized targets q_t, token ids z_t
+      └─ span masking (masked frames := learned mask embedding)
+           -> contrastive conformer stack -> context c_t
+           -> MLM conformer stack -> MLM head: logits over the codebook per masked frame
+
+  loss = contrastive_weight * L_contrastive + diversity_weight * L_diversity
+         + mlm_weight * L_mlm
+  L_contrastive  InfoNCE at masked frames: cos(c_t, q_t) / kappa against K distractors q_s
+                 drawn from other masked frames of the same clip (wav2vec 2.0)
+  L_mlm          cross-entropy of the MLM head against z_t at masked frames
+  L_diversity    (G V - sum_g perplexity(mean softmax of group g)) / (G V): uses the codebook
+
+The target quantizer (a documented simplification of w2v-BERT's): wav2vec 2.0's Gumbel-softmax
+product quantizer with `codebook_groups` groups of `codebook_size` entries each (default one
+group of 1024). In training each frame picks a code by a hard straight-through Gumbel-softmax
+sample at an annealed temperature (2 -> 0.5); the MLM targets are the noise-free argmax ids,
+one id per group (the MLM head predicts every group). The temperature's step counter is the
+model's only non-parameter state ('w2v_bert_state' collection, in flax_mutables).
+
+Deviations from the paper, and why: masked frames take a learned mask embedding (w2v-BERT
+uses random vectors); pre-norms are RMSNorm and the conformer's BatchNorm a layer norm
+(layers/conformer.py); positions come from a shared T5 relative bias (the conformer's
+Transformer-XL encoding plays the same role); the log-mel input is normalised per clip (each
+band's mean removed, one global scale), which makes the features, and so the tokens, nearly
+invariant to gain (up to the log floor) at the price of a dependence on the whole clip.
+
+Batches: {'audio': float32 [batch, samples]} at `W2vBertConfig.sample_rate`; frames =
+samples // hop_length.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, Optional, Tuple
+
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from musiclm_jax.audio import features
+from musiclm_jax.layers import conformer, linear, relative_position
+from musiclm_jax.training import models as models_lib
+
+STATE = "w2v_bert_state"
+SUBSAMPLING = 4  # two stride-2 convolutions over time
+NEG_INF = -1e9
+POSITION_EMBEDDINGS = ("relative_bias", "rotary")
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class W2vBertConfig:
+  """Sizes and training settings of w2v-BERT. Defaults: the `paper` model (≈600M).
+
+  Attributes:
+    sample_rate: Hz of the input audio.
+    num_mels, mel_frame_length, mel_hop_length: log-mel input (25 ms windows, 10 ms hop:
+      100 frames/s); the feature encoder subsamples 4x to 25 frames/s.
+    fmin, fmax: mel band edges in Hz (fmax None = sample_rate / 2).
+    subsampling_channels: channels of the two stride-2 2-D convolutions.
+    emb_dim, num_heads, head_dim, mlp_dim, conv_kernel_size: conformer sizes.
+    num_contrastive_layers, num_mlm_layers: conformer blocks of the two modules.
+    dropout_rate: dropout in the conformer blocks and on the encoder output.
+    position_embedding: 'relative_bias' (one T5 bias shared by all blocks) or 'rotary'.
+    relpos_num_buckets, relpos_max_distance: T5 relative bias buckets.
+    codebook_groups, codebook_size: target quantizer: G groups x V entries.
+    codevector_dim: size of a quantized vector (G groups of codevector_dim / G).
+    contrastive_dim: space of the contrastive task (context and targets projected to it).
+    mask_prob: probability that a frame starts a masked span.
+    mask_length: frames per masked span (spans may overlap).
+    num_negatives: distractors K per masked frame.
+    contrastive_temperature: kappa, the InfoNCE temperature.
+    gumbel_temperature_max, gumbel_temperature_min, gumbel_temperature_decay: the Gumbel
+      temperature is max(max * decay^step, min).
+    contrastive_weight, mlm_weight, diversity_weight: loss weights.
+    remat: rematerialise each conformer block in the backward pass.
+    dtype: computation dtype; parameters stay float32.
+  """
+  sample_rate: int = 16000
+  num_mels: int = 80
+  mel_frame_length: int = 400
+  mel_hop_length: int = 160
+  fmin: float = 0.0
+  fmax: Optional[float] = None
+  subsampling_channels: int = 128
+  emb_dim: int = 1024
+  num_heads: int = 8
+  head_dim: int = 128
+  mlp_dim: int = 4096
+  conv_kernel_size: int = 5
+  num_contrastive_layers: int = 12
+  num_mlm_layers: int = 12
+  dropout_rate: float = 0.1
+  position_embedding: str = "relative_bias"
+  relpos_num_buckets: int = 32
+  relpos_max_distance: int = 128
+  codebook_groups: int = 1
+  codebook_size: int = 1024
+  codevector_dim: int = 768
+  contrastive_dim: int = 768
+  mask_prob: float = 0.065
+  mask_length: int = 10
+  num_negatives: int = 100
+  contrastive_temperature: float = 0.1
+  gumbel_temperature_max: float = 2.0
+  gumbel_temperature_min: float = 0.5
+  gumbel_temperature_decay: float = 0.999995
+  contrastive_weight: float = 1.0
+  mlm_weight: float = 1.0
+  diversity_weight: float = 0.1
+  remat: bool = False
+  dtype: str = "float32"
+
+  def __post_init__(self):
+    if not 0.0 <= self.mask_prob <= 1.0:
+      raise ValueError(f"mask_prob must be in [0, 1], got {self.mask_prob}")
+    if self.mask_length < 1:
+      raise ValueError(f"mask_length must be >= 1, got {self.mask_length}")
+    if self.codevector_dim % self.codebook_groups:
+      raise ValueError(f"codevector_dim={self.codevector_dim} is not a multiple of "
+                       f"codebook_groups={self.codebook_groups}")
+    if self.position_embedding not in POSITION_EMBEDDINGS:
+      raise ValueError(f"position_embedding={self.position_embedding!r}; expected one of "
+                       f"{POSITION_EMBEDDINGS}")
+    if self.dtype not in ("float32", "bfloat16"):
+      raise ValueError(f"dtype={self.dtype!r}; expected 'float32' or 'bfloat16'")
+    if self.num_negatives < 1:
+      raise ValueError(f"num_negatives must be >= 1, got {self.num_negatives}")
+
+  @property
+  def hop_length(self) -> int:
+    """Input samples per output frame (640 at the defaults)."""
+    return self.mel_hop_length * SUBSAMPLING
+
+  @property
+  def frame_rate(self) -> float:
+    """Frames (tokens) per second: 25 at the defaults."""
+    return self.sample_rate / self.hop_length
+
+  @property
+  def num_layers(self) -> int:
+    return self.num_contrastive_layers + self.num_mlm_layers
+
+  @property
+  def jnp_dtype(self):
+    return jnp.dtype(self.dtype)
+
+  def num_frames(self, num_samples: int) -> int:
+    """Output frames for a clip of num_samples: num_samples // hop_length."""
+    return num_samples // self.hop_length
+
+  def gumbel_temperature(self, step: jnp.ndarray) -> jnp.ndarray:
+    decayed = self.gumbel_temperature_max * jnp.power(
+        jnp.float32(self.gumbel_temperature_decay), jnp.asarray(step, jnp.float32))
+    return jnp.maximum(decayed, self.gumbel_temperature_min)
+
+
+# ---------------------------------------------------------------------------------------
+# Span masking.
+
+
+def span_mask(rng: jax.Array, shape: Tuple[int, int], mask_prob: float, span_length: int,
+              ensure_one_span: bool = True) -> jnp.ndarray:
+  """wav2vec 2.0 span masking: bool [batch, length], True = masked.
+
+  Every frame that leaves room for a whole span (start <= length - span_length) starts one
+  with probability `mask_prob`; a span masks `span_length` consecutive frames (spans may
+  overlap and merge, never run past the end). With `ensure_one_span`, a row that drew no
+  start gets one at a uniform position, so every clip has frames to predict.
+  Deterministic in `rng`, and the same on any device layout (jax's random bits do not
+  depend on sharding).
+  """
+  batch, length = shape
+  if span_length > length:
+    raise ValueError(f"span_length {span_length} is longer than the {length} frames")
+  start_rng, forced_rng = jax.random.split(rng)
+  room = jnp.arange(length)[None, :] <= length - span_length
+  starts = jax.random.bernoulli(start_rng, mask_prob, shape) & room
+  if ensure_one_span:
+    forced = jax.random.randint(forced_rng, (batch,), 0, length - span_length + 1)
+    none = ~jnp.any(starts, axis=1)
+    starts = starts | (none[:, None] & (jnp.arange(length)[None, :] == forced[:, None]))
+  # Frame t is masked when a span starts in [t - span_length + 1, t].
+  count = jnp.cumsum(starts.astype(jnp.int32), axis=1)
+  before = jnp.pad(count, ((0, 0), (span_length, 0)))[:, :length]
+  return count - before > 0
+
+
+def expected_mask_fraction(mask_prob: float, span_length: int, length: int) -> float:
+  """E[masked frames] / length of `span_mask` without `ensure_one_span`.
+
+  Frame t is unmasked iff none of the n_t possible starts of a span covering it, those in
+  [max(0, t - M + 1), min(t, length - M)], did start one: P(masked_t) = 1 - (1 - p)^n_t.
+  (With ensure_one_span it is higher by at most M / length * (1 - p)^(length - M + 1).)
+  """
+  t = np.arange(length)
+  starts = np.minimum(t, length - span_length) - np.maximum(0, t - span_length + 1) + 1
+  return float(np.mean(1.0 - (1.0 - mask_prob) ** starts))
+
+
+# ---------------------------------------------------------------------------------------
+# Losses.
+
+
+def _l2_normalize(x: jnp.ndarray) -> jnp.ndarray:
+  x = x.astype(jnp.float32)
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-12))
+
+
+def sample_negatives(rng: jax.Array, mask: jnp.ndarray, num_negatives: int) -> jnp.ndarray:
+  """Distractor frames for every frame, as a selection bool [B, T (query), T (distractor)].
+
+  For query frame t of clip b, K distinct frames drawn uniformly, without replacement, from
+  the masked frames of clip b other than t: those whose uniform noise is among the K
+  largest of the candidates' (static shapes, no gathers). With fewer than K candidates,
+  all of them.
+  """
+  batch, length = mask.shape
+  k = min(num_negatives, length - 1)
+  candidates = mask[:, None, :] & ~jnp.eye(length, dtype=bool)[None]
+  noise = jnp.where(candidates, jax.random.uniform(rng, (batch, length, length)), -1.0)
+  kth_largest = jax.lax.top_k(noise, k)[0][..., -1:]
+  return candidates & (noise >= kth_largest)
+
+
+def contrastive_loss(context: jnp.ndarray, targets: jnp.ndarray, mask: jnp.ndarray,
+                     codes: jnp.ndarray, rng: jax.Array, num_negatives: int,
+                     temperature: float) -> Tuple[jnp.ndarray, jnp.ndarray]:
+  """wav2vec 2.0's InfoNCE over masked frames: (mean loss, accuracy), float32 scalars.
+
+  Args:
+    context: [B, T, C] contrastive-module outputs (projected).
+    targets: [B, T, C] quantized targets of the unmasked input (projected).
+    mask: bool [B, T], the frames to predict.
+    codes: int [B, T, G] the code ids behind `targets`: a distractor with the positive's
+      very ids is the positive itself, so it is dropped (as wav2vec 2.0 does).
+    rng: picks the distractors (`sample_negatives`).
+    num_negatives: K distractors per masked frame.
+    temperature: kappa; logits are cosine similarities / kappa.
+  """
+  c, q = _l2_normalize(context), _l2_normalize(targets)
+  similarity = jnp.einsum("btc,bsc->bts", c, q) / temperature  # query t, target s
+  positive = jnp.einsum("btc,btc->bt", c, q) / temperature
+  same_code = jnp.all(codes[:, :, None, :] == codes[:, None, :, :], axis=-1)
+  selected = sample_negatives(rng, mask, num_negatives) & ~same_code
+  negatives = jnp.where(selected, similarity, NEG_INF)
+  nll = jnp.logaddexp(positive, jax.nn.logsumexp(negatives, axis=-1)) - positive
+  correct = (positive > jnp.max(negatives, axis=-1)).astype(jnp.float32)
+  weights = mask.astype(jnp.float32)
+  count = jnp.maximum(jnp.sum(weights), 1.0)
+  return jnp.sum(nll * weights) / count, jnp.sum(correct * weights) / count
+
+
+def masked_prediction_loss(logits: jnp.ndarray, targets: jnp.ndarray, mask: jnp.ndarray
+                           ) -> Tuple[jnp.ndarray, jnp.ndarray]:
+  """MLM cross-entropy at masked frames: logits [B, T, G, V], targets int [B, T, G].
+
+  Returns (loss, accuracy), each averaged over groups and masked frames.
+  """
+  logits = logits.astype(jnp.float32)
+  target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+  nll = jnp.mean(jax.nn.logsumexp(logits, axis=-1) - target_logit, axis=-1)
+  correct = jnp.mean((jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32), axis=-1)
+  weights = mask.astype(jnp.float32)
+  count = jnp.maximum(jnp.sum(weights), 1.0)
+  return jnp.sum(nll * weights) / count, jnp.sum(correct * weights) / count
+
+
+def diversity_loss(logits: jnp.ndarray) -> Tuple[jnp.ndarray, jnp.ndarray]:
+  """wav2vec 2.0's codebook diversity penalty from quantizer logits [B, T, G, V].
+
+  p_g = softmax averaged over every frame of the (global) batch; returns
+  ((G V - sum_g exp(H(p_g))) / (G V), sum_g exp(H(p_g))): 0 when all codes are equally used.
+  """
+  groups, entries = logits.shape[-2:]
+  probs = jnp.mean(jax.nn.softmax(logits.astype(jnp.float32), axis=-1).reshape(
+      -1, groups, entries), axis=0)
+  perplexity = jnp.sum(jnp.exp(-jnp.sum(probs * jnp.log(jnp.maximum(probs, 1e-10)), axis=-1)))
+  total = groups * entries
+  return (total - perplexity) / total, perplexity
+
+
+# ---------------------------------------------------------------------------------------
+# The network.
+
+
+class FeatureEncoder(nn.Module):
+  """Audio [B, samples] -> frames [B, samples // hop_length, emb_dim].
+
+  Log-mel (100 frames/s), normalised per clip (each band's mean removed, one global
+  scale), then two 3x3 stride-(2, 2) convolutions with swish over (time, mel), and a linear
+  projection of each frame's (mel, channel) plane to emb_dim, layer-normed.
+  """
+  config: W2vBertConfig
+
+  def _conv(self, x: jnp.ndarray, features: int, name: str) -> jnp.ndarray:
+    dtype = self.config.jnp_dtype
+    kernel = self.param(f"{name}_kernel", nn.with_logical_partitioning(
+        linear.fan_in_normal(9 * x.shape[-1]), (None, None, "conv_in", "conv_out")),
+                        (3, 3, x.shape[-1], features), jnp.float32)
+    bias = self.param(f"{name}_bias", nn.with_logical_partitioning(
+        nn.initializers.zeros, ("conv_out",)), (features,), jnp.float32)
+    y = jax.lax.conv_general_dilated(
+        x.astype(dtype), kernel.astype(dtype), window_strides=(2, 2),
+        padding=((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return nn.swish(y + bias.astype(dtype))
+
+  @nn.compact
+  def __call__(self, wave: jnp.ndarray, deterministic: bool = True) -> jnp.ndarray:
+    cfg = self.config
+    frames = cfg.num_frames(wave.shape[-1])
+    if frames < 1:
+      raise ValueError(f"w2v-BERT needs at least {cfg.hop_length} samples (one frame), got "
+                       f"{wave.shape[-1]}")
+    log_mel = features.log_mel_spectrogram(
+        wave, cfg.sample_rate, cfg.mel_frame_length, cfg.mel_hop_length,
+        num_mels=cfg.num_mels, fmin=cfg.fmin, fmax=cfg.fmax, center=True)
+    log_mel = log_mel[:, :frames * SUBSAMPLING]  # centred frames: 1 + samples // hop of them
+    log_mel = log_mel - jnp.mean(log_mel, axis=1, keepdims=True)
+    log_mel = log_mel * jax.lax.rsqrt(jnp.mean(jnp.square(log_mel), axis=(1, 2),
+                                               keepdims=True) + 1e-5)
+    x = self._conv(log_mel[..., None], cfg.subsampling_channels, "conv_0")
+    x = self._conv(x, cfg.subsampling_channels, "conv_1")  # [B, frames, mels / 4, C]
+    x = linear.DenseGeneral(cfg.emb_dim, (None, "conv_out", "embed"), contract_dims=2,
+                            dtype=cfg.jnp_dtype, name="projection")(x)
+    x = conformer.LayerNorm("embed", dtype=cfg.jnp_dtype, name="norm")(x)
+    x = nn.with_logical_constraint(x, conformer.ACTIVATION_AXES)
+    return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+
+
+class GumbelQuantizer(nn.Module):
+  """Gumbel-softmax product quantizer (wav2vec 2.0): [B, T, D] -> codevectors.
+
+  Attributes:
+    groups, entries: G codebooks of V entries; a frame's code is one entry per group.
+    codevector_dim: size of the output (concatenation of G entries of codevector_dim / G).
+    dtype: computation dtype.
+  """
+  groups: int
+  entries: int
+  codevector_dim: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, temperature: jnp.ndarray, sample: bool
+               ) -> Tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+    """Returns (quantized [B, T, codevector_dim], codes int32 [B, T, G],
+    logits float32 [B, T, G, V]).
+
+    sample=True (training): each group's entry is a hard Gumbel-softmax sample at
+    `temperature` (rng stream 'gumbel'), with straight-through gradients to the logits;
+    sample=False: the argmax entry.
+    """
+    logits = linear.DenseGeneral((self.groups, self.entries), ("embed", None, "codebook"),
+                                 dtype=self.dtype, name="logits")(x).astype(jnp.float32)
+    if sample:
+      noisy = logits + jax.random.gumbel(self.make_rng("gumbel"), logits.shape)
+      soft = jax.nn.softmax(noisy / temperature, axis=-1)
+      codes = jnp.argmax(noisy, axis=-1)
+      hard = jax.nn.one_hot(codes, self.entries, dtype=jnp.float32)
+      weights = hard + soft - jax.lax.stop_gradient(soft)
+    else:
+      codes = jnp.argmax(logits, axis=-1)
+      weights = jax.nn.one_hot(codes, self.entries, dtype=jnp.float32)
+    codebook = self.param("codebook", nn.with_logical_partitioning(
+        nn.initializers.uniform(1.0), (None, "codebook", "embed")),
+                          (self.groups, self.entries, self.codevector_dim // self.groups),
+                          jnp.float32)
+    quantized = jnp.einsum("btgv,gvd->btgd", weights.astype(self.dtype),
+                           codebook.astype(self.dtype))
+    quantized = quantized.reshape(quantized.shape[:2] + (self.codevector_dim,))
+    return quantized, codes.astype(jnp.int32), logits
+
+
+class W2vBert(nn.Module):
+  """The w2v-BERT network (module docstring). Parameters:
+
+    feature_encoder, quantizer, mask_embedding [emb_dim], relpos_bias,
+    contrastive_module (ConformerStack), mlm_module (ConformerStack),
+    context_projection, target_projection (to the contrastive space), mlm_head.
+  """
+  config: W2vBertConfig
+
+  def setup(self):
+    cfg = self.config
+    dtype = cfg.jnp_dtype
+    self.feature_encoder = FeatureEncoder(cfg)
+    self.quantizer = GumbelQuantizer(cfg.codebook_groups, cfg.codebook_size,
+                                     cfg.codevector_dim, dtype=dtype)
+    self.mask_embedding = self.param(
+        "mask_embedding", nn.with_logical_partitioning(nn.initializers.normal(1.0),
+                                                       ("embed",)),
+        (cfg.emb_dim,), jnp.float32)
+    if cfg.position_embedding == "relative_bias":
+      self.relpos_bias = relative_position.RelativePositionBiases(
+          cfg.relpos_num_buckets, cfg.relpos_max_distance, cfg.num_heads, bidirectional=True)
+    stack = lambda layers: conformer.ConformerStack(
+        layers, cfg.num_heads, cfg.head_dim, cfg.mlp_dim, cfg.conv_kernel_size, dtype=dtype,
+        dropout_rate=cfg.dropout_rate, use_rotary=cfg.position_embedding == "rotary",
+        remat=cfg.remat)
+    self.contrastive_module = stack(cfg.num_contrastive_layers)
+    self.mlm_module = stack(cfg.num_mlm_layers)
+    # The contrastive space is a head's hidden width: 'mlp' (sharded like feed-forwards).
+    self.context_projection = linear.DenseGeneral(cfg.contrastive_dim, ("embed", "mlp"),
+                                                  dtype=dtype)
+    self.target_projection = linear.DenseGeneral(cfg.contrastive_dim, ("embed", "mlp"),
+                                                 dtype=dtype)
+    self.mlm_head = linear.DenseGeneral((cfg.codebook_groups, cfg.codebook_size),
+                                        ("embed", None, "codebook"), dtype=dtype)
+
+  def _positions(self, length: int):
+    positions = jnp.arange(length, dtype=jnp.int32)
+    bias = (self.relpos_bias(positions, positions)
+            if self.config.position_embedding == "relative_bias" else None)
+    return positions, bias
+
+  def __call__(self, wave: jnp.ndarray, mask: jnp.ndarray,
+               temperature: jnp.ndarray | float = 1.0, train: bool = False
+               ) -> Dict[str, jnp.ndarray]:
+    """Forward pass for the losses.
+
+    Args:
+      wave: [B, samples].
+      mask: bool [B, frames] (frames = samples // hop_length), True = masked.
+      temperature: Gumbel-softmax temperature (training only).
+      train: dropout ('dropout' rng) and Gumbel sampling ('gumbel' rng).
+    Returns:
+      'context' [B, frames, contrastive_dim], 'targets' [B, frames, contrastive_dim],
+      'codes' int32 [B, frames, G] (the codes behind 'targets'), 'quantizer_logits'
+      float32 [B, frames, G, V], 'mlm_logits' float32 [B, frames, G, V].
+    """
+    deterministic = not train
+    x = self.feature_encoder(wave, deterministic)
+    if mask.shape != x.shape[:2]:
+      raise ValueError(f"mask shape {mask.shape} != frames {x.shape[:2]}")
+    quantized, codes, quantizer_logits = self.quantizer(x, temperature, sample=train)
+    x = jnp.where(mask[..., None], self.mask_embedding.astype(x.dtype), x)
+    positions, bias = self._positions(x.shape[1])
+    context = self.contrastive_module(x, positions, bias, deterministic)
+    hidden = self.mlm_module(context, positions, bias, deterministic)
+    mlm_logits = self.mlm_head(hidden).astype(jnp.float32)
+    return {"context": self.context_projection(context),
+            "targets": self.target_projection(quantized),
+            "codes": codes, "quantizer_logits": quantizer_logits,
+            "mlm_logits": nn.with_logical_constraint(
+                mlm_logits, ("batch", "length", None, "codebook"))}
+
+  def embed(self, wave: jnp.ndarray, layer: int) -> jnp.ndarray:
+    """Unmasked audio [B, samples] -> [B, frames, emb_dim], the output of MLM layer `layer`.
+
+    Layers count from 1 (the paper's "7th layer of the MLM module" is layer=7); layer=0 is
+    the MLM module's input, the contrastive module's output. Later layers are not run.
+    """
+    x = self.feature_encoder(wave, True)
+    positions, bias = self._positions(x.shape[1])
+    context = self.contrastive_module(x, positions, bias, True)
+    return self.mlm_module(context, positions, bias, True, num_layers=layer)
+
+  def quantize(self, wave: jnp.ndarray) -> jnp.ndarray:
+    """Audio [B, samples] -> the quantizer's (argmax) code ids int32 [B, frames, G]."""
+    return self.quantizer(self.feature_encoder(wave, True), 1.0, sample=False)[1]
+
+
+@gin.configurable
+def w2v_bert_network(config: W2vBertConfig = gin.REQUIRED) -> W2vBert:
+  """gin factory: `W2vBertModel.module = @w2v_bert_network()`."""
+  return W2vBert(config)
+
+
+# ---------------------------------------------------------------------------------------
+# The model on the core.
+
+
+@gin.configurable
+class W2vBertModel(models_lib.BaseModel):
+  """Self-supervised w2v-BERT training on the T5X-style core (one optimizer)."""
+
+  def __init__(self, module: W2vBert, optimizer_def: optax.GradientTransformation):
+    super().__init__(module, optimizer_def)
+
+  @property
+  def config(self) -> W2vBertConfig:
+    return self.module.config
+
+  @property
+  def mutable_collections(self):
+    return (STATE,)
+
+  def get_initial_variables(self, rng, input_shapes, input_types=None):
+    shape = tuple(input_shapes["audio"])
+    wave = jnp.zeros(shape, jnp.float32)
+    mask = jnp.zeros((shape[0], self.config.num_frames(shape[1])), bool)
+    variables = dict(self.module.init({"params": rng}, wave, mask))
+    variables[STATE] = {"step": jnp.zeros((), jnp.int32)}
+    return variables
+
+  def _losses(self, params, wave: jnp.ndarray, rng: Optional[jax.Array], step: jnp.ndarray
+              ) -> Tuple[jnp.ndarray, Dict[str, jnp.ndarray]]:
+    """Loss and summed metrics; rng None = evaluation (fixed mask, no dropout, no noise)."""
+    cfg = self.config
+    train = rng is not None
+    rng = jax.random.key(0) if rng is None else rng
+    mask_rng, negatives_rng, dropout_rng, gumbel_rng = jax.random.split(rng, 4)
+    wave = jnp.asarray(wave, jnp.float32)
+    frames = cfg.num_frames(wave.shape[1])
+    mask = span_mask(mask_rng, (wave.shape[0], frames), cfg.mask_prob, cfg.mask_length)
+    temperature = cfg.gumbel_temperature(step)
+    out = self.module.apply({"params": params}, wave, mask, temperature, train,
+                            rngs={"dropout": dropout_rng, "gumbel": gumbel_rng} if train
+                            else None)
+    contrastive, contrastive_accuracy = contrastive_loss(
+        out["context"], out["targets"], mask, out["codes"], negatives_rng, cfg.num_negatives,
+        cfg.contrastive_temperature)
+    target_ids = jax.lax.stop_gradient(jnp.argmax(out["quantizer_logits"], axis=-1))
+    mlm, mlm_accuracy = masked_prediction_loss(out["mlm_logits"], target_ids, mask)
+    diversity, perplexity = diversity_loss(out["quantizer_logits"])
+    loss = (cfg.contrastive_weight * contrastive + cfg.mlm_weight * mlm
+            + cfg.diversity_weight * diversity)
+    batch_size = jnp.asarray(wave.shape[0], jnp.float32)
+    values = {"loss": loss, "contrastive_loss": contrastive, "mlm_loss": mlm,
+              "diversity_loss": diversity, "contrastive_accuracy": contrastive_accuracy,
+              "mlm_accuracy": mlm_accuracy, "code_perplexity": perplexity,
+              "masked_fraction": jnp.mean(mask.astype(jnp.float32)),
+              "gumbel_temperature": temperature}
+    metrics = {f"{name}_sum": value * batch_size for name, value in values.items()}
+    metrics["weight_sum"] = batch_size
+    return loss, metrics
+
+  def loss_fn_with_mutables(self, params, flax_mutables, batch, dropout_rng,
+                            group=models_lib.DEFAULT_GROUP):
+    if dropout_rng is None:
+      raise ValueError("w2v-BERT training needs an rng (masking, dropout, Gumbel noise)")
+    step = flax_mutables[STATE]["step"]
+    loss, metrics = self._losses(params, batch["audio"], dropout_rng, step)
+    return loss, (metrics, {**flax_mutables, STATE: {"step": step + 1}})
+
+  def loss_fn(self, params, batch, dropout_rng, group=models_lib.DEFAULT_GROUP):
+    """The training loss at step 0's Gumbel temperature (the trainer uses
+    `loss_fn_with_mutables`, which anneals it); dropout_rng None = evaluation."""
+    return self._losses(params, batch["audio"], dropout_rng, jnp.zeros((), jnp.int32))
+
+  def eval_fn_with_mutables(self, params, flax_mutables, batch):
+    return self._losses(params, batch["audio"], None, flax_mutables[STATE]["step"])
+
+  def embed(self, params, audio: jnp.ndarray, layer: int) -> jnp.ndarray:
+    """Audio [B, samples] -> [B, samples // hop_length, emb_dim] from MLM layer `layer`
+    (1-based; see `W2vBert.embed`)."""
+    if not 0 <= layer <= self.config.num_mlm_layers:
+      raise ValueError(f"layer={layer}: the MLM module has layers 1..{self.config.num_mlm_layers}"
+                       " (0 = its input)")
+    return self.module.apply({"params": params}, jnp.asarray(audio, jnp.float32), layer,
+                             method=W2vBert.embed)
+
+  def predict_batch(self, params, batch, rng=None, **unused):
+    """The quantizer's code ids of the unmasked audio, int32 [B, frames, G]."""
+    return self.module.apply({"params": params}, jnp.asarray(batch["audio"], jnp.float32),
+                             method=W2vBert.quantize)
+
+  def score_batch(self, params, batch):
+    """Per-example MLM log-likelihood of the target ids at masked frames (fixed mask), [B]."""
+    cfg = self.config
+    wave = jnp.asarray(batch["audio"], jnp.float32)
+    mask = span_mask(jax.random.key(0), (wave.shape[0], cfg.num_frames(wave.shape[1])),
+                     cfg.mask_prob, cfg.mask_length)
+    out = self.module.apply({"params": params}, wave, mask)
+    targets = jnp.argmax(out["quantizer_logits"], axis=-1)
+    log_probs = jax.nn.log_softmax(out["mlm_logits"], axis=-1)
+    token = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
+    return jnp.sum(jnp.sum(token, axis=-1) * mask, axis=-1)
+
+
+def count_parameters(config: W2vBertConfig, seconds: float = 1.0) -> int:
+  """Parameters of the network for `config` (no memory allocated)."""
+  samples = int(seconds * config.sample_rate)
+  model = W2vBert(config)
+  shapes = jax.eval_shape(lambda: nn.meta.unbox(model.init(
+      jax.random.key(0), jnp.zeros((1, samples)),
+      jnp.zeros((1, config.num_frames(samples)), bool))["params"]))
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(shapes)))
+

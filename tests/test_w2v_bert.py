@@ -1,0 +1,172 @@
+"""w2v-BERT: span masking, conformer blocks, losses, and self-supervised training on real audio."""
+
+import os
+
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from musiclm_jax import gin_utils
+from musiclm_jax.layers import conformer
+from musiclm_jax.w2v_bert import model as model_lib
+from tests import soundstream_fixtures
+from tests import w2v_bert_fixtures as fx
+
+
+def _runs(row: np.ndarray):
+  """(start, length) of each maximal run of True in a bool row."""
+  padded = np.concatenate([[False], row, [False]]).astype(np.int8)
+  edges = np.flatnonzero(np.diff(padded))
+  return list(zip(edges[::2], edges[1::2] - edges[::2]))
+
+
+def test_span_mask_statistics_and_contiguity():
+  p, span, length = 0.065, 10, 400  # the paper's p and M
+  mask = np.asarray(model_lib.span_mask(jax.random.key(0), (1024, length), p, span,
+                                        ensure_one_span=False))
+  expected = model_lib.expected_mask_fraction(p, span, length)
+  assert 0.47 < model_lib.expected_mask_fraction(p, span, 10**6) < 0.50  # 1 - 0.935^10
+  assert abs(mask.mean() - expected) < 0.01, (mask.mean(), expected)  # ~5 sigma
+  # Per frame: the first frames can only be covered by spans starting at or before them.
+  first = 1.0 - (1.0 - p) ** np.arange(1, span + 1)
+  np.testing.assert_allclose(mask[:, :span].mean(axis=0), first, atol=0.07)
+  for row in mask:
+    for start, run in _runs(row):
+      # Spans are contiguous and whole: a run is one span or several merged ones.
+      assert run >= span, (start, run)
+  # Deterministic in the rng; other rngs, other masks.
+  again = model_lib.span_mask(jax.random.key(0), (1024, length), p, span,
+                              ensure_one_span=False)
+  np.testing.assert_array_equal(mask, again)
+  assert not np.array_equal(mask, model_lib.span_mask(jax.random.key(1), (1024, length), p,
+                                                      span, ensure_one_span=False))
+  # Short clips: every clip still gets at least one whole span.
+  short = np.asarray(model_lib.span_mask(jax.random.key(2), (256, 20), 0.02, 5))
+  assert short.sum(axis=1).min() >= 5
+  with pytest.raises(ValueError, match="span_length"):
+    model_lib.span_mask(jax.random.key(0), (1, 4), p, span)
+
+
+def test_conformer_block_is_bidirectional_with_named_params():
+  block = conformer.ConformerBlock(num_heads=2, head_dim=8, mlp_dim=32, conv_kernel_size=5)
+  x = jax.random.normal(jax.random.key(0), (2, 12, 16))
+  positions = jnp.arange(12)
+  variables = block.init(jax.random.key(1), x, positions, None)
+  for path, leaf in jax.tree_util.tree_flatten_with_path(
+      variables, is_leaf=lambda l: isinstance(l, nn.LogicallyPartitioned))[0]:
+    assert isinstance(leaf, nn.LogicallyPartitioned), path
+    assert len(leaf.names) == leaf.value.ndim, path
+  variables = nn.meta.unbox(variables)
+  y = block.apply(variables, x, positions, None)
+  assert y.shape == x.shape and np.all(np.isfinite(y))
+  # The last frame changes the first one's output: an encoder sees the future.
+  y2 = block.apply(variables, x.at[:, -1].add(1.0), positions, None)
+  assert float(jnp.max(jnp.abs(y2[:, 0] - y[:, 0]))) > 1e-4
+  # Final layer norm: zero mean, unit variance per frame.
+  np.testing.assert_allclose(np.mean(y, -1), 0.0, atol=1e-4)
+
+
+def test_contrastive_negatives_and_losses():
+  mask = jnp.array([[True, False, True, True, False, True]])
+  selected = np.asarray(model_lib.sample_negatives(jax.random.key(0), mask, 3)[0])
+  for t in range(6):
+    picked = np.flatnonzero(selected[t])
+    assert t not in picked and all(mask[0, picked])
+    assert len(picked) == min(3, int(mask.sum()) - int(mask[0, t]))
+  # Uniform over the candidates: every masked frame is drawn about equally often.
+  many = np.asarray(model_lib.sample_negatives(jax.random.key(1), jnp.ones((400, 8), bool), 3))
+  frequency = many[:, 0].mean(axis=0)  # distractors of query frame 0
+  assert frequency[0] == 0 and np.all(np.abs(frequency[1:] - 3 / 7) < 0.08), frequency
+  # Context equal to its own target, distinct codes: the positive always wins.
+  targets = jax.random.normal(jax.random.key(1), (1, 6, 8))
+  codes = jnp.arange(6)[None, :, None]
+  loss, accuracy = model_lib.contrastive_loss(targets, targets, mask, codes,
+                                              jax.random.key(2), 3, 0.1)
+  assert float(accuracy) == 1.0 and float(loss) < 1.0
+  # A distractor with the positive's code is the positive: it is not counted against it.
+  same = jnp.zeros((1, 6, 1), jnp.int32)
+  loss_same, _ = model_lib.contrastive_loss(targets, targets[:, ::-1], mask, same,
+                                            jax.random.key(2), 3, 0.1)
+  assert abs(float(loss_same)) < 1e-6
+  uniform = jnp.zeros((2, 5, 2, 16))
+  diversity, perplexity = model_lib.diversity_loss(uniform)
+  assert abs(float(diversity)) < 1e-6 and abs(float(perplexity) - 32) < 1e-3
+  peaked = jnp.zeros((2, 5, 1, 16)).at[..., 3].set(50.0)
+  assert float(model_lib.diversity_loss(peaked)[0]) > 0.9
+  logits = jnp.zeros((1, 6, 1, 4)).at[..., 2].set(10.0)
+  mlm, mlm_accuracy = model_lib.masked_prediction_loss(logits, jnp.full((1, 6, 1), 2), mask)
+  assert float(mlm) < 1e-3 and float(mlm_accuracy) == 1.0
+
+
+def test_loss_finite_and_decreasing_on_real_audio():
+  clips = fx.real_clips(4)
+  model = fx.tiny_model()
+  _, state, history = soundstream_fixtures.train(model, clips, 12)
+  losses = [h["loss"] for h in history]
+  assert all(np.isfinite(v) for h in history for v in h.values()), history[-1]
+  assert np.mean(losses[-3:]) < 0.85 * np.mean(losses[:3]), losses
+  last = {k: v / history[-1]["weight_sum"] for k, v in history[-1].items() if k.endswith("_sum")}
+  assert 0.0 < last["masked_fraction_sum"] < 1.0
+  assert last["code_perplexity_sum"] > 2.0  # the diversity term keeps codes in use
+  assert last["gumbel_temperature_sum"] < model.config.gumbel_temperature_max
+  assert int(state.flax_mutables[model_lib.STATE]["step"]) == 12
+
+
+def test_embed_rate_layers_eval_and_quantizer_ids():
+  cfg = fx.tiny_config()
+  model = fx.tiny_model()
+  params = fx.tiny_params()
+  audio = fx.real_clips(2, 16000 + 500)  # 1 s and a part frame
+  mutables = {model_lib.STATE: {"step": jnp.asarray(5)}}
+
+  @jax.jit
+  def run(params, audio):
+    evals = [model.eval_fn_with_mutables(params, mutables, {"audio": audio})[1]
+             for _ in range(2)]
+    return (model.embed(params, audio, 0), model.embed(params, audio, 1),
+            model.predict_batch(params, {"audio": audio}), evals,
+            model.score_batch(params, {"audio": audio}))
+
+  emb0, emb1, ids, evals, scores = run(params, audio)
+  assert cfg.frame_rate == 25 and cfg.hop_length == 640
+  for emb in (emb0, emb1):
+    assert emb.shape == (2, 25, cfg.emb_dim) and np.all(np.isfinite(emb))
+  assert not np.allclose(emb0, emb1)
+  with pytest.raises(ValueError, match="layer"):
+    model.embed(params, audio, cfg.num_mlm_layers + 1)
+  assert ids.shape == (2, 25, 1) and ids.dtype == jnp.int32
+  assert int(ids.min()) >= 0 and int(ids.max()) < cfg.codebook_size
+  # Evaluation is deterministic (fixed mask, no dropout or Gumbel noise) and finite.
+  assert float(evals[0]["loss_sum"]) == float(evals[1]["loss_sum"])
+  assert np.isfinite(float(evals[0]["loss_sum"])) and scores.shape == (2,)
+  assert np.all(np.asarray(scores) < 0)
+
+
+def test_every_parameter_has_logical_axes():
+  model = fx.tiny_model()
+  boxed = jax.eval_shape(lambda: model.get_initial_variables(
+      jax.random.key(0), {"audio": (2, fx.CLIP_SAMPLES)})["params"])
+  leaves = jax.tree_util.tree_flatten_with_path(
+      boxed, is_leaf=lambda l: isinstance(l, nn.LogicallyPartitioned))[0]
+  assert len(leaves) > 30
+  for path, leaf in leaves:
+    assert isinstance(leaf, nn.LogicallyPartitioned), jax.tree_util.keystr(path)
+    assert len(leaf.names) == leaf.value.ndim, jax.tree_util.keystr(path)
+
+
+def test_gin_sizes():
+  gin_utils.import_configurables()
+  counts = {}
+  for size in ("tiny", "paper"):
+    gin.clear_config()
+    gin_utils.parse_gin_flags([f"w2v_bert/{size}.gin"], finalize=False)
+    config = model_lib.W2vBertConfig()
+    counts[size] = model_lib.count_parameters(config)
+  gin.clear_config()
+  assert counts["tiny"] < 100_000
+  # The paper's w2v-BERT XL: about 600M parameters.
+  assert 550e6 < counts["paper"] < 650e6, counts
+  assert os.path.isfile(os.path.join(gin_utils.REPO_GIN_DIR, "runs", "w2v_bert.gin"))
