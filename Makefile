@@ -28,8 +28,13 @@ demo: setup
 	$(PY) -m musiclm_jax.infer --gin_file=lm/tiny.gin --gin_file=tasks/synthetic_arpeggios.gin \
 	  --gin_file=runs/infer.gin --gin.MODEL_DIR="'$(DEMO_DIR)'"
 
+# Speed benchmarks (results + machine in benchmarks/results/). The audiolm-pytorch side of
+# lm_speed needs its own venv: REFERENCE_PYTHON=/path/to/python (see audiolm_pytorch_speed.py).
+# The codec quality benchmark trains for a wall-clock budget: run it by hand.
 benchmark: setup
-	$(PY) benchmarks/lm_speed.py
+	$(PY) benchmarks/lm_speed.py $(if $(REFERENCE_PYTHON),--reference_python $(REFERENCE_PYTHON))
+	$(PY) benchmarks/codec_speed.py
+	$(PY) benchmarks/input_pipeline_speed.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
