@@ -31,7 +31,14 @@ def fetch(package: str, cache_dir: str | None = None) -> str:
       raise RuntimeError(f"fetching Debian package {package!r} needs {tool!r}, not found")
   os.makedirs(cache_dir, exist_ok=True)
   with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
-    _run(["apt-get", "download", package], cwd=tmp, package=package)
+    try:
+      _run(["apt-get", "download", package], cwd=tmp, package=package)
+    except RuntimeError:
+      # A fresh machine may have empty package lists: refresh them once (needs root).
+      if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        raise
+      _run(["apt-get", "update", "-qq"], cwd=tmp, package=package)
+      _run(["apt-get", "download", package], cwd=tmp, package=package)
     debs = glob.glob(os.path.join(tmp, "*.deb"))
     if len(debs) != 1:
       raise RuntimeError(f"apt-get download {package} produced {debs}")
