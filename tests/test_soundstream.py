@@ -33,6 +33,14 @@ def test_overfits_a_real_clip_and_uses_its_codes(trained):
   assert usage > 0.5, usage
 
 
+def test_codec_computes_what_the_trained_model_computes(trained):
+  clips, model, state, _, codec = trained
+  assert model.config.weight_norm and not codec.config.weight_norm  # folded for inference
+  expected = model.predict_batch(jax.device_get(state.params), {"audio": clips},
+                                 flax_mutables=jax.device_get(state.flax_mutables))
+  np.testing.assert_allclose(codec.decode(codec.encode(clips)), expected, atol=1e-4)
+
+
 def test_codes_shapes_ranges_and_every_bitrate(trained):
   clips, model, _, _, codec = trained
   codes = codec.encode(clips)

@@ -32,6 +32,22 @@ CONFIG_FILE = "config.json"
 VARIABLES_FILE = "variables.msgpack"
 
 
+def fold_weight_norm(params: Mapping[str, Any]) -> dict:
+  """Replaces every weight-normalised conv's (kernel v, scale g) by its effective kernel
+  g * v / ||v|| (as torch's remove_weight_norm): the same function, less work per call."""
+  def fold(tree):
+    if not isinstance(tree, Mapping):
+      return tree
+    tree = {k: fold(v) for k, v in tree.items()}
+    kernel, scale = tree.get("kernel"), tree.get("scale")
+    if kernel is not None and scale is not None and np.ndim(kernel) == 3:
+      norm = jnp.sqrt(jnp.sum(jnp.square(jnp.asarray(kernel)), axis=(0, 1)))
+      tree["kernel"] = jnp.asarray(kernel) * (jnp.asarray(scale) / jnp.maximum(norm, 1e-12))
+      del tree["scale"]
+    return tree
+  return fold(params)
+
+
 class Codec:
   """SoundStream inference with jitted, shape-cached encode and decode."""
 
@@ -39,10 +55,16 @@ class Codec:
     """Args:
       config: the codec's configuration.
       variables: {'params': generator params, 'quantizer': generator codebook state}.
+        Weight-normalised kernels are folded once here (inference needs no reparameter-
+        isation), so the codec's config says weight_norm=False.
     """
+    params = variables["params"]
+    if config.weight_norm:
+      params = fold_weight_norm(params)
+      config = dataclasses.replace(config, weight_norm=False)
     self.config = config
     self.module = model_lib.SoundStream(config)
-    self.variables = {"params": variables["params"],
+    self.variables = {"params": params,
                       quantizers.COLLECTION: variables[quantizers.COLLECTION]}
 
   # ---- whole clips ------------------------------------------------------------------------
