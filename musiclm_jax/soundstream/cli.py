@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 import numpy as np
+
+from musiclm_jax import cli_utils
 
 
 def _encode(args) -> None:
@@ -23,7 +24,7 @@ def _encode(args) -> None:
   codec = codec_lib.Codec.load(args.bundle)
   wave = audio_io.load_audio(args.input, sample_rate=codec.config.sample_rate)
   codes = codec.encode(wave[None], args.levels)[0]
-  _save_npy(args.output, codes.astype(np.int32))
+  cli_utils.save_npy(args.output, codes.astype(np.int32))
   print(f"{args.input}: {wave.shape[0] / codec.config.sample_rate:.2f} s -> codes "
         f"{codes.shape} ({codec.config.bitrate(codes.shape[-1]) / 1000:.1f} kbps) -> "
         f"{args.output}")
@@ -69,13 +70,6 @@ def _export(args) -> None:
         f"({config.bitrate() / 1000:.1f} kbps at {config.num_quantizers} levels)")
 
 
-def _save_npy(path: str, array: np.ndarray) -> None:
-  """np.save through a temporary name, so a crash leaves no half-written file."""
-  tmp = f"{path}.tmp-{os.getpid()}.npy"
-  np.save(tmp, array)
-  os.replace(tmp, path)
-
-
 def parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="musiclm-jax codec", description=__doc__.split("\n")[0])
   sub = p.add_subparsers(dest="command", required=True)
@@ -101,13 +95,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> None:
-  args = parser().parse_args(argv)
-  from musiclm_jax.audio import io as audio_io
-  try:
-    args.run(args)
-  except (audio_io.AudioError, ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    raise SystemExit(2)
+  cli_utils.run(parser(), argv)
 
 
 if __name__ == "__main__":

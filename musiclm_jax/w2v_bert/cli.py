@@ -20,6 +20,8 @@ import sys
 
 import numpy as np
 
+from musiclm_jax import cli_utils
+
 
 def _audio_paths(inputs) -> list:
   from musiclm_jax.audio import debian_music
@@ -85,9 +87,7 @@ def _tokenize(args) -> None:
                                                    args.step, not args.no_ema)
   wave = audio_io.load_audio(args.input, sample_rate=tokenizer.config.sample_rate)
   tokens = tokenizer.tokenize(wave[None])[0]
-  tmp = f"{args.output}.tmp-{os.getpid()}.npy"
-  np.save(tmp, tokens.astype(np.int32))
-  os.replace(tmp, args.output)
+  cli_utils.save_npy(args.output, tokens.astype(np.int32))
   print(f"{args.input}: {wave.shape[0] / tokenizer.config.sample_rate:.2f} s -> "
         f"{tokens.shape[0]} tokens ({tokenizer.token_rate:g}/s) -> {args.output}")
 
@@ -128,13 +128,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> None:
-  args = parser().parse_args(argv)
-  from musiclm_jax.audio import io as audio_io
-  try:
-    args.run(args)
-  except (audio_io.AudioError, ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    raise SystemExit(2)
+  cli_utils.run(parser(), argv)
 
 
 if __name__ == "__main__":
