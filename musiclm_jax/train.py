@@ -161,6 +161,10 @@ def evaluate_steps(trainer, state, partitioner, dataset_cfg, feature_converter, 
     totals = metrics if totals is None else jax.tree.map(np.add, totals, metrics)
     if i == 0 and writer is not None:
       writer.write_summaries(step, trainer.summaries(state, batch))
+  if totals is None:
+    logging.warning("step %d: no evaluation: split %r of %s has no full batch of %d",
+                    step, dataset_cfg.split, dataset_cfg.mixture_or_task_name,
+                    dataset_cfg.batch_size)
   scalars = models_lib.metrics_to_scalars(totals or {})
   if writer is not None and scalars:
     writer.write_scalars(step, scalars)

@@ -33,6 +33,7 @@ class MultiHeadAttention(nn.Module):
     causal: mask keys after the query (decoder) or not (encoder).
     use_rotary: rotate q and k by position (RoPE); otherwise positions come from `bias`.
     cache_length: size of the key/value cache (decode mode only).
+    use_bias: biases on the query/key/value/output projections (BERT has them; T5 not).
   """
   num_heads: int
   head_dim: int
@@ -42,6 +43,7 @@ class MultiHeadAttention(nn.Module):
   use_rotary: bool = False
   cache_length: Optional[int] = None
   num_kv_heads: Optional[int] = None
+  use_bias: bool = False
 
   @property
   def kv_heads(self) -> int:
@@ -67,7 +69,8 @@ class MultiHeadAttention(nn.Module):
     # Key/value heads shard over 'model' like query heads, unless they are fewer (GQA/MQA).
     kv_name = "heads" if kv_heads == self.num_heads else "kv_heads"
     project = lambda name, heads, axis: linear.DenseGeneral(
-        (heads, self.head_dim), ("embed", axis, "kv"), dtype=self.dtype, name=name)
+        (heads, self.head_dim), ("embed", axis, "kv"), dtype=self.dtype,
+        use_bias=self.use_bias, name=name)
     qkv_axes = ("batch", "length", "heads", "kv")
     kv_axes = ("batch", "length", kv_name, "kv")
     q = nn.with_logical_constraint(project("query", self.num_heads, "heads")(x), qkv_axes)
@@ -105,7 +108,7 @@ class MultiHeadAttention(nn.Module):
     out = out.reshape(out.shape[:2] + (self.num_heads, self.head_dim))
     out = nn.with_logical_constraint(out, qkv_axes)
     return linear.DenseGeneral(x.shape[-1], ("heads", "kv", "embed"), contract_dims=2,
-                               dtype=self.dtype, name="out")(out)
+                               dtype=self.dtype, use_bias=self.use_bias, name="out")(out)
 
   def _update_cache(self, k: jnp.ndarray, v: jnp.ndarray, cache_start: jnp.ndarray,
                     kv_name: str):

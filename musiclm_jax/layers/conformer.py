@@ -36,34 +36,6 @@ ACTIVATION_AXES = ("batch", "length", "embed")
 HIDDEN_AXES = ("batch", "length", "mlp")
 
 
-class LayerNorm(nn.Module):
-  """Layer norm over the last axis (float32 math) with a named scale and bias.
-
-  Attributes:
-    axis_name: logical name of the normalised axis ('embed' or 'mlp').
-    epsilon: added to the variance.
-    dtype: output dtype.
-  """
-  axis_name: str = "embed"
-  epsilon: float = 1e-6
-  dtype: jnp.dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    features = x.shape[-1]
-    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones,
-                                                             (self.axis_name,)),
-                       (features,), jnp.float32)
-    bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros,
-                                                           (self.axis_name,)),
-                      (features,), jnp.float32)
-    x32 = x.astype(jnp.float32)
-    mean = jnp.mean(x32, axis=-1, keepdims=True)
-    var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
-    y = (x32 - mean) * jax.lax.rsqrt(var + self.epsilon)
-    return (y * scale + bias).astype(self.dtype)
-
-
 class FeedForward(nn.Module):
   """Pre-normed x -> W2 dropout(swish(W1 x)): [batch, length, embed] -> same."""
   mlp_dim: int
@@ -109,7 +81,7 @@ class ConvolutionModule(nn.Module):
         h, kernel.astype(self.dtype), window_strides=(1,),
         padding=[(self.kernel_size // 2, (self.kernel_size - 1) // 2)],
         dimension_numbers=("NWC", "WIO", "NWC"), feature_group_count=channels)
-    h = LayerNorm("mlp", dtype=self.dtype, name="depthwise_norm")(h)
+    h = linear.LayerNorm("mlp", dtype=self.dtype, name="depthwise_norm")(h)
     h = nn.with_logical_constraint(nn.swish(h), HIDDEN_AXES)
     return linear.DenseGeneral(channels, ("mlp", "embed"), dtype=self.dtype,
                                name="pointwise_out")(h)
@@ -155,7 +127,7 @@ class ConformerBlock(nn.Module):
     x = x + drop(h)
     x = x + drop(ConvolutionModule(self.conv_kernel_size, dtype=self.dtype, name="conv")(x))
     x = x + 0.5 * drop(ffn("ffn_out")(x, det))
-    x = LayerNorm("embed", dtype=self.dtype, name="final_norm")(x)
+    x = linear.LayerNorm("embed", dtype=self.dtype, name="final_norm")(x)
     return nn.with_logical_constraint(x, ACTIVATION_AXES)
 
 

@@ -1,4 +1,4 @@
-"""Dense projections and normalisation with logical axis names and mixed precision.
+"""Dense projections and normalisation (RMSNorm, LayerNorm) with logical axis names and mixed precision.
 
 Parameters are float32 master weights; the computation runs in `dtype` (bfloat16 for
 speed on TPU/GPU). Every kernel names its axes so the `Partitioner`'s rules can shard it.
@@ -28,12 +28,14 @@ class DenseGeneral(nn.Module):
     contract_dims: how many trailing input axes are contracted.
     dtype: computation dtype.
     init_scale: multiplies the fan-in variance of the initialiser.
+    use_bias: add a bias of shape `features` (axes kernel_axes[contract_dims:]), zero-init.
   """
   features: int | Sequence[int]
   kernel_axes: Tuple[str, ...]
   contract_dims: int = 1
   dtype: jnp.dtype = jnp.float32
   init_scale: float = 1.0
+  use_bias: bool = False
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
@@ -48,8 +50,13 @@ class DenseGeneral(nn.Module):
                         kernel_shape, jnp.float32)
     contract = (tuple(range(x.ndim - self.contract_dims, x.ndim)),
                 tuple(range(self.contract_dims)))
-    return jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
-                               (contract, ((), ())))
+    y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
+                            (contract, ((), ())))
+    if self.use_bias:
+      bias = self.param("bias", nn.with_logical_partitioning(
+          nn.initializers.zeros, self.kernel_axes[self.contract_dims:]), features, jnp.float32)
+      y = y + bias.astype(self.dtype)
+    return y
 
 
 class RMSNorm(nn.Module):
@@ -64,3 +71,31 @@ class RMSNorm(nn.Module):
     x32 = x.astype(jnp.float32)
     x32 = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.epsilon)
     return (x32 * scale).astype(self.dtype)
+
+
+class LayerNorm(nn.Module):
+  """Layer norm over the last axis (float32 math) with a named scale and bias.
+
+  Attributes:
+    axis_name: logical name of the normalised axis ('embed' or 'mlp').
+    epsilon: added to the variance.
+    dtype: output dtype.
+  """
+  axis_name: str = "embed"
+  epsilon: float = 1e-6
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    features = x.shape[-1]
+    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones,
+                                                             (self.axis_name,)),
+                       (features,), jnp.float32)
+    bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros,
+                                                           (self.axis_name,)),
+                      (features,), jnp.float32)
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+    y = (x32 - mean) * jax.lax.rsqrt(var + self.epsilon)
+    return (y * scale + bias).astype(self.dtype)

@@ -49,22 +49,14 @@ def _decode(args) -> None:
 
 
 def _export(args) -> None:
-  import gin
   from musiclm_jax import gin_utils
   from musiclm_jax.soundstream import codec as codec_lib
   from musiclm_jax.soundstream import model as model_lib
-  from musiclm_jax.training import checkpoints
-  config_path = os.path.join(args.model_dir, "config.gin")
-  if not os.path.isfile(config_path):
-    raise FileNotFoundError(f"{config_path} not found: is {args.model_dir!r} a training run?")
-  gin_utils.import_configurables()
-  gin.parse_config_file(config_path, skip_unknown=True)
-  config = model_lib.SoundStreamConfig()
-  step, state = checkpoints.restore_numpy_state(args.model_dir, args.step)
-  params = state["ema_params"] if (not args.no_ema and state.get("ema_params")) else state[
-      "params"]
-  codec = codec_lib.Codec.from_train_state(config, params, state["flax_mutables"])
-  codec._check_shapes(config_path)  # pylint: disable=protected-access
+  run = gin_utils.load_run(args.model_dir, model_lib.SoundStreamConfig, args.step,
+                           not args.no_ema)
+  config, step = run.config, run.step
+  codec = codec_lib.Codec.from_train_state(config, run.params, run.flax_mutables)
+  codec._check_shapes(os.path.join(args.model_dir, "config.gin"))  # pylint: disable=protected-access
   codec.save(args.output)
   print(f"step {step} of {args.model_dir} -> codec bundle {args.output} "
         f"({config.bitrate() / 1000:.1f} kbps at {config.num_quantizers} levels)")

@@ -108,6 +108,18 @@ def check_sample_rate(ds: tf.data.Dataset, sample_rate: int, dataset: str
   return ds.map(check, num_parallel_calls=tf.data.AUTOTUNE)
 
 
+def tokenize_captions(ds: tf.data.Dataset, vocabulary, text_length: int) -> tf.data.Dataset:
+  """Skips clips without a caption; 'caption' -> 'text_tokens' [CLS] ids [SEP] int32
+  (at most text_length ids)."""
+  ds = ds.filter(lambda ex: tf.strings.length(tf.strings.strip(ex["caption"])) > 0)
+
+  def tokenize(ex):
+    pieces = vocabulary.encode_tf(ex["caption"])
+    return {**ex, "text_tokens": vocabulary.add_special_tokens_tf(pieces, text_length)}
+
+  return ds.map(tokenize, num_parallel_calls=tf.data.AUTOTUNE)
+
+
 def drop_or_pad_short_clips(ds: tf.data.Dataset, crop_samples: int, policy: str
                             ) -> tf.data.Dataset:
   """Clips shorter than crop_samples: dropped ('drop') or zero-padded at the end ('pad')."""
@@ -122,8 +134,9 @@ def drop_or_pad_short_clips(ds: tf.data.Dataset, crop_samples: int, policy: str
 
 
 @seqio.map_over_dataset(num_seeds=1)
-def random_crops(ex, seed, crop_samples: int, crops_per_clip: int = 1):
-  """'audio' [time >= crop_samples] -> [crops_per_clip, crop_samples] at random offsets.
+def random_crops(ex, seed, crop_samples: int, crops_per_clip: int = 1, carry=()):
+  """'audio' [time >= crop_samples] -> [crops_per_clip, crop_samples] at random offsets;
+  the features named in `carry` are repeated per crop, the others dropped.
 
   `seed` ([2] int) comes from seqio, one per example: new offsets each epoch, the same ones
   for the same get_dataset seed.
@@ -133,13 +146,17 @@ def random_crops(ex, seed, crop_samples: int, crops_per_clip: int = 1):
       [crops_per_clip], seed=seed, minval=0,
       maxval=tf.shape(audio)[0] - crop_samples + 1, dtype=tf.int32)
   windows = offsets[:, None] + tf.range(crop_samples, dtype=tf.int32)[None, :]
-  return {"audio": tf.gather(audio, windows)}
+  out = {"audio": tf.gather(audio, windows)}
+  for key in carry:
+    out[key] = tf.repeat(ex[key][None], crops_per_clip, axis=0)
+  return out
 
 
 def audio_crops(ds: tf.data.Dataset, sequence_length: Optional[Mapping[str, int]] = None,
                 *, task_name: str, crop_samples: int, short_clips: str, crops_per_clip: int,
-                log_counts=None) -> tf.data.Dataset:
-  """Clips {'audio': [time]} -> crops {'audio': [crop_samples]}, crops_per_clip per clip."""
+                log_counts=None, carry=()) -> tf.data.Dataset:
+  """Clips {'audio': [time], *carry} -> crops {'audio': [crop_samples], *carry},
+  crops_per_clip per clip."""
   length = (sequence_length or {}).get("audio")
   if length is not None and length != crop_samples:
     raise ValueError(f"task {task_name!r} cuts crops of {crop_samples} samples, but "
@@ -148,7 +165,7 @@ def audio_crops(ds: tf.data.Dataset, sequence_length: Optional[Mapping[str, int]
     log_counts()
   ds = drop_or_pad_short_clips(ds, crop_samples, short_clips)
   ds = random_crops(  # pylint: disable=no-value-for-parameter  (seqio passes `seed`)
-      ds, crop_samples=crop_samples, crops_per_clip=crops_per_clip)
+      ds, crop_samples=crop_samples, crops_per_clip=crops_per_clip, carry=tuple(carry))
   return ds.unbatch()
 
 
@@ -224,7 +241,9 @@ class AudioCropTask(seqio.Task):
 def register_audio_crop_task(name: str, tfds_name: str, tfds_data_dir: Optional[str],
                              sample_rate: int, crop_samples: int, short_clips: str = "drop",
                              crops_per_clip: int = 1, shuffle_buffer_size: int = 1000,
-                             max_in_memory_cache_bytes: int = 1 << 30) -> str:
+                             max_in_memory_cache_bytes: int = 1 << 30,
+                             captions: bool = False, text_folder: Optional[str] = None,
+                             text_length: int = 64) -> str:
   """Registers a task of random crops of an audio_folder dataset; returns its name.
 
   Args:
@@ -239,13 +258,18 @@ def register_audio_crop_task(name: str, tfds_name: str, tfds_data_dir: Optional[
       seqio's shuffle buffer then mixes them).
     shuffle_buffer_size: crops in seqio's shuffle buffer.
     max_in_memory_cache_bytes: cache a split's clips in memory up to this size per shard.
+    captions: also a feature 'text_tokens' int32 [<= text_length]: the clip's caption as
+      [CLS] WordPiece ids [SEP] of the BERT tokenizer in `text_folder` (None: MiniLM-L6, see
+      `mulan.pretrained_bert`), the same for every crop of a clip. Clips without a caption
+      are skipped. For MuLan (`CaptionedAudioFeatureConverter`).
   Registering the same name with the same arguments again is a no-op (gin may call this
   once per DatasetConfig); with other arguments it replaces the task.
   """
   args = dict(tfds_name=tfds_name, tfds_data_dir=tfds_data_dir, sample_rate=sample_rate,
               crop_samples=crop_samples, short_clips=short_clips,
               crops_per_clip=crops_per_clip, shuffle_buffer_size=shuffle_buffer_size,
-              max_in_memory_cache_bytes=max_in_memory_cache_bytes)
+              max_in_memory_cache_bytes=max_in_memory_cache_bytes, captions=captions,
+              text_folder=text_folder, text_length=text_length)
   if short_clips not in SHORT_CLIP_POLICIES:
     raise ValueError(f"task {name!r}: short_clips={short_clips!r}, expected one of "
                      f"{SHORT_CLIP_POLICIES}")
@@ -262,18 +286,25 @@ def register_audio_crop_task(name: str, tfds_name: str, tfds_data_dir: Optional[
 
   source = seqio.TfdsDataSource(tfds_name=tfds_name, tfds_data_dir=tfds_data_dir,
                                 read_only=True)  # never tries to build or download
+  preprocessors = [
+      functools.partial(check_sample_rate, sample_rate=sample_rate, dataset=tfds_name)]
+  output_features = {"audio": seqio.Feature(
+      seqio.PassThroughVocabulary(1), add_eos=False, dtype=tf.float32, rank=1)}
+  if captions:
+    from musiclm_jax.mulan import pretrained_bert, text_tokenizer  # pylint: disable=g-import-not-at-top
+    vocabulary = text_tokenizer.BertVocabulary(text_folder or pretrained_bert.minilm_l6_folder())
+    preprocessors.append(functools.partial(tokenize_captions, vocabulary=vocabulary,
+                                           text_length=text_length))
+    output_features["text_tokens"] = seqio.Feature(vocabulary, add_eos=False, dtype=tf.int32)
+  preprocessors.append(functools.partial(
+      audio_crops, task_name=name, crop_samples=crop_samples, short_clips=short_clips,
+      crops_per_clip=crops_per_clip, carry=("text_tokens",) if captions else (),
+      log_counts=lambda: seqio.get_mixture_or_task(name).log_short_clip_counts()))
   task = AudioCropTask(
       name,
       source=source,
-      preprocessors=[
-          functools.partial(check_sample_rate, sample_rate=sample_rate, dataset=tfds_name),
-          functools.partial(audio_crops, task_name=name, crop_samples=crop_samples,
-                            short_clips=short_clips, crops_per_clip=crops_per_clip,
-                            log_counts=lambda: seqio.get_mixture_or_task(
-                                name).log_short_clip_counts()),
-      ],
-      output_features={"audio": seqio.Feature(
-          seqio.PassThroughVocabulary(1), add_eos=False, dtype=tf.float32, rank=1)},
+      preprocessors=preprocessors,
+      output_features=output_features,
       shuffle_buffer_size=shuffle_buffer_size,
       crop_samples=crop_samples, short_clips=short_clips,
       max_in_memory_cache_bytes=max_in_memory_cache_bytes)
@@ -306,16 +337,38 @@ class AudioFeatureConverter(seqio.FeatureConverter):
 
   def _convert_features(self, ds: tf.data.Dataset,
                         task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
+    return ds.map(lambda ex: self._convert_example(ex, task_feature_lengths),
+                  num_parallel_calls=tf.data.AUTOTUNE)
+
+  def _convert_example(self, ex, task_feature_lengths: Mapping[str, int]):
     length = task_feature_lengths["audio"]
-
-    def convert(ex):
-      with tf.control_dependencies([tf.debugging.assert_equal(
-          tf.shape(ex["audio"])[0], length,
-          message=f"'audio' must have exactly task_feature_lengths['audio']={length} "
-                  "samples (the task's crop_samples)")]):
-        return {"audio": tf.ensure_shape(ex["audio"], [length])}
-
-    return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
+    with tf.control_dependencies([tf.debugging.assert_equal(
+        tf.shape(ex["audio"])[0], length,
+        message=f"'audio' must have exactly task_feature_lengths['audio']={length} "
+                "samples (the task's crop_samples)")]):
+      return {"audio": tf.ensure_shape(ex["audio"], [length])}
 
   def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]):
     return {"audio": task_feature_lengths["audio"]}
+
+
+@gin.configurable
+class CaptionedAudioFeatureConverter(AudioFeatureConverter):
+  """Task features 'audio' [crop] float32 and 'text_tokens' [<= L] int32 -> the same, with
+  'text_tokens' zero-padded ([PAD] = 0) to task_feature_lengths['text_tokens']."""
+
+  TASK_FEATURES = {"audio": FeatureSpec(dtype=tf.float32),
+                   "text_tokens": FeatureSpec(dtype=tf.int32)}
+  MODEL_FEATURES = {"audio": FeatureSpec(dtype=tf.float32),
+                    "text_tokens": FeatureSpec(dtype=tf.int32)}
+
+  def _convert_example(self, ex, task_feature_lengths: Mapping[str, int]):
+    length = task_feature_lengths["text_tokens"]
+    tokens = ex["text_tokens"][:length]
+    tokens = tf.pad(tokens, [[0, length - tf.shape(tokens)[0]]])
+    return {**super()._convert_example(ex, task_feature_lengths),
+            "text_tokens": tf.ensure_shape(tokens, [length])}
+
+  def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]):
+    return {"audio": task_feature_lengths["audio"],
+            "text_tokens": task_feature_lengths["text_tokens"]}

@@ -16,6 +16,7 @@ from __future__ import annotations
 import abc
 from typing import Any, Mapping, Optional, Sequence, Tuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -101,6 +102,15 @@ class BaseModel(abc.ABC):
     del params, flax_mutables, batch
     return {}
 
+  def pretrained_params(self) -> Optional[Mapping[str, Any]]:
+    """Arrays that replace parts of the freshly initialised params (a nested dict mirroring
+    'params', e.g. {'text_encoder': {...}} for a pretrained BERT), or None.
+
+    Used only when training starts from scratch; a resumed run restores its checkpoint.
+    The trainer checks every path and shape (`merge_pretrained_params`).
+    """
+    return None
+
   # ---- the contract -----------------------------------------------------------------------
 
   @abc.abstractmethod
@@ -143,4 +153,31 @@ def metrics_to_scalars(metrics: Mapping[str, Any]) -> dict:
       out[name[:-4]] = value / jnp.maximum(weight, 1e-9)
     else:
       out[name] = value
+  return out
+
+
+def merge_pretrained_params(params: PyTree, pretrained: Mapping[str, Any],
+                            path: str = "params") -> PyTree:
+  """`params` (boxed or plain nested dict) with the leaves of `pretrained` put in.
+
+  Raises KeyError for a pretrained path the model lacks and ValueError for a shape that
+  differs, naming the path.
+  """
+  out = dict(params)
+  for key, value in pretrained.items():
+    where = f"{path}/{key}"
+    if key not in out:
+      raise KeyError(f"pretrained parameter {where} has no counterpart in the model "
+                     f"(have {sorted(out)})")
+    target = out[key]
+    if isinstance(value, Mapping):
+      out[key] = merge_pretrained_params(target, value, where)
+      continue
+    boxed = isinstance(target, nn.meta.AxisMetadata)
+    current = target.unbox() if boxed else target
+    if tuple(current.shape) != tuple(jnp.shape(value)):
+      raise ValueError(f"pretrained parameter {where} has shape {tuple(jnp.shape(value))}, "
+                       f"the model's is {tuple(current.shape)}")
+    new = jnp.asarray(value, current.dtype)
+    out[key] = target.replace_boxed(new) if boxed else new
   return out

@@ -7,9 +7,10 @@ optimizer with its schedule. GAN-style models bind one optimizer per optimizer g
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Mapping, Optional
 
 import gin
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -56,13 +57,29 @@ def create_optimizer(name: str = "adamw",
                      learning_rate: Optional[optax.ScalarOrSchedule] = None,
                      b1: float = 0.9, b2: float = 0.99, eps: float = 1e-8,
                      weight_decay: float = 0.0, clip_norm: Optional[float] = 1.0,
-                     momentum: float = 0.9) -> optax.GradientTransformation:
+                     momentum: float = 0.9,
+                     param_lr_multipliers: Optional[Mapping[str, float]] = None
+                     ) -> optax.GradientTransformation:
   """One optax chain: clip_by_global_norm(clip_norm) -> optimizer(learning_rate).
 
   name: 'adamw', 'adam', 'adafactor', 'lion' or 'sgd'.
   learning_rate: a float or an optax schedule (default: `create_schedule()`).
   clip_norm: global-norm clip of the (accumulated) gradient; None disables it.
+  param_lr_multipliers: {param path prefix: multiplier}, e.g. {'text_encoder': 0.1} for a
+    pretrained tower at a tenth of the learning rate, or 0.0 to freeze it (frozen params
+    keep no optimizer state and are left out of the clipping norm). Paths are '/'-joined
+    param names; the longest matching prefix wins; a prefix matching nothing is an error.
   """
+  opt = _base_optimizer(name, learning_rate, b1, b2, eps, weight_decay, momentum)
+  if clip_norm is not None:
+    opt = optax.chain(optax.clip_by_global_norm(clip_norm), opt)
+  if not param_lr_multipliers:
+    return opt
+  return _with_param_multipliers(opt, dict(param_lr_multipliers))
+
+
+def _base_optimizer(name, learning_rate, b1, b2, eps, weight_decay, momentum
+                    ) -> optax.GradientTransformation:
   if learning_rate is None:
     learning_rate = create_schedule()
   if name == "adamw":
@@ -77,6 +94,41 @@ def create_optimizer(name: str = "adamw",
     opt = optax.sgd(learning_rate, momentum=momentum)
   else:
     raise ValueError(f"Unknown optimizer {name!r}; expected adamw, adam, adafactor, lion or sgd")
-  if clip_norm is None:
-    return opt
-  return optax.chain(optax.clip_by_global_norm(clip_norm), opt)
+  return opt
+
+
+def _path_name(path) -> str:
+  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def _multiplier_of(name: str, multipliers: Mapping[str, float]) -> float:
+  matches = [p for p in multipliers if name == p or name.startswith(p.rstrip("/") + "/")]
+  return float(multipliers[max(matches, key=len)]) if matches else 1.0
+
+
+def _with_param_multipliers(opt: optax.GradientTransformation,
+                            multipliers: Mapping[str, float]) -> optax.GradientTransformation:
+  """`opt` on the trainable params with per-prefix update scales; zero-multiplier prefixes
+  frozen (`optax.set_to_zero`, no state)."""
+  for prefix, value in multipliers.items():
+    if value < 0:
+      raise ValueError(f"param_lr_multipliers[{prefix!r}]={value} must be >= 0")
+
+  def labels(params):
+    names = [_path_name(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+    unused = [p for p in multipliers
+              if not any(n == p or n.startswith(p.rstrip("/") + "/") for n in names)]
+    if unused:
+      raise ValueError(f"param_lr_multipliers prefixes {unused} match no parameter; "
+                       f"top-level params are {sorted({n.split('/')[0] for n in names})}")
+    return jax.tree_util.tree_map_with_path(
+        lambda p, _: "frozen" if _multiplier_of(_path_name(p), multipliers) == 0
+        else "trained", params)
+
+  def scale(updates, state, params=None):
+    del params
+    return jax.tree_util.tree_map_with_path(
+        lambda p, u: u * _multiplier_of(_path_name(p), multipliers), updates), state
+
+  scaled = optax.chain(opt, optax.GradientTransformation(lambda _: optax.EmptyState(), scale))
+  return optax.multi_transform({"trained": scaled, "frozen": optax.set_to_zero()}, labels)

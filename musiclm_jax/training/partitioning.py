@@ -89,15 +89,29 @@ class Partitioner:
   # ---- shardings ---------------------------------------------------------------------------
 
   def logical_to_mesh_sharding(self, logical_specs: Any) -> Any:
-    """Tree of logical `PartitionSpec`s -> tree of `NamedSharding`s."""
-    return nn.logical_to_mesh_sharding(logical_specs, self.mesh, self.logical_axis_rules)
+    """Tree of logical `PartitionSpec`s -> tree of `NamedSharding`s.
+
+    Mapped spec by spec: flax's whole-tree version mistakes other tuples in the tree (such
+    as optax's empty `MaskedNode` of frozen parameters) for specs.
+    """
+    return jax.tree.map(
+        lambda spec: nn.logical_to_mesh_sharding(spec, self.mesh, self.logical_axis_rules),
+        logical_specs, is_leaf=lambda x: isinstance(x, P))
 
   def sharding_of_boxed(self, boxed_tree: Any) -> Any:
     """Shardings for a tree whose leaves are (possibly) `nn.LogicallyPartitioned` boxes.
 
-    Unboxed leaves are replicated.
+    Unboxed leaves are replicated. A box around an empty node (optax puts its `MaskedNode`
+    for a frozen parameter inside the parameter's box) stays that empty node.
     """
-    return self.logical_to_mesh_sharding(nn.get_partition_spec(boxed_tree))
+    def spec(x):
+      if not isinstance(x, nn.meta.AxisMetadata):
+        return P()
+      value = x.unbox()
+      return value if not jax.tree.leaves(value) else x.get_partition_spec()
+
+    return self.logical_to_mesh_sharding(jax.tree.map(
+        spec, boxed_tree, is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata)))
 
   def replicated(self) -> NamedSharding:
     return NamedSharding(self.mesh, P())

@@ -88,10 +88,13 @@ class Trainer:
 
   # ---- initialisation ----------------------------------------------------------------------
 
-  def _init_boxed_state(self, rng: jax.Array, input_shapes, input_types) -> TrainState:
+  def _init_boxed_state(self, rng: jax.Array, input_shapes, input_types,
+                        pretrained=None) -> TrainState:
     variables = self.model.get_initial_variables(rng, input_shapes, input_types)
     variables = dict(variables)
     params = variables.pop("params")
+    if pretrained is not None:
+      params = models_lib.merge_pretrained_params(params, pretrained)
     opt_states = {}
     for group, collections in self.groups.items():
       selected, _ = split_params(params, collections)
@@ -113,12 +116,16 @@ class Trainer:
 
   def create_state(self, input_shapes: Mapping[str, Tuple[int, ...]],
                    input_types: Optional[Mapping[str, Any]] = None) -> TrainState:
-    """Initialises the state directly in its sharded layout (no host copy of the params)."""
+    """Initialises the state directly in its sharded layout (no host copy of the params),
+    with the model's `pretrained_params` (passed in as arguments, not baked in as
+    constants) in place of the random ones."""
     _, shardings = self.abstract_state(input_shapes, input_types)
+    pretrained = self.model.pretrained_params()
     init = self.partitioner.partition(
-        lambda rng: nn.meta.unbox(self._init_boxed_state(rng, input_shapes, input_types)),
+        lambda rng, pre: nn.meta.unbox(
+            self._init_boxed_state(rng, input_shapes, input_types, pre)),
         in_shardings=None, out_shardings=shardings)
-    return init(jax.random.key(self.seed))
+    return init(jax.random.key(self.seed), pretrained)
 
   @property
   def state_shardings(self):

@@ -23,28 +23,13 @@ import numpy as np
 from musiclm_jax import cli_utils
 
 
-def _audio_paths(inputs) -> list:
-  from musiclm_jax.audio import debian_music
-  paths = []
-  for item in inputs:
-    if os.path.isdir(item):
-      paths += debian_music.audio_files(item)
-    elif os.path.isfile(item):
-      paths.append(item)
-    else:
-      raise FileNotFoundError(f"{item}: no such file or folder")
-  if not paths:
-    raise ValueError(f"no audio files in {list(inputs)}")
-  return paths
-
-
 def _fit_kmeans(args) -> None:
   from musiclm_jax.audio import io as audio_io
   from musiclm_jax.w2v_bert import tokenizer as tokenizer_lib
   config, params = tokenizer_lib.load_w2v_bert(args.model_dir, args.step, not args.no_ema)
   crop = int(args.crop_seconds * config.sample_rate)
   waves = []
-  for path in _audio_paths(args.audio):
+  for path in cli_utils.audio_paths(args.audio):
     try:
       wave = audio_io.load_audio(path, sample_rate=config.sample_rate)
     except audio_io.AudioError as e:
@@ -97,10 +82,7 @@ def parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="musiclm-jax semantic", description=__doc__.split("\n")[0])
   sub = p.add_subparsers(dest="command", required=True)
 
-  def model_args(q):
-    q.add_argument("--model_dir", required=True, help="w2v-BERT training run")
-    q.add_argument("--step", type=int, default=None, help="checkpoint step (default newest)")
-    q.add_argument("--no_ema", action="store_true", help="raw, not EMA, params")
+  model_args = lambda q: cli_utils.add_run_arguments(q, "w2v-BERT")
 
   fit = sub.add_parser("fit-kmeans", help="fit the tokenizer's centroids on audio")
   fit.add_argument("audio", nargs="+", help="audio files or folders")

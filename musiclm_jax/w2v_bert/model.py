@@ -331,7 +331,7 @@ class FeatureEncoder(nn.Module):
     x = self._conv(x, cfg.subsampling_channels, "conv_1")  # [B, frames, mels / 4, C]
     x = linear.DenseGeneral(cfg.emb_dim, (None, "conv_out", "embed"), contract_dims=2,
                             dtype=cfg.jnp_dtype, name="projection")(x)
-    x = conformer.LayerNorm("embed", dtype=cfg.jnp_dtype, name="norm")(x)
+    x = linear.LayerNorm("embed", dtype=cfg.jnp_dtype, name="norm")(x)
     x = nn.with_logical_constraint(x, conformer.ACTIVATION_AXES)
     return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
 

@@ -437,16 +437,6 @@ def load_w2v_bert(model_dir: str, step: Optional[int] = None, use_ema: bool = Tr
                   ) -> Tuple[model_lib.W2vBertConfig, Any]:
   """(config, params) of a training run: W2vBertConfig from its config.gin, the params
   (EMA ones when saved and `use_ema`) of its newest (or `step`) checkpoint."""
-  import gin  # pylint: disable=g-import-not-at-top
   from musiclm_jax import gin_utils  # pylint: disable=g-import-not-at-top
-  from musiclm_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
-  config_path = os.path.join(model_dir, "config.gin")
-  if not os.path.isfile(config_path):
-    raise FileNotFoundError(f"{config_path} not found: is {model_dir!r} a training run?")
-  gin_utils.import_configurables()
-  with gin.unlock_config():
-    gin.parse_config_file(config_path, skip_unknown=True)
-  config = model_lib.W2vBertConfig()
-  _, state = checkpoints.restore_numpy_state(model_dir, step)
-  params = state["ema_params"] if (use_ema and state.get("ema_params")) else state["params"]
-  return config, params
+  run = gin_utils.load_run(model_dir, model_lib.W2vBertConfig, step, use_ema)
+  return run.config, run.params
