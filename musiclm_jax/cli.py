@@ -7,6 +7,7 @@
   musiclm-jax build-data audio_folder --manual_dir=DIR --data_dir=OUT [--config=24khz]
   musiclm-jax semantic fit-kmeans|tokenize ...  (argparse; see musiclm_jax/w2v_bert/cli.py)
   musiclm-jax mulan embed|score|fit-rvq ...     (argparse; see musiclm_jax/mulan/cli.py)
+  musiclm-jax tokenize --dataset ... --out ...  (argparse; see musiclm_jax/tasks/tokenize_job.py)
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ COMMANDS = {
     "build-data": ("musiclm_jax.tasks.build_cli", "build a TFDS dataset from local files"),
     "semantic": ("musiclm_jax.w2v_bert.cli", "semantic tokens: fit k-means, tokenize audio"),
     "mulan": ("musiclm_jax.mulan.cli", "MuLan: embed text/audio, score, fit the RVQ"),
+    "tokenize": ("musiclm_jax.tasks.tokenize_job", "token shards of a dataset for the stages"),
 }
 # Commands with their own argparse interface (no gin): run as module.main(argv).
-PLAIN_COMMANDS = ("codec", "build-data", "semantic", "mulan")
+PLAIN_COMMANDS = ("codec", "build-data", "semantic", "mulan", "tokenize")
 
 
 def _usage() -> str:

@@ -73,24 +73,31 @@ def test_negatives_span_the_global_batch_on_8_devices():
 def test_text_tower_frozen_or_at_a_lower_learning_rate():
   batch, _ = fx.captioned_batch(4)
 
-  def change(multiplier):
+  def change(multiplier, freeze=False):
     opt = optimizers.create_optimizer(
         "adam", learning_rate=1e-3, clip_norm=1.0,
         param_lr_multipliers={"text_encoder": multiplier})
-    initial, state, _ = _train(fx.tiny_model(opt), batch, 1)
+    model = model_lib.MuLanModel(model_lib.MuLan(fx.tiny_config()), opt,
+                                 freeze_text_tower=freeze)
+    initial, state, history = _train(model, batch, 1)
     params = jax.device_get(state.params)
     delta = lambda name: max(float(np.abs(a - b).max()) for a, b in zip(
         jax.tree.leaves(params[name]), jax.tree.leaves(initial[name])))
-    return delta("text_encoder"), delta("audio_tower"), state
+    return delta("text_encoder"), delta("audio_tower"), state, history[0]
 
-  text, audio, state = change(0.0)
-  assert text == 0.0 and audio > 0
-  # Frozen parameters keep no Adam moments.
-  opt_leaves = sum(x.size for x in jax.tree.leaves(state.opt_states))
-  text_size = sum(x.size for x in jax.tree.leaves(state.params["text_encoder"]))
-  param_size = sum(x.size for x in jax.tree.leaves(state.params))
-  assert opt_leaves < 2 * (param_size - text_size) + 10
-  text, audio, _ = change(0.1)
+  param_size = lambda state, name: sum(x.size for x in jax.tree.leaves(state.params[name]))
+  for multiplier, freeze in ((0.0, False), (0.1, True)):
+    text, audio, state, metrics = change(multiplier, freeze)
+    assert text == 0.0 and audio > 0
+    # Frozen parameters keep no Adam moments.
+    opt_leaves = sum(x.size for x in jax.tree.leaves(state.opt_states))
+    trained = sum(param_size(state, k) for k in state.params if k != "text_encoder")
+    assert opt_leaves < 2 * trained + 10
+  # With freeze_text_tower no gradient reaches the text tower at all.
+  _, _, _, frozen_metrics = change(1.0, freeze=True)
+  _, _, _, free_metrics = change(1.0, freeze=False)
+  assert frozen_metrics["grad_norm"] < free_metrics["grad_norm"]
+  text, audio, _, _ = change(0.1)
   # Adam's first step moves every parameter by ~lr: the text tower by ~lr / 10.
   np.testing.assert_allclose(text, 1e-4, rtol=0.05)
   np.testing.assert_allclose(audio, 1e-3, rtol=0.05)

@@ -34,9 +34,10 @@ import optax
 from musiclm_jax.audio import features
 from musiclm_jax.layers import linear
 from musiclm_jax.mulan import audio_towers, bert, pretrained_bert, text_tokenizer
-from musiclm_jax.training import models as models_lib
+from musiclm_jax.training import models as models_lib, optimizers
 
 AUDIO_TOWERS = ("ast", "resnet")
+TEXT_ENCODER = "text_encoder"  # the BERT's params (the MuLan module's attribute name)
 LOSSES = ("softmax", "sigmoid")
 
 
@@ -273,11 +274,19 @@ def retrieval_metrics(sim: jnp.ndarray) -> Dict[str, jnp.ndarray]:
 
 @gin.configurable
 class MuLanModel(models_lib.BaseModel):
-  """Contrastive MuLan training (one optimizer; see `optimizers.create_optimizer`'s
-  param_lr_multipliers for freezing the text tower or giving it a lower learning rate)."""
+  """Contrastive MuLan training (one optimizer).
 
-  def __init__(self, module: MuLan, optimizer_def: optax.GradientTransformation):
+  freeze_text_tower: the text encoder (BERT) is not trained: no gradient flows into it (so
+    no backward pass through it: on a CPU, most of a step) and it keeps no optimizer
+    state. A lower learning rate instead: `create_optimizer(param_lr_multipliers=...)`.
+  """
+
+  def __init__(self, module: MuLan, optimizer_def: optax.GradientTransformation,
+               freeze_text_tower: bool = False):
+    if freeze_text_tower:
+      optimizer_def = optimizers.with_param_multipliers(optimizer_def, {TEXT_ENCODER: 0.0})
     super().__init__(module, optimizer_def)
+    self.freeze_text_tower = freeze_text_tower
 
   @property
   def config(self) -> MuLanConfig:
@@ -293,10 +302,12 @@ class MuLanModel(models_lib.BaseModel):
     if not self.config.text_pretrained:
       return None
     _, params = pretrained_bert.load_bert_folder(self.config.resolved_text_folder)
-    return {"text_encoder": params}
+    return {TEXT_ENCODER: params}
 
   def _forward(self, params, batch, dropout_rng):
     deterministic = dropout_rng is None
+    if self.freeze_text_tower:
+      params = {**params, TEXT_ENCODER: jax.lax.stop_gradient(params[TEXT_ENCODER])}
     return self.module.apply(
         {"params": params}, jnp.asarray(batch["audio"], jnp.float32),
         jnp.asarray(batch["text_tokens"], jnp.int32), deterministic,

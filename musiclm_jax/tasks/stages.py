@@ -123,7 +123,9 @@ def write_token_shard(path: str, examples: Iterable[bytes]) -> int:
   """
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".tfrecord", dir=directory)
+  # The temporary name starts with '.tmp-<final name>', so a restarted job can find the
+  # partial file of a killed writer.
+  fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.path.basename(path)}-", dir=directory)
   os.close(fd)
   count = 0
   try:

@@ -75,7 +75,7 @@ def create_optimizer(name: str = "adamw",
     opt = optax.chain(optax.clip_by_global_norm(clip_norm), opt)
   if not param_lr_multipliers:
     return opt
-  return _with_param_multipliers(opt, dict(param_lr_multipliers))
+  return with_param_multipliers(opt, dict(param_lr_multipliers))
 
 
 def _base_optimizer(name, learning_rate, b1, b2, eps, weight_decay, momentum
@@ -106,8 +106,8 @@ def _multiplier_of(name: str, multipliers: Mapping[str, float]) -> float:
   return float(multipliers[max(matches, key=len)]) if matches else 1.0
 
 
-def _with_param_multipliers(opt: optax.GradientTransformation,
-                            multipliers: Mapping[str, float]) -> optax.GradientTransformation:
+def with_param_multipliers(opt: optax.GradientTransformation,
+                           multipliers: Mapping[str, float]) -> optax.GradientTransformation:
   """`opt` on the trainable params with per-prefix update scales; zero-multiplier prefixes
   frozen (`optax.set_to_zero`, no state)."""
   for prefix, value in multipliers.items():
@@ -115,7 +115,10 @@ def _with_param_multipliers(opt: optax.GradientTransformation,
       raise ValueError(f"param_lr_multipliers[{prefix!r}]={value} must be >= 0")
 
   def labels(params):
-    names = [_path_name(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+    # Parameters an outer transformation masked out (optax.MaskedNode) still count as
+    # matches: nesting a freeze inside multipliers is no typo.
+    names = [_path_name(p) for p, _ in jax.tree_util.tree_leaves_with_path(
+        params, is_leaf=lambda x: isinstance(x, optax.MaskedNode))]
     unused = [p for p in multipliers
               if not any(n == p or n.startswith(p.rstrip("/") + "/") for n in names)]
     if unused:

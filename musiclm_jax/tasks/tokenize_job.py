@@ -1,0 +1,208 @@
+"""The tokenize job: frozen MuLan, semantic and SoundStream tokenizers over a TFDS split,
+written as the token shards the LM stages train on (`tasks.stages`).
+
+  musiclm-jax tokenize --dataset music_captions/small_24khz --data_dir ~/tfds \
+      --splits train,validation --num_shards 64 --out ~/tokens \
+      --codec CODEC_BUNDLE --semantic_model_dir W2V_RUN --centroids CENTROIDS.npz \
+      --mulan_model_dir MULAN_RUN --mulan_rvq RVQ.npz [--process_index I --process_count N]
+
+Each split is cut into --num_shards equal parts (`tfds.even_splits`); part i becomes
+`<split>-0000i-of-000NN.tfrecord`, written to a temporary name and renamed when complete,
+then `<shard>.json` (its counts). Process p of N takes the parts i with i % N == p, so the
+same command runs on one machine or on many (every host with its --process_index). A shard
+with its .json is finished and skipped when the job runs again; anything else (a temporary
+file of a killed run, a shard without its .json) is redone. `layout.json` records the token
+vocabularies and rates; a later run with other tokenizers into the same folder is refused.
+
+Per clip (any rate; resampled with soxr): SoundStream codes at the codec's rate, semantic
+tokens at 16 kHz, MuLan tokens of the clip's window-averaged audio embedding. Semantic and
+acoustic streams are cut to the same duration (acoustic frames = semantic frames x
+rate ratio). Empty, non-finite, silent or too-short clips are skipped and counted.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import glob
+import json
+import os
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+
+from musiclm_jax.audio import io as audio_io
+from musiclm_jax.tasks import stages
+
+
+@dataclasses.dataclass
+class Tokenizers:
+  """The three frozen tokenizers (codec: soundstream.codec.Codec; semantic:
+  w2v_bert.tokenizer.SemanticTokenizer; mulan: mulan.tokenizer.MuLanTokenizer with RVQ)."""
+  codec: object
+  semantic: object
+  mulan: object
+
+  @classmethod
+  def load(cls, codec_bundle: str, semantic_model_dir: str, centroids: str,
+           mulan_model_dir: str, mulan_rvq: str) -> "Tokenizers":
+    from musiclm_jax.mulan import tokenizer as mulan_tokenizer  # pylint: disable=g-import-not-at-top
+    from musiclm_jax.soundstream import codec as codec_lib  # pylint: disable=g-import-not-at-top
+    from musiclm_jax.w2v_bert import tokenizer as semantic_tokenizer  # pylint: disable=g-import-not-at-top
+    return cls(codec_lib.Codec.load(codec_bundle),
+               semantic_tokenizer.SemanticTokenizer.load(semantic_model_dir, centroids),
+               mulan_tokenizer.MuLanTokenizer.load(mulan_model_dir, mulan_rvq))
+
+  def layout(self) -> Dict[str, int]:
+    """The token vocabularies and rates (the fields of `stages.TokenLayout`)."""
+    codec = self.codec.config
+    return {"mulan_levels": int(self.mulan.num_levels),
+            "mulan_codes": int(self.mulan.codebooks.shape[1]),
+            "semantic_codes": int(self.semantic.num_clusters),
+            "semantic_rate": int(round(self.semantic.token_rate)),
+            "acoustic_levels": int(codec.num_quantizers),
+            "acoustic_codes": int(codec.codebook_size),
+            "acoustic_rate": int(round(codec.sample_rate / codec.hop_length))}
+
+  def tokenize(self, wave: np.ndarray, sample_rate: int):
+    """Mono float32 [samples] -> (mulan [levels], semantic [S], acoustic [S * r, Q])."""
+    layout = self.layout()
+    ratio = layout["acoustic_rate"] // layout["semantic_rate"]
+    at = lambda rate: audio_io.resample(wave, sample_rate, rate)
+    semantic = self.semantic.tokenize(at(self.semantic.config.sample_rate)[None])[0]
+    acoustic = self.codec.encode(at(self.codec.config.sample_rate)[None])[0]
+    frames = min(len(semantic), acoustic.shape[0] // ratio)
+    mulan = self.mulan.audio_tokens(at(self.mulan.config.sample_rate)[None])[0]
+    return mulan, semantic[:frames], acoustic[:frames * ratio]
+
+
+def shard_path(out_dir: str, split: str, index: int, count: int) -> str:
+  return os.path.join(out_dir, f"{split}-{index:05d}-of-{count:05d}.tfrecord")
+
+
+def _write_json(path: str, value) -> None:
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(value, f, indent=1, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def _check_layout(out_dir: str, layout: Dict[str, int]) -> None:
+  path = os.path.join(out_dir, "layout.json")
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      existing = json.load(f)
+    if existing != layout:
+      raise ValueError(f"{path} records other tokenizers ({existing}); these give {layout}. "
+                       "Write to another folder.")
+  else:
+    _write_json(path, layout)
+
+
+def tokenize_shard(tokenizers: Tokenizers, dataset: str, data_dir: Optional[str], split,
+                   path: str, min_seconds: float, progress=None) -> Dict[str, object]:
+  """Tokenizes one part of a split into `path` (atomically); returns its counts."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  skipped = audio_io.SkipCounter()
+  ds = tfds.load(dataset, split=split, data_dir=data_dir, shuffle_files=False)
+
+  def examples():
+    for ex in ds.as_numpy_iterator():
+      id_ = ex["id"].decode() if "id" in ex else str(ex.get("file", b"?"))
+      rate = int(ex["sample_rate"])
+      wave = np.asarray(ex["audio"], np.float32)
+      try:
+        audio_io.check_audio(wave, rate, id_, min_seconds)
+        mulan, semantic, acoustic = tokenizers.tokenize(wave, rate)
+      except audio_io.AudioError as e:
+        skipped.add(e)
+        continue
+      finally:
+        if progress is not None:
+          progress.update(1)
+      caption = ex["caption"].decode() if "caption" in ex else ""
+      yield stages.token_example(id_, mulan, semantic, acoustic, caption)
+
+  written = stages.write_token_shard(path, examples())
+  return {"examples": written, "skipped": dict(skipped.counts),
+          "skipped_examples": dict(skipped.examples)}
+
+
+def run(tokenizers: Tokenizers, dataset: str, data_dir: Optional[str], splits: Sequence[str],
+        out_dir: str, num_shards: int, process_index: int = 0, process_count: int = 1,
+        min_seconds: float = 1.0, show_progress: bool = True) -> Dict[str, object]:
+  """Tokenizes this process's shards of every split; returns the job summary (over the
+  shards this process owns, finished now or before)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+  if num_shards < 1:
+    raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+  os.makedirs(out_dir, exist_ok=True)
+  _check_layout(out_dir, tokenizers.layout())
+  builder = tfds.builder(dataset, data_dir=data_dir)
+  summary = {"written_now": 0, "already_done": 0, "examples": 0,
+             "skipped": collections.Counter()}
+  for split in splits:
+    if split not in builder.info.splits:
+      raise ValueError(f"{dataset} has no split {split!r} (has {sorted(builder.info.splits)})")
+    parts = tfds.even_splits(split, n=num_shards)
+    mine = list(range(process_index, num_shards, process_count))
+    total = builder.info.splits[split].num_examples * len(mine) // num_shards
+    bar = tqdm(total=total, desc=f"tokenize {split}", disable=not show_progress,
+               unit="clip")
+    for i in mine:
+      path = shard_path(out_dir, split, i, num_shards)
+      if os.path.exists(path) and os.path.exists(path + ".json"):
+        with open(path + ".json", encoding="utf-8") as f:
+          counts = json.load(f)
+        summary["already_done"] += 1
+        bar.update(counts["examples"] + sum(counts["skipped"].values()))
+      else:
+        name = os.path.basename(path)
+        for stale in glob.glob(os.path.join(out_dir, f".tmp-{name}*")):
+          os.remove(stale)  # a killed run's partial file for this shard
+        counts = tokenize_shard(tokenizers, dataset, data_dir, parts[i], path, min_seconds,
+                                bar)
+        _write_json(path + ".json", counts)
+        summary["written_now"] += 1
+      summary["examples"] += counts["examples"]
+      summary["skipped"].update(counts["skipped"])
+    bar.close()
+  summary["skipped"] = dict(summary["skipped"])
+  return summary
+
+
+def main(argv=None) -> None:
+  import argparse  # pylint: disable=g-import-not-at-top
+  from musiclm_jax import cli_utils  # pylint: disable=g-import-not-at-top
+  parser = argparse.ArgumentParser(prog="musiclm-jax tokenize",
+                                   description=__doc__.split("\n")[0])
+  parser.add_argument("--dataset", required=True, help="TFDS name, e.g. music_captions/small_24khz")
+  parser.add_argument("--data_dir", default=None, help="TFDS data_dir holding it")
+  parser.add_argument("--splits", default="train,validation")
+  parser.add_argument("--out", required=True, help="folder of token shards")
+  parser.add_argument("--num_shards", type=int, default=16, help="shards per split")
+  parser.add_argument("--codec", required=True, help="SoundStream codec bundle")
+  parser.add_argument("--semantic_model_dir", required=True, help="w2v-BERT training run")
+  parser.add_argument("--centroids", required=True, help="k-means centroids (.npz)")
+  parser.add_argument("--mulan_model_dir", required=True, help="MuLan training run")
+  parser.add_argument("--mulan_rvq", required=True, help="MuLan RVQ (.npz, mulan fit-rvq)")
+  parser.add_argument("--process_index", type=int, default=0)
+  parser.add_argument("--process_count", type=int, default=1)
+  parser.add_argument("--min_seconds", type=float, default=1.0)
+  parser.add_argument("--no_progress", action="store_true")
+
+  def go(args):
+    tokenizers = Tokenizers.load(args.codec, args.semantic_model_dir, args.centroids,
+                                 args.mulan_model_dir, args.mulan_rvq)
+    summary = run(tokenizers, args.dataset, args.data_dir, args.splits.split(","), args.out,
+                  args.num_shards, args.process_index, args.process_count,
+                  args.min_seconds, not args.no_progress)
+    print(f"process {args.process_index}/{args.process_count}: {summary['examples']} clips in "
+          f"{summary['written_now']} new + {summary['already_done']} finished shards; "
+          f"skipped {summary['skipped'] or 'none'} -> {args.out}")
+
+  parser.set_defaults(run=go)
+  cli_utils.run(parser, argv)
