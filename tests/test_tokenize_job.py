@@ -5,38 +5,26 @@ atomic shards, resuming, skipped-clip counts, and the stage tasks reading the re
 import json
 import os
 
-import flax.linen as nn
-import jax
+import signal
+import subprocess
+import sys
+import time
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from musiclm_jax.mulan import tokenizer as mulan_tokenizer
-from musiclm_jax.soundstream import codec as codec_lib
 from musiclm_jax.tasks import builders, stages, tokenize_job
-from musiclm_jax.w2v_bert import tokenizer as semantic_tokenizer
-from tests import mulan_fixtures, soundstream_fixtures, w2v_bert_fixtures
+from tests import harness, tokenize_fixtures
 
-DATASET = "music_captions/tiny_16khz"
+DATASET = tokenize_fixtures.DATASET
 SHARDS = 4
 
 
 @pytest.fixture(scope="module")
 def tokenizers():
-  ss_model = soundstream_fixtures.tiny_model()
-  ss_vars = ss_model.get_initial_variables(jax.random.key(0), {"audio": (1, 3200)})
-  ss_vars = nn.meta.unbox(ss_vars)
-  codec = codec_lib.Codec.from_train_state(ss_model.config, ss_vars["params"], ss_vars)
-  semantic = semantic_tokenizer.SemanticTokenizer(
-      w2v_bert_fixtures.tiny_config(), w2v_bert_fixtures.tiny_params(), 1,
-      np.random.default_rng(0).normal(size=(16, 32)).astype(np.float32))
-  mulan_model = mulan_fixtures.tiny_model()
-  mulan_params = nn.meta.unbox(mulan_model.get_initial_variables(
-      jax.random.key(0), {"audio": (1, 16000), "text_tokens": (1, 16)})["params"])
-  mulan = mulan_tokenizer.MuLanTokenizer(
-      mulan_model.config, mulan_params,
-      np.random.default_rng(1).normal(size=(4, 16, 16)).astype(np.float32))
-  return tokenize_job.Tokenizers(codec, semantic, mulan)
+  return tokenize_fixtures.tiny_tokenizers()
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +97,35 @@ def test_rerun_skips_finished_shards_and_redoes_broken_ones(tokenizers, data_dir
       tokenizers.mulan.config, tokenizers.mulan.params, np.zeros((2, 8, 16), np.float32))
   with pytest.raises(ValueError, match="layout.json records other tokenizers"):
     tokenize_job.run(other, DATASET, data_dir, ["train"], out, SHARDS, show_progress=False)
+
+
+def test_a_killed_job_restarted_writes_what_an_uninterrupted_one_writes(data_dir, tmp_path):
+  """SIGKILL a job (its own process) once its first shard is done; the restarted job keeps
+  that shard, redoes the rest, and every shard equals an uninterrupted run's byte for byte."""
+  killed, whole = str(tmp_path / "killed"), str(tmp_path / "whole")
+  worker = [sys.executable, "-c", "import sys; from tests import tokenize_fixtures as t; "
+            "t.run_job(sys.argv[1], sys.argv[2], int(sys.argv[3]))"]
+  env = harness.env_with_devices(1)
+  proc = subprocess.Popen(worker + [killed, data_dir, "6"], cwd=harness.REPO, env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  first = tokenize_job.shard_path(killed, "validation", 0, 6) + ".json"
+  deadline = time.time() + 300
+  while not os.path.exists(first) and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  done_before = sorted(f for f in os.listdir(killed) if f.endswith(".json"))
+  assert "layout.json" in done_before and len(done_before) < 1 + 6   # killed part-way
+  for args in ([killed, data_dir, "6"], [whole, data_dir, "6"]):
+    subprocess.run(worker + args, cwd=harness.REPO, env=env, check=True, timeout=600,
+                   capture_output=True)
+  shards = sorted(f for f in os.listdir(whole) if f.endswith(".tfrecord"))
+  assert len(shards) == 6
+  assert sorted(f for f in os.listdir(killed) if f.endswith(".tfrecord")) == shards
+  assert not [f for f in os.listdir(killed) if f.startswith(".tmp-")]
+  for name in shards:
+    with open(os.path.join(killed, name), "rb") as a, open(os.path.join(whole, name), "rb") as b:
+      assert a.read() == b.read(), name
 
 
 def test_unusable_clips_are_skipped_and_counted(tokenizers, data_dir, tmp_path):

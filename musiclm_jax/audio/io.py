@@ -19,7 +19,9 @@ import soundfile as sf
 import soxr
 
 # Why a file was skipped; jobs report counts per reason.
-SKIP_REASONS = ("unreadable", "empty", "non_finite", "silent", "too_short")
+SKIP_REASONS = ("unreadable", "empty", "non_finite", "silent", "too_short",
+                # dataset builders: a listed clip with no file, or a file of the wrong length
+                "missing", "length_mismatch")
 
 # Peak below this (about -80 dBFS) counts as digital silence.
 SILENCE_PEAK = 1e-4

@@ -3,6 +3,7 @@
 Builds one of the project's TFDS datasets (`data/NAME`):
   audio_folder    from a folder of audio files (--manual_dir), configs 24khz, 16khz, ...
   music_captions  the captioned music set, rendered here; configs {tiny,small,large}_{16,24}khz
+  musiccaps       the MusicCaps CSV + downloaded clips (--manual_dir); configs 16khz, 24khz
 Same result as `tfds build data/NAME --data_dir=OUT --config=C [--manual_dir=DIR]`, whose
 script in tensorflow-datasets 4.9 imports apache_beam at start-up (not a dependency here).
 """
@@ -12,8 +13,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-NEEDS_MANUAL_DIR = {"audio_folder": True, "music_captions": False}
-DEFAULT_CONFIG = {"audio_folder": "24khz", "music_captions": "small_24khz"}
+NEEDS_MANUAL_DIR = {"audio_folder": True, "music_captions": False, "musiccaps": True}
+DEFAULT_CONFIG = {"audio_folder": "24khz", "music_captions": "small_24khz",
+                  "musiccaps": "16khz"}
 
 
 def main(argv=None) -> None:

@@ -112,7 +112,10 @@ def token_example(id_: str, mulan: np.ndarray, semantic: np.ndarray, acoustic: n
               "mulan_tokens": _int_feature(mulan), "semantic_tokens": _int_feature(semantic),
               "acoustic_tokens": _int_feature(acoustic),
               "acoustic_levels": _int_feature([acoustic.shape[1]])}
-  return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+  # deterministic: map fields in a fixed order, so the same tokens give the same bytes in any
+  # process (a restarted tokenize job rewrites a shard identically).
+  return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString(
+      deterministic=True)
 
 
 def write_token_shard(path: str, examples: Iterable[bytes]) -> int:

@@ -1,0 +1,108 @@
+r"""Tokenize job throughput with tiny models (issue #6): seconds of audio per second of wall.
+
+  python benchmarks/tokenize_speed.py [--dataset tiny_16khz] [--data_dir DIR] [--out FILE]
+
+The three tokenizers are the `tiny` gin sizes (gin/soundstream/tiny.gin, w2v_bert/tiny.gin,
+mulan/tiny.gin), randomly initialised: the job's cost around the models (reading TFDS,
+resampling to each tokenizer's rate, serialising, writing shards) plus tiny models' compute,
+not a trained pipeline's. The job runs twice over the train split of
+music_captions/<dataset> (built if missing) into fresh folders: the first pass includes
+XLA compilation, the second is steady state. One process, 4 shards.
+Writes benchmarks/results/tokenize_speed_<backend>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+
+
+def _config(gin_file: str, make):
+  import gin
+  from musiclm_jax import gin_utils
+  gin.clear_config()
+  gin_utils.import_configurables()
+  gin_utils.parse_gin_flags([gin_file], ["TRAIN_STEPS = 1"], finalize=False)
+  try:
+    return make()
+  finally:
+    gin.clear_config()
+
+
+def tiny_tokenizers():
+  import flax.linen as nn
+  import jax
+  from musiclm_jax.mulan import model as mulan_model, tokenizer as mulan_tokenizer
+  from musiclm_jax.soundstream import codec as codec_lib, model as ss_model
+  from musiclm_jax.tasks import tokenize_job
+  from musiclm_jax.w2v_bert import model as w2v_model, tokenizer as semantic_tokenizer
+  rng = np.random.default_rng(0)
+  init = lambda module, *args: nn.meta.unbox(module.init(jax.random.key(0), *args))
+  ss_config = _config("soundstream/tiny.gin", ss_model.SoundStreamConfig)
+  codec = codec_lib.Codec(ss_config, init(ss_model.SoundStream(ss_config),
+                                          np.zeros((1, ss_config.hop_length * 8), np.float32)))
+  w2v_config = _config("w2v_bert/tiny.gin", w2v_model.W2vBertConfig)
+  samples = w2v_config.hop_length * 8
+  w2v_params = init(w2v_model.W2vBert(w2v_config), np.zeros((1, samples), np.float32),
+                    np.zeros((1, w2v_config.num_frames(samples)), bool))["params"]
+  semantic = semantic_tokenizer.SemanticTokenizer(
+      w2v_config, w2v_params, 1, rng.normal(size=(16, w2v_config.emb_dim)).astype(np.float32))
+  mulan_config = _config("mulan/tiny.gin", mulan_model.MuLanConfig)
+  mulan_params = init(mulan_model.MuLan(mulan_config),
+                      np.zeros((1, mulan_config.window_samples), np.float32),
+                      np.zeros((1, mulan_config.text_max_length), np.int32))["params"]
+  mulan = mulan_tokenizer.MuLanTokenizer(
+      mulan_config, mulan_params,
+      rng.normal(size=(4, 16, mulan_config.embed_dim)).astype(np.float32))
+  return tokenize_job.Tokenizers(codec, semantic, mulan)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--dataset", default="tiny_16khz")
+  parser.add_argument("--data_dir", default=os.path.expanduser("~/tensorflow_datasets"))
+  parser.add_argument("--out", default=None)
+  args = parser.parse_args()
+  import jax
+  import machine
+  import tensorflow_datasets as tfds
+  from musiclm_jax.tasks import builders, tokenize_job
+  builders.build("music_captions", args.data_dir, args.dataset)
+  dataset = f"music_captions/{args.dataset}"
+  info = tfds.builder(dataset, data_dir=args.data_dir).info
+  clips = info.splits["train"].num_examples
+  seconds = clips * info.features["audio"].shape[0] / info.features["audio"].sample_rate
+  tokenizers = tiny_tokenizers()
+  passes = []
+  for name in ("first (compiles)", "steady"):
+    with tempfile.TemporaryDirectory() as out:
+      start = time.time()
+      summary = tokenize_job.run(tokenizers, dataset, args.data_dir, ["train"], out, 4,
+                                 show_progress=False)
+      wall = time.time() - start
+    passes.append({"pass": name, "wall_seconds": wall, "clips": summary["examples"],
+                   "audio_seconds_per_wall_second": seconds / wall})
+    print(f"{name:18s} {summary['examples']} clips, {seconds:.0f} s of audio in {wall:.1f} s:"
+          f" {seconds / wall:.1f} x real time")
+  report = {"benchmark": "tokenize_speed", "machine": machine.describe_jax(),
+            "dataset": dataset, "split": "train", "clips": clips, "audio_seconds": seconds,
+            "tokenizers": "tiny gin sizes, random init", "passes": passes}
+  out = args.out or os.path.join(REPO, "benchmarks", "results",
+                                 f"tokenize_speed_{jax.default_backend()}.json")
+  with open(out, "w", encoding="utf-8") as f:
+    json.dump(report, f, indent=1)
+  print(f"-> {out}")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,39 @@
+"""Tiny, untrained tokenizers for the tokenize job's tests (and a job runner for the
+subprocess that a test kills)."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+from musiclm_jax.mulan import tokenizer as mulan_tokenizer
+from musiclm_jax.soundstream import codec as codec_lib
+from musiclm_jax.tasks import tokenize_job
+from musiclm_jax.w2v_bert import tokenizer as semantic_tokenizer
+from tests import mulan_fixtures, soundstream_fixtures, w2v_bert_fixtures
+
+DATASET = "music_captions/tiny_16khz"
+
+
+def tiny_tokenizers() -> tokenize_job.Tokenizers:
+  """Deterministic (seeded) tiny codec, semantic and MuLan tokenizers."""
+  ss_model = soundstream_fixtures.tiny_model()
+  ss_vars = nn.meta.unbox(ss_model.get_initial_variables(jax.random.key(0),
+                                                         {"audio": (1, 3200)}))
+  codec = codec_lib.Codec.from_train_state(ss_model.config, ss_vars["params"], ss_vars)
+  semantic = semantic_tokenizer.SemanticTokenizer(
+      w2v_bert_fixtures.tiny_config(), w2v_bert_fixtures.tiny_params(), 1,
+      np.random.default_rng(0).normal(size=(16, 32)).astype(np.float32))
+  mulan_model = mulan_fixtures.tiny_model()
+  mulan_params = nn.meta.unbox(mulan_model.get_initial_variables(
+      jax.random.key(0), {"audio": (1, 16000), "text_tokens": (1, 16)})["params"])
+  mulan = mulan_tokenizer.MuLanTokenizer(
+      mulan_model.config, mulan_params,
+      np.random.default_rng(1).normal(size=(4, 16, 16)).astype(np.float32))
+  return tokenize_job.Tokenizers(codec, semantic, mulan)
+
+
+def run_job(out_dir: str, data_dir: str, num_shards: int) -> None:
+  tokenize_job.run(tiny_tokenizers(), DATASET, data_dir, ["validation"], out_dir, num_shards,
+                   show_progress=False)
