@@ -169,6 +169,37 @@ def test_caption_task_tokenizes_what_python_tokenizes(captioned_data):
   assert seen == expected
 
 
+def test_a_mixture_of_two_captioned_datasets(captioned_data, tmp_path):
+  """MuLan pairs from a folder of captioned samples and from the rendered captioned set, 1:1."""
+  from musiclm_jax.tasks import audio as audio_tasks, builders, mixtures
+  from musiclm_jax.training import data as data_lib
+  _, folder_data = captioned_data
+  rendered_data = str(tmp_path / "rendered")
+  builders.build("music_captions", rendered_data, "tiny_16khz")
+  tasks = [audio_tasks.register_audio_crop_task(
+      f"mix_part_{i}", tfds_name, data_dir, sample_rate=16000, crop_samples=8000,
+      short_clips="pad", captions=True, text_length=48)
+      for i, (tfds_name, data_dir) in enumerate(
+          [("audio_folder/16khz_2s:1.0.0", folder_data),
+           ("music_captions/tiny_16khz:1.0.0", rendered_data)])]
+  name = mixtures.register_mixture("mulan_mix_test", tasks, [1.0, 1.0])
+  config = data_lib.DatasetConfig(
+      mixture_or_task_name=name, task_feature_lengths={"audio": 8000, "text_tokens": 48},
+      split="train", batch_size=8, shuffle=True, seed=0)
+  ds = data_lib.get_dataset(config, audio_tasks.CaptionedAudioFeatureConverter(), 0, 1)
+  vocab = fx.tiny_config().vocabulary()
+  rendered = folder = 0
+  for batch in ds.take(4).as_numpy_iterator():
+    assert batch["audio"].shape == (8, 8000) and batch["text_tokens"].shape == (8, 48)
+    for tokens in batch["text_tokens"]:
+      text = vocab.decode(tokens)
+      rendered += "bpm" in text
+      folder += "bpm" not in text
+  assert rendered >= 6 and folder >= 6   # both sources, about 1:1 over 32 pairs
+  with pytest.raises(ValueError, match="not registered"):
+    mixtures.register_mixture("bad_mix", ["no_such_task"])
+
+
 def _mulan_cli(*args):
   return subprocess.run([sys.executable, "-m", "musiclm_jax.cli", "mulan", *args],
                         cwd=harness.REPO, capture_output=True, text=True, timeout=300,
