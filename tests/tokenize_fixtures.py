@@ -3,6 +3,8 @@ subprocess that a test kills)."""
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import numpy as np
@@ -16,8 +18,10 @@ from tests import mulan_fixtures, soundstream_fixtures, w2v_bert_fixtures
 DATASET = "music_captions/tiny_16khz"
 
 
+@functools.lru_cache(maxsize=None)
 def tiny_tokenizers() -> tokenize_job.Tokenizers:
-  """Deterministic (seeded) tiny codec, semantic and MuLan tokenizers."""
+  """Deterministic (seeded) tiny codec, semantic and MuLan tokenizers (built once per
+  process; treat as read-only)."""
   ss_model = soundstream_fixtures.tiny_model()
   ss_vars = nn.meta.unbox(ss_model.get_initial_variables(jax.random.key(0),
                                                          {"audio": (1, 3200)}))

@@ -62,7 +62,8 @@ def choose_tokens(rng: jax.Array, logits: jnp.ndarray, temperature: float, top_k
 
 def sample(logits_fn: LogitsFn, first_logits: jnp.ndarray, carry: Any,
            prompt: jnp.ndarray, length: int, rng: jax.Array, *, temperature: float = 1.0,
-           top_k: int = 0, top_p: float = 1.0, guidance_scale: Optional[float] = None
+           top_k: int = 0, top_p: float = 1.0, guidance_scale: Optional[float] = None,
+           level_codes: int = 0, levels_per_frame: int = 1
            ) -> Tuple[jnp.ndarray, jnp.ndarray]:
   """Samples positions prompt_len .. length-1.
 
@@ -73,6 +74,9 @@ def sample(logits_fn: LogitsFn, first_logits: jnp.ndarray, carry: Any,
     prompt: [B, prompt_len] tokens kept as they are at the start of the output.
     length: total number of output tokens.
     rng: random key.
+    level_codes, levels_per_frame: for flattened residual-VQ targets (level q of a frame
+      offset by q * level_codes, frame-major): position i may only take ids of level
+      i % levels_per_frame. 0 = no constraint.
   Returns:
     tokens [B, length] int32 and log_probs [B, length] float32: the (guided) model
     log-probability of each sampled token before temperature and filtering (0 for the
@@ -87,6 +91,9 @@ def sample(logits_fn: LogitsFn, first_logits: jnp.ndarray, carry: Any,
   def body(state):
     index, tokens, log_probs, logits, carry = state
     guided = apply_guidance(logits, guidance_scale)
+    if level_codes:
+      ids = jnp.arange(guided.shape[-1])
+      guided = jnp.where(ids // level_codes == index % levels_per_frame, guided, NEG_INF)
     chosen = choose_tokens(jax.random.fold_in(rng, index), guided, temperature, top_k,
                            top_p)
     logp = jnp.take_along_axis(jax.nn.log_softmax(guided, axis=-1), chosen[:, None],

@@ -117,7 +117,8 @@ class DecoderOnlyLMModel(models_lib.BaseModel):
                              max_decode_length: Optional[int] = None,
                              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                              guidance_scale: Optional[float] = None,
-                             use_cache: bool = True) -> Tuple[jnp.ndarray, dict]:
+                             use_cache: bool = True, level_codes: int = 0,
+                             levels_per_frame: int = 1) -> Tuple[jnp.ndarray, dict]:
     """Samples targets for each example, conditioned on its prefix.
 
     Args:
@@ -134,6 +135,8 @@ class DecoderOnlyLMModel(models_lib.BaseModel):
         uncond)); None = no guidance (and no unconditional pass).
       use_cache: key/value cache (fast); False recomputes the whole sequence every step
         (the reference the cache is tested against).
+      level_codes, levels_per_frame: targets are flattened RVQ frames (AudioLM's offsets):
+        constrain each position to its level's ids (`decoding.sample`).
     Returns:
       tokens [B, max_decode_length] int32 and {'log_probs': [B, max_decode_length]}.
     """
@@ -159,14 +162,16 @@ class DecoderOnlyLMModel(models_lib.BaseModel):
         length=int(max_decode_length), temperature=float(temperature), top_k=int(top_k),
         top_p=float(top_p),
         guidance_scale=None if guidance_scale is None else float(guidance_scale),
-        use_cache=bool(use_cache))
+        use_cache=bool(use_cache), level_codes=int(level_codes),
+        levels_per_frame=int(levels_per_frame))
     return tokens, {"log_probs": log_probs}
 
   @functools.partial(jax.jit, static_argnums=0,
                      static_argnames=("length", "temperature", "top_k", "top_p",
-                                      "guidance_scale", "use_cache"))
+                                      "guidance_scale", "use_cache", "level_codes",
+                                      "levels_per_frame"))
   def _sample_jit(self, params, prefix, prompt, rng, *, length, temperature, top_k, top_p,
-                  guidance_scale, use_cache):
+                  guidance_scale, use_cache, level_codes, levels_per_frame):
     cfg = self.config
     # Decoding re-reads every weight each step: cast once to the compute dtype (bfloat16
     # halves the bytes read per token) instead of inside every step.
@@ -213,4 +218,5 @@ class DecoderOnlyLMModel(models_lib.BaseModel):
 
     return decoding.sample(logits_fn, logits[:, -1], carry, prompt, length, rng,
                            temperature=temperature, top_k=top_k, top_p=top_p,
-                           guidance_scale=guidance_scale)
+                           guidance_scale=guidance_scale, level_codes=level_codes,
+                           levels_per_frame=levels_per_frame)

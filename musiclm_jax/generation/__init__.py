@@ -1,0 +1,1 @@
+"""Text-to-music generation: the chained stages and their windows."""

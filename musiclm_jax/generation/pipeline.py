@@ -1,0 +1,200 @@
+"""Text to music: MuLan text tokens -> semantic -> coarse -> fine -> SoundStream decoder.
+
+Each stage is a prefix-conditioned decoder-only LM (`lm.models.DecoderOnlyLMModel`) over
+the token layout of `tasks.stages` (the same offsets it was trained with). A stage has a
+context: the crop it was trained on (semantic 30 s, coarse 10 s, fine 3 s in the paper).
+Longer audio is made window by window: each window's first `overlap` of frames is the
+previous window's tail, given as the prompt, and the model continues it; the prefix (MuLan
+tokens, and for the acoustic stages the semantic / coarse tokens of the window's span) is
+that window's. Story mode changes the MuLan tokens at window starts (`TimedPrompt`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable, List, Optional, Sequence
+
+import jax
+import numpy as np
+
+from musiclm_jax.tasks import stages
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+  """Per-stage sampling settings."""
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
+  guidance_scale: Optional[float] = None   # classifier-free guidance (prefix stages)
+
+
+@dataclasses.dataclass
+class StageLM:
+  """A trained stage: its T5X-style model (module + config) and parameters."""
+  model: object     # lm.models.DecoderOnlyLMModel
+  params: object
+  level_codes: int = 0        # acoustic stages: ids per RVQ level (sampling stays in level)
+  levels_per_frame: int = 1
+
+  def continue_tokens(self, prefix: np.ndarray, prompt: np.ndarray, new_tokens: int,
+                      rng: jax.Array, sampling: Sampling) -> np.ndarray:
+    """prefix [B, P], prompt [B, Tp] -> [B, Tp + new_tokens] (the prompt kept)."""
+    batch = {"prefix_tokens": np.asarray(prefix, np.int32),
+             "decoder_prompt_tokens": np.asarray(prompt, np.int32)}
+    tokens, _ = self.model.predict_batch_with_aux(
+        self.params, batch, rng, max_decode_length=prompt.shape[1] + new_tokens,
+        temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
+        guidance_scale=sampling.guidance_scale, level_codes=self.level_codes,
+        levels_per_frame=self.levels_per_frame)
+    return np.asarray(tokens)
+
+
+@dataclasses.dataclass(frozen=True)
+class Windows:
+  """Stage contexts in seconds (the training crops) and the overlap carried between
+  windows, as a fraction of a window."""
+  semantic_seconds: float = 30.0
+  coarse_seconds: float = 10.0
+  fine_seconds: float = 3.0
+  overlap: float = 0.5
+
+
+def window_starts(total: int, window: int, overlap: int) -> List[int]:
+  """Frame offsets of the windows covering [0, total): every window - overlap frames, the
+  last one ending at total."""
+  if total <= window:
+    return [0]
+  hop = max(window - overlap, 1)
+  starts = list(range(0, total - window, hop))
+  return starts + [total - window]
+
+
+def generate_by_windows(total: int, window: int, overlap: int, tokens_per_frame: int,
+                        sample: Callable[[int, int, np.ndarray, int], np.ndarray],
+                        batch: int, progress=None) -> np.ndarray:
+  """Builds [batch, total * tokens_per_frame] tokens window by window.
+
+  sample(start, frames, prompt [B, p * tokens_per_frame], new_frames) returns the window's
+  tokens [B, frames * tokens_per_frame], the prompt first.
+  """
+  window = min(window, total)
+  out = np.zeros((batch, 0), np.int32)
+  for start in window_starts(total, window, overlap):
+    done = out.shape[1] // tokens_per_frame
+    prompt = out[:, start * tokens_per_frame:]
+    new_frames = start + window - done
+    tokens = sample(start, window, prompt, new_frames)
+    out = np.concatenate([out, tokens[:, prompt.shape[1]:]], axis=1)
+    if progress is not None:
+      progress.update(new_frames)
+  return out
+
+
+@dataclasses.dataclass(frozen=True)
+class TimedPrompt:
+  """A prompt for [start_s, end_s) of the clip (story mode)."""
+  text: str
+  start_s: float = 0.0
+  end_s: float = float("inf")
+
+
+class MusicLM:
+  """The chained stages with their tokenizers.
+
+  Args:
+    layout: the token layout the stages were trained on.
+    mulan: `mulan.tokenizer.MuLanTokenizer` with its RVQ (text tokens at generation time).
+    semantic, coarse, fine: `StageLM`s.
+    codec: `soundstream.codec.Codec` (its decoder makes the waveform).
+    windows: the stages' contexts.
+  """
+
+  def __init__(self, layout: stages.TokenLayout, mulan, semantic: StageLM, coarse: StageLM,
+               fine: StageLM, codec, windows: Windows = Windows()):
+    self.layout, self.mulan, self.codec, self.windows = layout, mulan, codec, windows
+    # The acoustic stages sample each position from its RVQ level's ids only.
+    self.semantic = semantic
+    self.coarse = dataclasses.replace(coarse, level_codes=layout.acoustic_codes,
+                                      levels_per_frame=layout.coarse_levels)
+    self.fine = dataclasses.replace(
+        fine, level_codes=layout.acoustic_codes,
+        levels_per_frame=layout.acoustic_levels - layout.coarse_levels)
+
+  @property
+  def sample_rate(self) -> int:
+    return self.codec.config.sample_rate
+
+  def _mulan_prefix(self, prompts: Sequence[Sequence[TimedPrompt]], at_seconds: float
+                    ) -> np.ndarray:
+    """[B, mulan_levels] offset MuLan text tokens of the prompt active at `at_seconds`."""
+    texts = []
+    for timeline in prompts:
+      active = [p for p in timeline if p.start_s <= at_seconds < p.end_s] or [timeline[-1]]
+      texts.append(active[0].text)
+    tokens = self.mulan.text_tokens(texts)
+    return tokens + np.arange(self.layout.mulan_levels)[None] * self.layout.mulan_codes
+
+  def generate_tokens(self, prompts: Sequence[str | Sequence[TimedPrompt]], seconds: float,
+                      seed: int = 0, sampling: Optional[dict] = None,
+                      show_progress: bool = False) -> np.ndarray:
+    """Acoustic tokens [B, frames, levels] (level ids, no offsets) for the prompts."""
+    from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+    lay, win = self.layout, self.windows
+    sampling = {name: Sampling() for name in stages.STAGES} | dict(sampling or {})
+    timelines = [[TimedPrompt(p)] if isinstance(p, str) else list(p) for p in prompts]
+    batch = len(timelines)
+    ratio = lay.acoustic_rate // lay.semantic_rate
+    qc, qf = lay.coarse_levels, lay.acoustic_levels - lay.coarse_levels
+    # Whole semantic frames covering `seconds` (generate() trims the audio to it).
+    semantic_total = max(1, math.ceil(seconds * lay.semantic_rate - 1e-9))
+    acoustic_total = semantic_total * ratio
+    rngs = iter(jax.random.split(jax.random.key(seed), 10_000))
+    bar = lambda name, total: tqdm(total=total, desc=name, unit="frame",
+                                   disable=not show_progress)
+
+    def semantic_window(start, frames, prompt, new):
+      prefix = self._mulan_prefix(timelines, start / lay.semantic_rate)
+      return self.semantic.continue_tokens(prefix, prompt, new, next(rngs),
+                                           sampling["semantic"])
+
+    frames = lambda s: max(1, int(round(s * lay.semantic_rate)))
+    with bar("semantic", semantic_total) as progress:
+      semantic = generate_by_windows(
+          semantic_total, frames(win.semantic_seconds),
+          int(frames(win.semantic_seconds) * win.overlap), 1, semantic_window, batch, progress)
+
+    def coarse_window(start, length, prompt, new):
+      mulan = self._mulan_prefix(timelines, start / lay.semantic_rate)
+      span = semantic[:, start:start + length] + lay.mulan_levels * lay.mulan_codes
+      tokens = self.coarse.continue_tokens(np.concatenate([mulan, span], axis=1), prompt,
+                                           new * ratio * qc, next(rngs), sampling["coarse"])
+      return tokens
+
+    coarse_window_frames = frames(win.coarse_seconds)
+    with bar("coarse", semantic_total) as progress:
+      coarse = generate_by_windows(
+          semantic_total, coarse_window_frames, int(coarse_window_frames * win.overlap),
+          ratio * qc, coarse_window, batch, progress)
+
+    def fine_window(start, length, prompt, new):
+      prefix = coarse[:, start * qc:(start + length) * qc]
+      return self.fine.continue_tokens(prefix, prompt, new * qf, next(rngs), sampling["fine"])
+
+    fine_window_frames = max(1, int(round(win.fine_seconds * lay.acoustic_rate)))
+    with bar("fine", acoustic_total) as progress:
+      fine = generate_by_windows(acoustic_total, fine_window_frames,
+                                 int(fine_window_frames * win.overlap), qf, fine_window, batch,
+                                 progress)
+    coarse = coarse.reshape(batch, acoustic_total, qc) - np.arange(qc) * lay.acoustic_codes
+    fine = fine.reshape(batch, acoustic_total, qf) - np.arange(qf) * lay.acoustic_codes
+    return np.concatenate([coarse, fine], axis=-1)
+
+  def generate(self, prompts: Sequence[str | Sequence[TimedPrompt]], seconds: float,
+               seed: int = 0, sampling: Optional[dict] = None, show_progress: bool = False
+               ) -> np.ndarray:
+    """Audio [B, round(seconds x rate)] at `sample_rate` for each prompt (or timeline)."""
+    tokens = self.generate_tokens(prompts, seconds, seed, sampling, show_progress)
+    wave = self.codec.decode(tokens.astype(np.int32))
+    return wave[:, :int(round(seconds * self.sample_rate))]
