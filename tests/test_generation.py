@@ -3,6 +3,10 @@ makes audio of the requested length, goes past every stage's context by windows,
 each acoustic position in its RVQ level, is reproducible per seed, and follows story-mode
 prompts."""
 
+import json
+import os
+import shutil
+
 import flax.linen as nn
 import jax
 import numpy as np
@@ -39,7 +43,7 @@ def musiclm():
   parts = tokenize_fixtures.tiny_tokenizers()
   return pipeline.MusicLM(layout, parts.mulan, *(_stage(layout, s, i) for i, s in
                                                   enumerate(stages.STAGES)),
-                          parts.codec, WINDOWS)
+                          parts.codec, WINDOWS, semantic_tokenizer=parts.semantic)
 
 
 def test_windows_cover_the_clip_with_overlap():
@@ -81,3 +85,46 @@ def test_story_mode_switches_the_conditioning_at_window_starts(musiclm):
   finally:
     musiclm.mulan.text_tokens = original
   assert ["calm piano"] in seen and ["fast drums"] in seen
+
+
+def test_bundle_round_trip_gives_the_same_audio_and_refuses_damage(musiclm, tmp_path):
+  from musiclm_jax.generation import bundle
+  path = str(tmp_path / "bundle")
+  musiclm.save(path)
+  manifest = json.load(open(os.path.join(path, "manifest.json")))
+  assert {rel.split(os.sep)[0] for rel in manifest["files"]} == set(bundle.PARTS)
+  loaded = pipeline.MusicLM.from_bundle(path)
+  prompts = ["calm piano", "fast drums"]
+  np.testing.assert_array_equal(loaded.generate(prompts, 0.2, seed=3),
+                                musiclm.generate(prompts, 0.2, seed=3))
+  # bfloat16 parameters: half the bytes, still a working pipeline.
+  small = str(tmp_path / "bundle_bf16")
+  musiclm.save(small, dtype="bfloat16")
+  wave = pipeline.MusicLM.from_bundle(small).generate(prompts, 0.2, seed=3)
+  assert wave.shape == (2, 3200) and np.all(np.isfinite(wave))
+  # A flipped byte, a missing part, a params tree that does not fit the config.
+  victim = next(os.path.join(path, rel) for rel in sorted(manifest["files"])
+                if rel.startswith("coarse") and "params" in rel)
+  data = bytearray(open(victim, "rb").read())
+  data[len(data) // 2] ^= 0xFF
+  open(victim, "wb").write(bytes(data))
+  with pytest.raises(bundle.BundleError, match="does not match its checksum"):
+    pipeline.MusicLM.from_bundle(path)
+  shutil.rmtree(os.path.join(small, "fine"))
+  with pytest.raises(bundle.BundleError, match="lacks the part 'fine'"):
+    pipeline.MusicLM.from_bundle(small)
+  with pytest.raises(bundle.BundleError, match="no manifest.json"):
+    pipeline.MusicLM.from_bundle(str(tmp_path))
+  # A config edited (and its checksum updated): the parameters no longer fit it.
+  edited = str(tmp_path / "bundle_edited")
+  musiclm.save(edited)
+  config_path = os.path.join(edited, "semantic", "config.json")
+  config = json.load(open(config_path))
+  config["mlp_dim"] *= 2
+  json.dump(config, open(config_path, "w"))
+  manifest = json.load(open(os.path.join(edited, "manifest.json")))
+  manifest["files"][os.path.join("semantic", "config.json")] = {
+      "sha256": bundle._sha256(config_path), "bytes": os.path.getsize(config_path)}
+  json.dump(manifest, open(os.path.join(edited, "manifest.json"), "w"))
+  with pytest.raises(bundle.BundleError, match="'semantic': parameters do not match"):
+    pipeline.MusicLM.from_bundle(edited)

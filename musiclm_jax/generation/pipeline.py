@@ -109,11 +109,14 @@ class MusicLM:
     semantic, coarse, fine: `StageLM`s.
     codec: `soundstream.codec.Codec` (its decoder makes the waveform).
     windows: the stages' contexts.
+    semantic_tokenizer: `w2v_bert.tokenizer.SemanticTokenizer` (for audio prompts, and a
+      bundle's sixth part).
   """
 
   def __init__(self, layout: stages.TokenLayout, mulan, semantic: StageLM, coarse: StageLM,
-               fine: StageLM, codec, windows: Windows = Windows()):
+               fine: StageLM, codec, windows: Windows = Windows(), semantic_tokenizer=None):
     self.layout, self.mulan, self.codec, self.windows = layout, mulan, codec, windows
+    self.semantic_tokenizer = semantic_tokenizer
     # The acoustic stages sample each position from its RVQ level's ids only.
     self.semantic = semantic
     self.coarse = dataclasses.replace(coarse, level_codes=layout.acoustic_codes,
@@ -121,6 +124,17 @@ class MusicLM:
     self.fine = dataclasses.replace(
         fine, level_codes=layout.acoustic_codes,
         levels_per_frame=layout.acoustic_levels - layout.coarse_levels)
+
+  @classmethod
+  def from_bundle(cls, path: str) -> "MusicLM":
+    """Loads an exported bundle (`generation.bundle`), checksums and shapes verified."""
+    from musiclm_jax.generation import bundle  # pylint: disable=g-import-not-at-top
+    return bundle.load_bundle(path)
+
+  def save(self, path: str, dtype: str = "float32") -> None:
+    """Writes this pipeline as a bundle (parameters optionally in bfloat16)."""
+    from musiclm_jax.generation import bundle  # pylint: disable=g-import-not-at-top
+    bundle.save_bundle(self, path, dtype)
 
   @property
   def sample_rate(self) -> int:

@@ -1,0 +1,249 @@
+"""Inference bundles: everything `MusicLM` needs, in one folder, checked on load.
+
+  BUNDLE/
+    manifest.json          format, token layout, windows, parameter dtype, and for every
+                           file its size and SHA-256, for every parameter its shape/dtype
+    mulan/                 config.json, params/ (Orbax), rvq.npz, text/ (tokenizer files)
+    semantic_tokenizer/    config.json (w2v-BERT + layer), params/ (Orbax), centroids.npz
+    codec/                 config.json, params/ (Orbax: generator params + codebooks)
+    semantic/ coarse/ fine/  config.json (DecoderConfig), params/ (Orbax)
+
+Parameters only (no optimizer state), optionally cast to bfloat16 (`dtype`); loading
+casts back to float32. The bundle is written to a temporary folder and renamed into place.
+`load_bundle` verifies every checksum first, then the shapes against what each config
+implies, and names the part and file at fault.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from typing import Any, Dict, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+FORMAT = "musiclm-jax-bundle/1"
+MANIFEST = "manifest.json"
+PARTS = ("mulan", "semantic_tokenizer", "codec", "semantic", "coarse", "fine")
+
+
+class BundleError(ValueError):
+  """A bundle that cannot be used: missing part, wrong checksum, mismatched shape."""
+
+
+def _sha256(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def _to_json(config) -> Dict[str, Any]:
+  return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
+
+
+def _from_json(cls, values: Mapping[str, Any], source: str):
+  fields = {f.name: f for f in dataclasses.fields(cls)}
+  unknown = sorted(set(values) - set(fields))
+  if unknown:
+    raise BundleError(f"{source}: unknown {cls.__name__} fields {unknown}")
+  kw = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+  try:
+    return cls(**kw)
+  except (TypeError, ValueError) as e:
+    raise BundleError(f"{source}: not a valid {cls.__name__} ({e})") from e
+
+
+def _write_config(directory: str, config, **extra) -> None:
+  os.makedirs(directory, exist_ok=True)
+  with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as f:
+    json.dump({**_to_json(config), **extra} if extra else _to_json(config), f, indent=1)
+
+
+def _save_params(directory: str, tree, dtype: str) -> None:
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  tree = jax.tree.map(lambda x: np.asarray(x).astype(dtype) if np.issubdtype(
+      np.asarray(x).dtype, np.floating) else np.asarray(x), jax.device_get(tree))
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(os.path.join(directory, "params"), tree)
+  checkpointer.wait_until_finished()
+
+
+def _restore_params(directory: str):
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  path = os.path.join(os.path.abspath(directory), "params")
+  tree = ocp.StandardCheckpointer().restore(path)
+  return jax.tree.map(lambda x: np.asarray(x).astype(np.float32) if np.asarray(x).dtype in (
+      jnp.bfloat16, np.float16) else np.asarray(x), tree)
+
+
+def save_bundle(musiclm, path: str, dtype: str = "float32") -> None:
+  """Writes `musiclm` (a `pipeline.MusicLM`) as a bundle at `path`, atomically."""
+  from musiclm_jax.mulan import tokenizer as mulan_tokenizer  # pylint: disable=g-import-not-at-top
+  if dtype not in ("float32", "bfloat16"):
+    raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}")
+  parent = os.path.dirname(os.path.abspath(path))
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=".tmp-bundle-", dir=parent)
+  try:
+    part = lambda name: os.path.join(tmp, name)
+    mulan = musiclm.mulan
+    text_dir = os.path.join(part("mulan"), "text")
+    os.makedirs(text_dir)
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json"):
+      source = os.path.join(mulan.config.resolved_text_folder, name)
+      if os.path.isfile(source):
+        shutil.copy(source, text_dir)
+    # The text tower's exact BERT sizes, as a Hugging Face config.json beside its tokenizer:
+    # on load the tower is rebuilt from that folder (text_pretrained reads config.json).
+    bert_config = mulan.config.bert_config()
+    with open(os.path.join(text_dir, "config.json"), "w", encoding="utf-8") as f:
+      hf = {k: v for k, v in dataclasses.asdict(bert_config).items() if k != "dtype"}
+      json.dump({"model_type": "bert", "hidden_act": "gelu",
+                 "position_embedding_type": "absolute", **hf}, f, indent=1)
+    _write_config(part("mulan"), dataclasses.replace(mulan.config, text_folder=None,
+                                                     text_pretrained=True))
+    _save_params(part("mulan"), mulan.params, dtype)
+    mulan_tokenizer.save_rvq(os.path.join(part("mulan"), "rvq.npz"), mulan.codebooks)
+    semantic_tok = musiclm.semantic_tokenizer
+    if semantic_tok is None:
+      raise ValueError("this MusicLM has no semantic tokenizer: a bundle needs all six parts")
+    _write_config(part("semantic_tokenizer"), semantic_tok.config, layer=semantic_tok.layer)
+    _save_params(part("semantic_tokenizer"), semantic_tok.params, dtype)
+    semantic_tok.save_centroids(os.path.join(part("semantic_tokenizer"), "centroids.npz"))
+    codec = musiclm.codec
+    _write_config(part("codec"), codec.config)
+    _save_params(part("codec"), codec.variables, dtype)
+    for name in ("semantic", "coarse", "fine"):
+      stage = getattr(musiclm, name)
+      _write_config(part(name), stage.model.config)
+      _save_params(part(name), stage.params, dtype)
+    files = {}
+    for directory, _, names in os.walk(tmp):
+      for name in sorted(names):
+        full = os.path.join(directory, name)
+        rel = os.path.relpath(full, tmp)
+        files[rel] = {"sha256": _sha256(full), "bytes": os.path.getsize(full)}
+    manifest = {"format": FORMAT, "dtype": dtype, "layout": _to_json(musiclm.layout),
+                "windows": _to_json(musiclm.windows), "files": files}
+    with open(os.path.join(tmp, MANIFEST), "w", encoding="utf-8") as f:
+      json.dump(manifest, f, indent=1, sort_keys=True)
+    if os.path.exists(path):
+      shutil.rmtree(path)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      shutil.rmtree(tmp)
+
+
+def _read_manifest(path: str) -> Dict[str, Any]:
+  manifest_path = os.path.join(path, MANIFEST)
+  if not os.path.isfile(manifest_path):
+    raise BundleError(f"{path!r} is not a MusicLM bundle: no {MANIFEST}")
+  try:
+    with open(manifest_path, encoding="utf-8") as f:
+      manifest = json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise BundleError(f"{manifest_path}: unreadable ({e})") from e
+  if manifest.get("format") != FORMAT:
+    raise BundleError(f"{manifest_path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+  return manifest
+
+
+def verify_bundle(path: str) -> Dict[str, Any]:
+  """Checks every part is there and every file's size and SHA-256; returns the manifest."""
+  manifest = _read_manifest(path)
+  files = manifest["files"]
+  for name in PARTS:
+    if not any(rel.startswith(name + os.sep) for rel in files) or not os.path.isdir(
+        os.path.join(path, name)):
+      raise BundleError(f"bundle {path!r} lacks the part {name!r}")
+  for rel, expected in sorted(files.items()):
+    full = os.path.join(path, rel)
+    if not os.path.isfile(full):
+      raise BundleError(f"bundle {path!r}: missing file {rel}")
+    if os.path.getsize(full) != expected["bytes"] or _sha256(full) != expected["sha256"]:
+      raise BundleError(f"bundle {path!r}: {rel} does not match its checksum (damaged or "
+                        "altered)")
+  return manifest
+
+
+def _check_shapes(part: str, restored, expected) -> None:
+  got = {jax.tree_util.keystr(p): np.shape(x)
+         for p, x in jax.tree_util.tree_leaves_with_path(restored)}
+  want = {jax.tree_util.keystr(p): tuple(x.shape)
+          for p, x in jax.tree_util.tree_leaves_with_path(expected)}
+  if got != want:
+    diff = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))[:3]
+    detail = ", ".join(f"{k}: {got.get(k)} vs config {want.get(k)}" for k in diff)
+    raise BundleError(f"bundle part {part!r}: parameters do not match its config ({detail})")
+
+
+def load_bundle(path: str):
+  """A `pipeline.MusicLM` from a bundle (verified first)."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  from musiclm_jax.generation import pipeline  # pylint: disable=g-import-not-at-top
+  from musiclm_jax.lm import decoder_lm, models as lm_models  # pylint: disable=g-import-not-at-top
+  from musiclm_jax.mulan import model as mulan_model, tokenizer as mulan_tokenizer  # pylint: disable=g-import-not-at-top
+  from musiclm_jax.soundstream import codec as codec_lib, model as ss_model  # pylint: disable=g-import-not-at-top
+  from musiclm_jax.tasks import stages  # pylint: disable=g-import-not-at-top
+  from musiclm_jax.w2v_bert import model as w2v_model, tokenizer as semantic_tokenizer  # pylint: disable=g-import-not-at-top
+  manifest = verify_bundle(path)
+  part = lambda name: os.path.join(path, name)
+
+  def config_of(name, cls, drop=()):
+    source = os.path.join(part(name), "config.json")
+    with open(source, encoding="utf-8") as f:
+      values = json.load(f)
+    extra = {k: values.pop(k) for k in drop if k in values}
+    return _from_json(cls, values, source), extra
+
+  def params_of(name, expected):
+    restored = _restore_params(part(name))
+    _check_shapes(name, restored, expected)
+    return restored
+
+  shapes = lambda fn: jax.eval_shape(lambda: nn.meta.unbox(fn()))
+  layout = _from_json(stages.TokenLayout, manifest["layout"], MANIFEST)
+  windows = _from_json(pipeline.Windows, manifest["windows"], MANIFEST)
+
+  mulan_config, _ = config_of("mulan", mulan_model.MuLanConfig)
+  mulan_config = dataclasses.replace(mulan_config, text_folder=os.path.join(part("mulan"), "text"))
+  mulan_net = mulan_model.MuLan(mulan_config)
+  mulan_params = params_of("mulan", shapes(lambda: mulan_net.init(
+      jax.random.key(0), jnp.zeros((1, mulan_config.window_samples)),
+      jnp.ones((1, mulan_config.text_max_length), jnp.int32))["params"]))
+  mulan = mulan_tokenizer.MuLanTokenizer(
+      mulan_config, mulan_params, mulan_tokenizer.load_rvq(os.path.join(part("mulan"), "rvq.npz")))
+
+  w2v_config, extra = config_of("semantic_tokenizer", w2v_model.W2vBertConfig, drop=("layer",))
+  samples = w2v_config.hop_length * 8
+  w2v_params = params_of("semantic_tokenizer", shapes(lambda: w2v_model.W2vBert(w2v_config).init(
+      jax.random.key(0), jnp.zeros((1, samples)),
+      jnp.zeros((1, w2v_config.num_frames(samples)), bool))["params"]))
+  semantic_tok = semantic_tokenizer.SemanticTokenizer.from_centroids_file(
+      w2v_config, w2v_params, os.path.join(part("semantic_tokenizer"), "centroids.npz"),
+      extra["layer"])
+
+  codec_config, _ = config_of("codec", ss_model.SoundStreamConfig)
+  codec_vars = params_of("codec", shapes(lambda: ss_model.SoundStream(codec_config).init(
+      jax.random.key(0), jnp.zeros((1, codec_config.hop_length * 4)))))
+  codec = codec_lib.Codec(codec_config, codec_vars)
+
+  stage_lms = []
+  for name in ("semantic", "coarse", "fine"):
+    config, _ = config_of(name, decoder_lm.DecoderConfig)
+    model = lm_models.DecoderOnlyLMModel(decoder_lm.DecoderOnlyLM(config), optax.identity())
+    params = params_of(name, shapes(lambda: model.get_initial_variables(
+        jax.random.key(0), {"prefix_tokens": (1, 2), "decoder_input_tokens": (1, 4)})["params"]))
+    stage_lms.append(pipeline.StageLM(model, params))
+  return pipeline.MusicLM(layout, mulan, *stage_lms, codec, windows,
+                          semantic_tokenizer=semantic_tok)
