@@ -8,6 +8,7 @@
   musiclm-jax semantic fit-kmeans|tokenize ...  (argparse; see musiclm_jax/w2v_bert/cli.py)
   musiclm-jax mulan embed|score|fit-rvq ...     (argparse; see musiclm_jax/mulan/cli.py)
   musiclm-jax tokenize --dataset ... --out ...  (argparse; see musiclm_jax/tasks/tokenize_job.py)
+  musiclm-jax generate --bundle B --prompt ...  (argparse; see musiclm_jax/generation/cli.py)
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ COMMANDS = {
     "semantic": ("musiclm_jax.w2v_bert.cli", "semantic tokens: fit k-means, tokenize audio"),
     "mulan": ("musiclm_jax.mulan.cli", "MuLan: embed text/audio, score, fit the RVQ"),
     "tokenize": ("musiclm_jax.tasks.tokenize_job", "token shards of a dataset for the stages"),
+    "generate": ("musiclm_jax.generation.cli", "text to music (WAV) from an exported bundle"),
 }
 # Commands with their own argparse interface (no gin): run as module.main(argv).
-PLAIN_COMMANDS = ("codec", "build-data", "semantic", "mulan", "tokenize")
+PLAIN_COMMANDS = ("codec", "build-data", "semantic", "mulan", "tokenize", "generate")
 
 
 def _usage() -> str:

@@ -128,3 +128,29 @@ def test_bundle_round_trip_gives_the_same_audio_and_refuses_damage(musiclm, tmp_
   json.dump(manifest, open(os.path.join(edited, "manifest.json"), "w"))
   with pytest.raises(bundle.BundleError, match="'semantic': parameters do not match"):
     pipeline.MusicLM.from_bundle(edited)
+
+
+def test_generate_cli_writes_wavs_for_prompts_stories_and_batches(musiclm, tmp_path, capsys):
+  from musiclm_jax.audio import io as audio_io
+  from musiclm_jax.generation import cli
+  path = str(tmp_path / "bundle")
+  musiclm.save(path)
+  out = str(tmp_path / "one.wav")
+  cli.main(["--bundle", path, "--prompt", "calm piano", "--seconds", "0.2", "--out", out,
+            "--temperature", "0.8", "--fine_top_k", "5"])
+  wave, rate = audio_io.read_audio(out)
+  assert rate == 16000 and wave.shape[0] == 3200
+  story = cli.parse_prompts(["fast drums@0.2-0.4", "calm piano@0-0.2"])
+  assert [(p.text, p.start_s) for p in story[0]] == [("calm piano", 0.0), ("fast drums", 0.2)]
+  prompts = tmp_path / "prompts.txt"
+  prompts.write_text("calm piano\nfast drums\n")
+  folder = str(tmp_path / "many")
+  cli.main(["--bundle", path, "--prompts", str(prompts), "--num_samples", "2", "--seconds",
+            "0.1", "--out", folder])
+  assert sorted(os.listdir(folder)) == ["000_sample0.wav", "000_sample1.wav",
+                                        "001_sample0.wav", "001_sample1.wav"]
+  with pytest.raises(SystemExit) as e:
+    cli.main(["--bundle", str(tmp_path / "nope"), "--prompt", "x", "--out", out])
+  assert e.value.code == 2 and "manifest.json" in capsys.readouterr().err
+  with pytest.raises(SystemExit):
+    cli.main(["--bundle", path, "--prompt", "a@0-1", "--prompt", "b", "--out", out])

@@ -1,0 +1,105 @@
+"""`musiclm-jax generate`: text to music from an exported bundle.
+
+  musiclm-jax generate --bundle BUNDLE --prompt "calm solo piano" --seconds 30 --out out.wav
+  musiclm-jax generate --bundle BUNDLE --prompts prompts.txt --num_samples 2 --out outdir/
+  musiclm-jax generate --bundle BUNDLE --prompt "calm piano@0-15" --prompt "fast drums@15-30" \
+      --seconds 30 --out story.wav                                     # story mode
+
+Several plain --prompt flags (or a --prompts file, one per line) make a batch; prompts with
+'@START-END' (seconds) make one story whose conditioning changes at those times. With one
+clip --out is the WAV; with several it is a folder of NNN_sampleK.wav. Sampling:
+--temperature / --top_k for every stage, or per stage (--semantic_temperature, ...);
+--guidance_scale applies classifier-free guidance to the text-conditioned stages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from typing import List
+
+from musiclm_jax import cli_utils
+
+_SPAN = re.compile(r"^(.*)@\s*([0-9.]+)\s*-\s*([0-9.]+)\s*$")
+
+
+def parse_prompts(prompts: List[str]):
+  """Plain prompts -> the list itself (a batch); 'text@a-b' prompts -> one timeline."""
+  from musiclm_jax.generation import pipeline  # pylint: disable=g-import-not-at-top
+  spans = [_SPAN.match(p) for p in prompts]
+  if not any(spans):
+    return list(prompts)
+  if not all(spans):
+    raise ValueError("mix of story prompts ('text@start-end') and plain prompts: use one kind")
+  story = [pipeline.TimedPrompt(m.group(1).strip(), float(m.group(2)), float(m.group(3)))
+           for m in spans]
+  for p in story:
+    if not p.start_s < p.end_s:
+      raise ValueError(f"story prompt {p.text!r}: start {p.start_s} must be before end "
+                       f"{p.end_s}")
+  return [sorted(story, key=lambda p: p.start_s)]
+
+
+def _sampling(args):
+  from musiclm_jax.generation import pipeline  # pylint: disable=g-import-not-at-top
+  out = {}
+  for stage in ("semantic", "coarse", "fine"):
+    temperature = getattr(args, f"{stage}_temperature")
+    top_k = getattr(args, f"{stage}_top_k")
+    out[stage] = pipeline.Sampling(
+        temperature=args.temperature if temperature is None else temperature,
+        top_k=args.top_k if top_k is None else top_k,
+        guidance_scale=args.guidance_scale if stage != "fine" else None)
+  return out
+
+
+def _generate(args) -> None:
+  from musiclm_jax.audio import io as audio_io  # pylint: disable=g-import-not-at-top
+  from musiclm_jax.generation import pipeline  # pylint: disable=g-import-not-at-top
+  texts = list(args.prompt)
+  if args.prompts:
+    with open(args.prompts, encoding="utf-8") as f:
+      texts += [line.strip() for line in f if line.strip()]
+  if not texts:
+    raise ValueError("give --prompt (one or more) or --prompts FILE")
+  if args.seconds <= 0:
+    raise ValueError(f"--seconds must be > 0, got {args.seconds}")
+  prompts = parse_prompts(texts)
+  batch = [p for p in prompts for _ in range(args.num_samples)]
+  musiclm = pipeline.MusicLM.from_bundle(args.bundle)
+  waves = musiclm.generate(batch, args.seconds, seed=args.seed, sampling=_sampling(args),
+                           show_progress=True)
+  if len(batch) == 1:
+    paths = [args.out]
+  else:
+    os.makedirs(args.out, exist_ok=True)
+    paths = [os.path.join(args.out, f"{i // args.num_samples:03d}_sample{i % args.num_samples}"
+                          ".wav") for i in range(len(batch))]
+  for path, wave in zip(paths, waves):
+    audio_io.save_audio(path, wave, musiclm.sample_rate)
+  print(f"{len(paths)} clip(s) of {args.seconds:g} s at {musiclm.sample_rate} Hz -> "
+        f"{args.out}")
+
+
+def parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="musiclm-jax generate", description=__doc__.split("\n")[0])
+  p.add_argument("--bundle", required=True, help="exported MusicLM bundle")
+  p.add_argument("--prompt", action="append", default=[])
+  p.add_argument("--prompts", default=None, help="a text file, one prompt per line")
+  p.add_argument("--seconds", type=float, default=10.0)
+  p.add_argument("--out", required=True, help="WAV file (one clip) or folder")
+  p.add_argument("--num_samples", type=int, default=1)
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--temperature", type=float, default=1.0)
+  p.add_argument("--top_k", type=int, default=0)
+  p.add_argument("--guidance_scale", type=float, default=None)
+  for stage in ("semantic", "coarse", "fine"):
+    p.add_argument(f"--{stage}_temperature", type=float, default=None)
+    p.add_argument(f"--{stage}_top_k", type=int, default=None)
+  p.set_defaults(run=_generate)
+  return p
+
+
+def main(argv=None) -> None:
+  cli_utils.run(parser(), argv)
