@@ -31,11 +31,12 @@ demo: setup
 
 # Speed benchmarks (results + machine in benchmarks/results/). The audiolm-pytorch side of
 # lm_speed needs its own venv: REFERENCE_PYTHON=/path/to/python (see audiolm_pytorch_speed.py).
-# The codec quality benchmark trains for a wall-clock budget: run it by hand.
+# The codec quality and MuLan retrieval benchmarks train models: run them by hand.
 benchmark: setup
 	$(PY) benchmarks/lm_speed.py $(if $(REFERENCE_PYTHON),--reference_python $(REFERENCE_PYTHON))
 	$(PY) benchmarks/codec_speed.py
 	$(PY) benchmarks/input_pipeline_speed.py
+	$(PY) benchmarks/tokenize_speed.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
