@@ -149,6 +149,13 @@ def test_generate_cli_writes_wavs_for_prompts_stories_and_batches(musiclm, tmp_p
             "0.1", "--out", folder])
   assert sorted(os.listdir(folder)) == ["000_sample0.wav", "000_sample1.wav",
                                         "001_sample0.wav", "001_sample1.wav"]
+  ranked = str(tmp_path / "ranked")
+  cli.main(["--bundle", path, "--prompt", "calm piano", "--num_samples", "3", "--rerank",
+            "--seconds", "0.2", "--out", ranked])
+  assert sorted(os.listdir(ranked)) == ["000_rank0.wav", "000_rank1.wav", "000_rank2.wav"]
+  scores = [float(v) for v in capsys.readouterr().out.split("best first: ")[1].split("\n")[0]
+            .split(", ")]
+  assert scores == sorted(scores, reverse=True) and all(-1 <= v <= 1 for v in scores)
   with pytest.raises(SystemExit) as e:
     cli.main(["--bundle", str(tmp_path / "nope"), "--prompt", "x", "--out", out])
   assert e.value.code == 2 and "manifest.json" in capsys.readouterr().err

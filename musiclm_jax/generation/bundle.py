@@ -21,12 +21,13 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from typing import Any, Dict, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from musiclm_jax import atomic
 
 FORMAT = "musiclm-jax-bundle/1"
 MANIFEST = "manifest.json"
@@ -89,10 +90,7 @@ def save_bundle(musiclm, path: str, dtype: str = "float32") -> None:
   from musiclm_jax.mulan import tokenizer as mulan_tokenizer  # pylint: disable=g-import-not-at-top
   if dtype not in ("float32", "bfloat16"):
     raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}")
-  parent = os.path.dirname(os.path.abspath(path))
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=".tmp-bundle-", dir=parent)
-  try:
+  with atomic.atomic_directory(path, ".tmp-bundle-") as tmp:
     part = lambda name: os.path.join(tmp, name)
     mulan = musiclm.mulan
     text_dir = os.path.join(part("mulan"), "text")
@@ -135,12 +133,6 @@ def save_bundle(musiclm, path: str, dtype: str = "float32") -> None:
                 "windows": _to_json(musiclm.windows), "files": files}
     with open(os.path.join(tmp, MANIFEST), "w", encoding="utf-8") as f:
       json.dump(manifest, f, indent=1, sort_keys=True)
-    if os.path.exists(path):
-      shutil.rmtree(path)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      shutil.rmtree(tmp)
 
 
 def _read_manifest(path: str) -> Dict[str, Any]:

@@ -66,16 +66,25 @@ def _generate(args) -> None:
   if args.seconds <= 0:
     raise ValueError(f"--seconds must be > 0, got {args.seconds}")
   prompts = parse_prompts(texts)
-  batch = [p for p in prompts for _ in range(args.num_samples)]
   musiclm = pipeline.MusicLM.from_bundle(args.bundle)
-  waves = musiclm.generate(batch, args.seconds, seed=args.seed, sampling=_sampling(args),
-                           show_progress=True)
-  if len(batch) == 1:
+  n = args.num_samples
+  if args.rerank:
+    ranked, scores = musiclm.generate_ranked(prompts, args.seconds, n, seed=args.seed,
+                                             sampling=_sampling(args), show_progress=True)
+    waves = ranked.reshape(len(prompts) * n, -1)
+    names = [f"{i:03d}_rank{k}.wav" for i in range(len(prompts)) for k in range(n)]
+    for i, row in enumerate(scores):
+      print(f"prompt {i}: MuLan scores, best first: {', '.join(f'{v:.3f}' for v in row)}")
+  else:
+    batch = [p for p in prompts for _ in range(n)]
+    waves = musiclm.generate(batch, args.seconds, seed=args.seed, sampling=_sampling(args),
+                             show_progress=True)
+    names = [f"{i // n:03d}_sample{i % n}.wav" for i in range(len(batch))]
+  if len(names) == 1:
     paths = [args.out]
   else:
     os.makedirs(args.out, exist_ok=True)
-    paths = [os.path.join(args.out, f"{i // args.num_samples:03d}_sample{i % args.num_samples}"
-                          ".wav") for i in range(len(batch))]
+    paths = [os.path.join(args.out, name) for name in names]
   for path, wave in zip(paths, waves):
     audio_io.save_audio(path, wave, musiclm.sample_rate)
   print(f"{len(paths)} clip(s) of {args.seconds:g} s at {musiclm.sample_rate} Hz -> "
@@ -90,6 +99,8 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--seconds", type=float, default=10.0)
   p.add_argument("--out", required=True, help="WAV file (one clip) or folder")
   p.add_argument("--num_samples", type=int, default=1)
+  p.add_argument("--rerank", action="store_true",
+                 help="rank each prompt's samples by MuLan text-audio similarity")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--temperature", type=float, default=1.0)
   p.add_argument("--top_k", type=int, default=0)

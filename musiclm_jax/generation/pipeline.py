@@ -212,3 +212,24 @@ class MusicLM:
     tokens = self.generate_tokens(prompts, seconds, seed, sampling, show_progress)
     wave = self.codec.decode(tokens.astype(np.int32))
     return wave[:, :int(round(seconds * self.sample_rate))]
+
+  def generate_ranked(self, prompts: Sequence[str | Sequence[TimedPrompt]], seconds: float,
+                      num_samples: int, seed: int = 0, sampling: Optional[dict] = None,
+                      show_progress: bool = False):
+    """`num_samples` candidates per prompt in one batch, best first by MuLan text-audio
+    cosine: (audio [P, N, samples], scores [P, N]). A story is scored against its first
+    prompt."""
+    from musiclm_jax.audio import io as audio_io  # pylint: disable=g-import-not-at-top
+    if num_samples < 1:
+      raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    batch = [p for p in prompts for _ in range(num_samples)]
+    waves = self.generate(batch, seconds, seed, sampling, show_progress)
+    rate = self.mulan.config.sample_rate
+    audio = np.stack([audio_io.resample(w, self.sample_rate, rate) for w in waves])
+    texts = [p if isinstance(p, str) else p[0].text for p in batch]
+    scores = np.sum(self.mulan.embed_text(texts) * self.mulan.embed_audio(audio), axis=-1)
+    waves = waves.reshape(len(prompts), num_samples, -1)
+    scores = scores.reshape(len(prompts), num_samples)
+    order = np.argsort(-scores, axis=1)
+    return (np.take_along_axis(waves, order[..., None], axis=1),
+            np.take_along_axis(scores, order, axis=1))

@@ -15,8 +15,6 @@ import dataclasses
 import functools
 import json
 import os
-import shutil
-import tempfile
 from typing import Any, Mapping, Optional
 
 import flax.linen as nn
@@ -25,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from musiclm_jax import atomic
 from musiclm_jax.layers import quantizers
 from musiclm_jax.soundstream import model as model_lib
 
@@ -124,21 +123,12 @@ class Codec:
 
   def save(self, bundle_dir: str) -> None:
     """Writes the bundle atomically (a temporary folder renamed into place)."""
-    parent = os.path.dirname(os.path.abspath(bundle_dir))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-bundle-", dir=parent)
-    try:
+    with atomic.atomic_directory(bundle_dir, ".tmp-bundle-") as tmp:
       with open(os.path.join(tmp, CONFIG_FILE), "w", encoding="utf-8") as f:
         json.dump(dataclasses.asdict(self.config), f, indent=2)
       host = jax.device_get(self.variables)
       with open(os.path.join(tmp, VARIABLES_FILE), "wb") as f:
         f.write(flax.serialization.msgpack_serialize(host))
-      if os.path.exists(bundle_dir):
-        shutil.rmtree(bundle_dir)
-      os.replace(tmp, bundle_dir)
-    finally:
-      if os.path.exists(tmp):
-        shutil.rmtree(tmp)
 
   @classmethod
   def load(cls, bundle_dir: str) -> "Codec":
