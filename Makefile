@@ -37,6 +37,8 @@ benchmark: setup
 	$(PY) benchmarks/codec_speed.py
 	$(PY) benchmarks/input_pipeline_speed.py
 	$(PY) benchmarks/tokenize_speed.py
+	$(PY) benchmarks/generation_speed.py --size tiny
+	$(PY) benchmarks/generation_speed.py --size small
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,137 @@
+r"""Text-to-music generation speed per stage and end to end (issue #7), as real-time factors.
+
+  python benchmarks/generation_speed.py [--size tiny|small|paper] [--seconds 10] [--batch 1]
+      [--out FILE]
+
+Parts are randomly initialised at the gin sizes (speed does not depend on training): the
+stages at lm/<size>.gin (float32 on CPU: XLA:CPU runs bfloat16 slower), the codec at
+soundstream/<size>.gin, MuLan at mulan/<size>.gin (random text tower), over the paper's
+token layout (12 x 1024 MuLan, 1024 semantic at 25 Hz, 12 x 1024 acoustic at 50 Hz, 4
+coarse levels) and contexts (30 / 10 / 3 s). `tiny` uses the tiny codec and layout (4 x 32
+codes at 400 Hz) instead. One warm-up call compiles; the timed call generates --seconds of
+audio for --batch prompts. Real-time factor = seconds of audio / wall seconds (> 1 is
+faster than real time). Writes benchmarks/results/generation_speed_<size>_<backend>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+
+
+def _gin_config(files, make, bindings=()):
+  import gin
+  from musiclm_jax import gin_utils
+  gin.clear_config()
+  gin_utils.import_configurables()
+  gin_utils.parse_gin_flags(files, ["TRAIN_STEPS = 1", *bindings], finalize=False)
+  try:
+    return make()
+  finally:
+    gin.clear_config()
+
+
+def build(size: str):
+  import flax.linen as nn
+  import jax
+  import optax
+  from musiclm_jax.generation import pipeline
+  from musiclm_jax.lm import decoder_lm, models as lm_models
+  from musiclm_jax.mulan import model as mulan_model, tokenizer as mulan_tokenizer
+  from musiclm_jax.soundstream import codec as codec_lib, model as ss_model
+  from musiclm_jax.tasks import stages
+  init = lambda module, *args: nn.meta.unbox(module.init(jax.random.key(0), *args))
+  rng = np.random.default_rng(0)
+  if size == "tiny":
+    layout = stages.TokenLayout(mulan_levels=4, mulan_codes=16, semantic_codes=16,
+                                acoustic_levels=4, acoustic_codes=32, acoustic_rate=400,
+                                coarse_levels=2)
+    windows = pipeline.Windows(semantic_seconds=10.0, coarse_seconds=2.0, fine_seconds=0.5)
+  else:
+    layout, windows = stages.TokenLayout(), pipeline.Windows()
+  ss_config = _gin_config([f"soundstream/{size}.gin"], ss_model.SoundStreamConfig)
+  codec = codec_lib.Codec(ss_config, init(ss_model.SoundStream(ss_config),
+                                          np.zeros((1, ss_config.hop_length * 8), np.float32)))
+  mulan_config = _gin_config([f"mulan/{size}.gin"], mulan_model.MuLanConfig,
+                             ["MuLanConfig.text_pretrained = False"])
+  mulan_params = init(mulan_model.MuLan(mulan_config),
+                      np.zeros((1, mulan_config.window_samples), np.float32),
+                      np.ones((1, mulan_config.text_max_length), np.int32))["params"]
+  mulan = mulan_tokenizer.MuLanTokenizer(
+      mulan_config, mulan_params, rng.normal(size=(layout.mulan_levels, layout.mulan_codes,
+                                                   mulan_config.embed_dim)).astype(np.float32))
+  stage_lms = []
+  for stage in stages.STAGES:
+    prefix_vocab, target_vocab = layout.vocab_sizes(stage)
+    config = _gin_config([f"lm/{size}.gin"], decoder_lm.DecoderConfig, [
+        f"TARGET_VOCAB_SIZE = {target_vocab}", f"PREFIX_VOCAB_SIZE = {prefix_vocab}",
+        "DecoderConfig.dtype = 'float32'", "DecoderConfig.max_length = 8192"])
+    model = lm_models.DecoderOnlyLMModel(decoder_lm.DecoderOnlyLM(config), optax.identity())
+    params = nn.meta.unbox(model.get_initial_variables(
+        jax.random.key(0), {"prefix_tokens": (1, 4), "decoder_input_tokens": (1, 8)})["params"])
+    stage_lms.append(pipeline.StageLM(model, params))
+  return pipeline.MusicLM(layout, mulan, *stage_lms, codec, windows)
+
+
+class _Timed:
+  """Wraps a StageLM and adds up its wall time."""
+
+  def __init__(self, stage):
+    self.stage, self.seconds = stage, 0.0
+
+  def continue_tokens(self, *args, **kw):
+    start = time.time()
+    out = self.stage.continue_tokens(*args, **kw)
+    self.seconds += time.time() - start
+    return out
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--size", default="tiny")
+  parser.add_argument("--seconds", type=float, default=10.0)
+  parser.add_argument("--batch", type=int, default=1)
+  parser.add_argument("--out", default=None)
+  args = parser.parse_args()
+  import jax
+  import machine
+  musiclm = build(args.size)
+  prompts = ["a calm solo piano piece"] * args.batch
+  musiclm.generate(prompts, args.seconds, seed=0)   # warm-up: compiles every shape
+  timers = {name: _Timed(getattr(musiclm, name)) for name in ("semantic", "coarse", "fine")}
+  for name, timer in timers.items():
+    setattr(musiclm, name, timer)
+  start = time.time()
+  tokens = musiclm.generate_tokens(prompts, args.seconds, seed=1)
+  decode_start = time.time()
+  wave = musiclm.codec.decode(tokens.astype(np.int32))
+  end = time.time()
+  audio = args.seconds * args.batch
+  result = {name: {"seconds": t.seconds, "real_time_factor": audio / t.seconds}
+            for name, t in timers.items()}
+  result["codec_decode"] = {"seconds": end - decode_start,
+                            "real_time_factor": audio / (end - decode_start)}
+  result["end_to_end"] = {"seconds": end - start, "real_time_factor": audio / (end - start)}
+  report = {"benchmark": "generation_speed", "machine": machine.describe_jax(),
+            "size": args.size, "seconds": args.seconds, "batch": args.batch,
+            "audio_shape": list(wave.shape), "stages": result}
+  out = args.out or os.path.join(REPO, "benchmarks", "results",
+                                 f"generation_speed_{args.size}_{jax.default_backend()}.json")
+  with open(out, "w", encoding="utf-8") as f:
+    json.dump(report, f, indent=1)
+  for name, r in result.items():
+    print(f"{name:12s} {r['seconds']:7.2f} s   {r['real_time_factor']:7.2f} x real time")
+  print(f"-> {out}")
+
+
+if __name__ == "__main__":
+  main()
