@@ -9,6 +9,7 @@
   musiclm-jax mulan embed|score|fit-rvq ...     (argparse; see musiclm_jax/mulan/cli.py)
   musiclm-jax tokenize --dataset ... --out ...  (argparse; see musiclm_jax/tasks/tokenize_job.py)
   musiclm-jax generate --bundle B --prompt ...  (argparse; see musiclm_jax/generation/cli.py)
+  musiclm-jax export --out B --mulan_model_dir ...  (see musiclm_jax/generation/export.py)
 """
 
 from __future__ import annotations
@@ -26,9 +27,11 @@ COMMANDS = {
     "mulan": ("musiclm_jax.mulan.cli", "MuLan: embed text/audio, score, fit the RVQ"),
     "tokenize": ("musiclm_jax.tasks.tokenize_job", "token shards of a dataset for the stages"),
     "generate": ("musiclm_jax.generation.cli", "text to music (WAV) from an exported bundle"),
+    "export": ("musiclm_jax.generation.export", "an inference bundle from the training runs"),
 }
 # Commands with their own argparse interface (no gin): run as module.main(argv).
-PLAIN_COMMANDS = ("codec", "build-data", "semantic", "mulan", "tokenize", "generate")
+PLAIN_COMMANDS = ("codec", "build-data", "semantic", "mulan", "tokenize", "generate",
+                  "export")
 
 
 def _usage() -> str:

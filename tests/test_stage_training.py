@@ -27,28 +27,80 @@ def tokens_dir(tmp_path_factory):
   return out
 
 
-@pytest.mark.parametrize("stage", stages.STAGES)
-def test_each_stage_trains_from_token_shards(stage, tokens_dir, tmp_path):
+@pytest.fixture(scope="module")
+def stage_runs(tokens_dir, tmp_path_factory):
+  """The three stages trained 3 steps each through the train entry point."""
+  root = tmp_path_factory.mktemp("stage_runs")
   with open(os.path.join(tokens_dir, "layout.json"), encoding="utf-8") as f:
     fields = json.load(f)
   layout = stages.TokenLayout(**fields, coarse_levels=COARSE_LEVELS)
-  prefix_len, target_len = layout.lengths(stage, CROP_SECONDS)
-  prefix_vocab, target_vocab = layout.vocab_sizes(stage)
-  bindings = [f"TOKENS_DIR='{tokens_dir}'",
-              f"TASK_FEATURE_LENGTHS={{'prefix_tokens': {prefix_len}, 'targets': {target_len}}}",
-              f"PREFIX_VOCAB_SIZE={prefix_vocab}", f"TARGET_VOCAB_SIZE={target_vocab}",
-              f"{stage}/register_stage_task.crop_seconds={CROP_SECONDS}",
-              "DecoderConfig.max_length=512", "BATCH_SIZE=4", "train.eval_period=3",
-              "eval/DatasetConfig.batch_size=2"]
-  bindings += [f"TokenLayout.{k}={v}" for k, v in fields.items()]
-  bindings.append(f"TokenLayout.coarse_levels={COARSE_LEVELS}")
-  model_dir = str(tmp_path / stage)
-  harness.run_train(model_dir, 3, bindings=bindings,
-                    gin_files=("lm/tiny.gin", f"tasks/stage_{stage}.gin", "runs/pretrain.gin"))
-  records = metrics.read_metrics(model_dir, "train")
+  runs = {}
+  for stage in stages.STAGES:
+    prefix_len, target_len = layout.lengths(stage, CROP_SECONDS)
+    prefix_vocab, target_vocab = layout.vocab_sizes(stage)
+    bindings = [f"TOKENS_DIR='{tokens_dir}'",
+                f"TASK_FEATURE_LENGTHS={{'prefix_tokens': {prefix_len}, 'targets': {target_len}}}",
+                f"PREFIX_VOCAB_SIZE={prefix_vocab}", f"TARGET_VOCAB_SIZE={target_vocab}",
+                f"{stage}/register_stage_task.crop_seconds={CROP_SECONDS}",
+                "DecoderConfig.max_length=512", "BATCH_SIZE=4", "train.eval_period=3",
+                "eval/DatasetConfig.batch_size=2"]
+    bindings += [f"TokenLayout.{k}={v}" for k, v in fields.items()]
+    bindings.append(f"TokenLayout.coarse_levels={COARSE_LEVELS}")
+    runs[stage] = str(root / stage)
+    harness.run_train(runs[stage], 3, bindings=bindings, gin_files=(
+        "lm/tiny.gin", f"tasks/stage_{stage}.gin", "runs/pretrain.gin"))
+  return runs, layout
+
+
+@pytest.mark.parametrize("stage", stages.STAGES)
+def test_each_stage_trains_from_token_shards(stage, stage_runs):
+  runs, layout = stage_runs
+  records = metrics.read_metrics(runs[stage], "train")
   assert [r["step"] for r in records] == [1, 2, 3]
   losses = [r["loss"] for r in records]
   assert all(np.isfinite(losses))
-  # An untrained model is near-uniform over the padded target vocabulary.
-  assert losses[0] > 0.5 * np.log(target_vocab)
-  assert metrics.read_metrics(model_dir, "eval")[-1]["step"] == 3
+  # An untrained model is near-uniform over the target vocabulary.
+  assert losses[0] > 0.5 * np.log(layout.vocab_sizes(stage)[1])
+  assert metrics.read_metrics(runs[stage], "eval")[-1]["step"] == 3
+
+
+def test_export_from_training_runs_then_generate(stage_runs, tokens_dir, tmp_path):
+  """Tiny MuLan and w2v-BERT runs (one step on the rendered set), the tiny codec, the three
+  stage runs -> `musiclm-jax export` -> a bundle that `generate` uses."""
+  from musiclm_jax.generation import cli as generate_cli, export
+  from musiclm_jax.mulan import tokenizer as mulan_tokenizer
+  from musiclm_jax.w2v_bert import tokenizer as semantic_tokenizer
+  runs, _ = stage_runs
+  data_dir = os.path.join(os.path.dirname(tokens_dir), "tfds")
+  data = [f"AUDIO_DATA_DIR='{data_dir}'", "AUDIO_DATASET='music_captions/tiny_16khz:1.0.0'",
+          "BATCH_SIZE=4", "train.eval_period=0"]
+  mulan_run, w2v_run = str(tmp_path / "mulan"), str(tmp_path / "w2v")
+  harness.run_train(mulan_run, 1, bindings=data, gin_files=("mulan/tiny.gin", "runs/mulan.gin"))
+  harness.run_train(w2v_run, 1, bindings=data,
+                    gin_files=("w2v_bert/tiny.gin", "runs/w2v_bert.gin"))
+  parts = tokenize_fixtures.tiny_tokenizers()
+  rng = np.random.default_rng(0)
+  rvq, centroids, codec = (str(tmp_path / n) for n in ("rvq.npz", "centroids.npz", "codec"))
+  mulan_tokenizer.save_rvq(rvq, rng.normal(size=(4, 16, 16)).astype(np.float32))
+  w2v = semantic_tokenizer.load_w2v_bert(w2v_run)
+  semantic_tokenizer.SemanticTokenizer(
+      *w2v, 1, rng.normal(size=(16, 32)).astype(np.float32)).save_centroids(centroids)
+  parts.codec.save(codec)
+  args = ["--mulan_model_dir", mulan_run, "--mulan_rvq", rvq, "--semantic_model_dir", w2v_run,
+          "--centroids", centroids, "--codec", codec, "--semantic_stage_dir",
+          runs["semantic"], "--coarse_stage_dir", runs["coarse"], "--fine_stage_dir",
+          runs["fine"]]
+  bundle = str(tmp_path / "bundle")
+  export.main(args + ["--out", bundle, "--bfloat16"])
+  out = str(tmp_path / "out.wav")
+  generate_cli.main(["--bundle", bundle, "--prompt", "a calm chorale", "--seconds", "0.3",
+                     "--out", out])
+  from musiclm_jax.audio import io as audio_io
+  wave, rate = audio_io.read_audio(out)
+  assert rate == 16000 and wave.shape[0] == 4800
+  # Parts that disagree with the stages' layout: refused, naming the file.
+  wrong = str(tmp_path / "rvq_wrong.npz")
+  mulan_tokenizer.save_rvq(wrong, rng.normal(size=(3, 16, 16)).astype(np.float32))
+  with pytest.raises(ValueError, match="MuLan levels x codes.*rvq_wrong.npz"):
+    export.from_runs(mulan_run, wrong, w2v_run, centroids, codec, runs["semantic"],
+                     runs["coarse"], runs["fine"])

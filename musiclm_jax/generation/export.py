@@ -1,0 +1,112 @@
+"""`musiclm-jax export`: an inference bundle from the six training runs.
+
+  musiclm-jax export --out BUNDLE [--bfloat16] \
+      --mulan_model_dir MULAN_RUN --mulan_rvq RVQ.npz \
+      --semantic_model_dir W2V_RUN --centroids CENTROIDS.npz \
+      --codec CODEC_BUNDLE \
+      --semantic_stage_dir S1_RUN --coarse_stage_dir S2_RUN --fine_stage_dir S3_RUN
+
+Each stage run's config.gin gives its DecoderConfig, its TokenLayout and its crop (the
+generation window). The parts must agree: the stages' layouts with each other and with the
+tokenizers' vocabularies (MuLan RVQ levels x codes, k-means clusters, codec levels x
+codes); a mismatch is an error naming both sides. Parameters are the EMA ones where a run
+saved them (--no_ema: the raw ones).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Optional
+
+from musiclm_jax import cli_utils
+
+DEFAULT_CROPS = {"semantic": 30.0, "coarse": 10.0, "fine": 3.0}
+
+
+def _stage_run(stage: str, model_dir: str, step: Optional[int], use_ema: bool):
+  """(StageLM, TokenLayout, crop seconds) of one stage's training run."""
+  import gin  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  from musiclm_jax import gin_utils  # pylint: disable=g-import-not-at-top
+  from musiclm_jax.generation import pipeline  # pylint: disable=g-import-not-at-top
+  from musiclm_jax.lm import decoder_lm, models as lm_models  # pylint: disable=g-import-not-at-top
+  from musiclm_jax.tasks import stages  # pylint: disable=g-import-not-at-top
+
+  def make():
+    try:
+      crop = float(gin.query_parameter(f"{stage}/register_stage_task.crop_seconds"))
+    except ValueError:
+      crop = DEFAULT_CROPS[stage]
+    return decoder_lm.DecoderConfig(), stages.TokenLayout(), crop
+
+  gin.clear_config()  # one run's bindings must not leak into the next
+  run = gin_utils.load_run(model_dir, make, step, use_ema)
+  gin.clear_config()
+  config, layout, crop = run.config
+  model = lm_models.DecoderOnlyLMModel(decoder_lm.DecoderOnlyLM(config), optax.identity())
+  return pipeline.StageLM(model, run.params), layout, crop
+
+
+def _check(what: str, ours, theirs, source: str) -> None:
+  if ours != theirs:
+    raise ValueError(f"{what}: the stages were trained with {ours}, but {source} has "
+                     f"{theirs}")
+
+
+def from_runs(mulan_model_dir: str, mulan_rvq: str, semantic_model_dir: str, centroids: str,
+              codec_bundle: str, semantic_stage_dir: str, coarse_stage_dir: str,
+              fine_stage_dir: str, use_ema: bool = True):
+  """A `pipeline.MusicLM` assembled from training runs (checked for agreement)."""
+  import gin  # pylint: disable=g-import-not-at-top
+  from musiclm_jax.generation import pipeline  # pylint: disable=g-import-not-at-top
+  from musiclm_jax.mulan import tokenizer as mulan_tokenizer  # pylint: disable=g-import-not-at-top
+  from musiclm_jax.soundstream import codec as codec_lib  # pylint: disable=g-import-not-at-top
+  from musiclm_jax.w2v_bert import tokenizer as semantic_tokenizer  # pylint: disable=g-import-not-at-top
+  runs = {name: _stage_run(name, path, None, use_ema) for name, path in
+          (("semantic", semantic_stage_dir), ("coarse", coarse_stage_dir),
+           ("fine", fine_stage_dir))}
+  layout = runs["coarse"][1]
+  for name in ("semantic", "fine"):
+    _check("token layout", layout, runs[name][1], f"the {name} stage's run")
+  gin.clear_config()
+  mulan = mulan_tokenizer.MuLanTokenizer.load(mulan_model_dir, mulan_rvq, use_ema=use_ema)
+  gin.clear_config()
+  semantic_tok = semantic_tokenizer.SemanticTokenizer.load(semantic_model_dir, centroids,
+                                                           use_ema=use_ema)
+  gin.clear_config()
+  codec = codec_lib.Codec.load(codec_bundle)
+  _check("MuLan levels x codes", (layout.mulan_levels, layout.mulan_codes),
+         tuple(mulan.codebooks.shape[:2]), mulan_rvq)
+  _check("semantic codes", layout.semantic_codes, semantic_tok.num_clusters, centroids)
+  _check("acoustic levels x codes", (layout.acoustic_levels, layout.acoustic_codes),
+         (codec.config.num_quantizers, codec.config.codebook_size), codec_bundle)
+  windows = pipeline.Windows(*(runs[name][2] for name in ("semantic", "coarse", "fine")))
+  return pipeline.MusicLM(layout, mulan, runs["semantic"][0], runs["coarse"][0],
+                          runs["fine"][0], codec, windows, semantic_tokenizer=semantic_tok)
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(prog="musiclm-jax export",
+                                   description=__doc__.split("\n")[0])
+  parser.add_argument("--out", required=True, help="bundle folder to write")
+  parser.add_argument("--bfloat16", action="store_true", help="parameters in bfloat16")
+  parser.add_argument("--no_ema", action="store_true", help="raw params even if EMA saved")
+  for flag, what in (("mulan_model_dir", "MuLan training run"),
+                     ("mulan_rvq", "MuLan RVQ (.npz, mulan fit-rvq)"),
+                     ("semantic_model_dir", "w2v-BERT training run"),
+                     ("centroids", "k-means centroids (.npz)"),
+                     ("codec", "SoundStream codec bundle (codec export)"),
+                     ("semantic_stage_dir", "semantic stage run"),
+                     ("coarse_stage_dir", "coarse stage run"),
+                     ("fine_stage_dir", "fine stage run")):
+    parser.add_argument(f"--{flag}", required=True, help=what)
+
+  def go(args):
+    musiclm = from_runs(args.mulan_model_dir, args.mulan_rvq, args.semantic_model_dir,
+                        args.centroids, args.codec, args.semantic_stage_dir,
+                        args.coarse_stage_dir, args.fine_stage_dir, not args.no_ema)
+    musiclm.save(args.out, "bfloat16" if args.bfloat16 else "float32")
+    print(f"bundle -> {args.out} (windows {musiclm.windows}, layout {musiclm.layout})")
+
+  parser.set_defaults(run=go)
+  cli_utils.run(parser, argv)
