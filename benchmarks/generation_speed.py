@@ -28,29 +28,14 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
 
-def _gin_config(files, make, bindings=()):
-  import gin
-  from musiclm_jax import gin_utils
-  gin.clear_config()
-  gin_utils.import_configurables()
-  gin_utils.parse_gin_flags(files, ["TRAIN_STEPS = 1", *bindings], finalize=False)
-  try:
-    return make()
-  finally:
-    gin.clear_config()
-
-
 def build(size: str):
   import flax.linen as nn
   import jax
   import optax
+  import random_parts
   from musiclm_jax.generation import pipeline
   from musiclm_jax.lm import decoder_lm, models as lm_models
-  from musiclm_jax.mulan import model as mulan_model, tokenizer as mulan_tokenizer
-  from musiclm_jax.soundstream import codec as codec_lib, model as ss_model
   from musiclm_jax.tasks import stages
-  init = lambda module, *args: nn.meta.unbox(module.init(jax.random.key(0), *args))
-  rng = np.random.default_rng(0)
   if size == "tiny":
     layout = stages.TokenLayout(mulan_levels=4, mulan_codes=16, semantic_codes=16,
                                 acoustic_levels=4, acoustic_codes=32, acoustic_rate=400,
@@ -58,21 +43,12 @@ def build(size: str):
     windows = pipeline.Windows(semantic_seconds=10.0, coarse_seconds=2.0, fine_seconds=0.5)
   else:
     layout, windows = stages.TokenLayout(), pipeline.Windows()
-  ss_config = _gin_config([f"soundstream/{size}.gin"], ss_model.SoundStreamConfig)
-  codec = codec_lib.Codec(ss_config, init(ss_model.SoundStream(ss_config),
-                                          np.zeros((1, ss_config.hop_length * 8), np.float32)))
-  mulan_config = _gin_config([f"mulan/{size}.gin"], mulan_model.MuLanConfig,
-                             ["MuLanConfig.text_pretrained = False"])
-  mulan_params = init(mulan_model.MuLan(mulan_config),
-                      np.zeros((1, mulan_config.window_samples), np.float32),
-                      np.ones((1, mulan_config.text_max_length), np.int32))["params"]
-  mulan = mulan_tokenizer.MuLanTokenizer(
-      mulan_config, mulan_params, rng.normal(size=(layout.mulan_levels, layout.mulan_codes,
-                                                   mulan_config.embed_dim)).astype(np.float32))
+  codec = random_parts.codec(size)
+  mulan = random_parts.mulan(size, layout.mulan_levels, layout.mulan_codes)
   stage_lms = []
   for stage in stages.STAGES:
     prefix_vocab, target_vocab = layout.vocab_sizes(stage)
-    config = _gin_config([f"lm/{size}.gin"], decoder_lm.DecoderConfig, [
+    config = random_parts.gin_config([f"lm/{size}.gin"], decoder_lm.DecoderConfig, [
         f"TARGET_VOCAB_SIZE = {target_vocab}", f"PREFIX_VOCAB_SIZE = {prefix_vocab}",
         "DecoderConfig.dtype = 'float32'", "DecoderConfig.max_length = 8192"])
     model = lm_models.DecoderOnlyLMModel(decoder_lm.DecoderOnlyLM(config), optax.identity())

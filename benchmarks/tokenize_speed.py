@@ -27,44 +27,20 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
 
-def _config(gin_file: str, make):
-  import gin
-  from musiclm_jax import gin_utils
-  gin.clear_config()
-  gin_utils.import_configurables()
-  gin_utils.parse_gin_flags([gin_file], ["TRAIN_STEPS = 1"], finalize=False)
-  try:
-    return make()
-  finally:
-    gin.clear_config()
-
-
 def tiny_tokenizers():
-  import flax.linen as nn
-  import jax
-  from musiclm_jax.mulan import model as mulan_model, tokenizer as mulan_tokenizer
-  from musiclm_jax.soundstream import codec as codec_lib, model as ss_model
+  import random_parts
   from musiclm_jax.tasks import tokenize_job
   from musiclm_jax.w2v_bert import model as w2v_model, tokenizer as semantic_tokenizer
-  rng = np.random.default_rng(0)
-  init = lambda module, *args: nn.meta.unbox(module.init(jax.random.key(0), *args))
-  ss_config = _config("soundstream/tiny.gin", ss_model.SoundStreamConfig)
-  codec = codec_lib.Codec(ss_config, init(ss_model.SoundStream(ss_config),
-                                          np.zeros((1, ss_config.hop_length * 8), np.float32)))
-  w2v_config = _config("w2v_bert/tiny.gin", w2v_model.W2vBertConfig)
+  w2v_config = random_parts.gin_config(["w2v_bert/tiny.gin"], w2v_model.W2vBertConfig)
   samples = w2v_config.hop_length * 8
-  w2v_params = init(w2v_model.W2vBert(w2v_config), np.zeros((1, samples), np.float32),
-                    np.zeros((1, w2v_config.num_frames(samples)), bool))["params"]
-  semantic = semantic_tokenizer.SemanticTokenizer(
-      w2v_config, w2v_params, 1, rng.normal(size=(16, w2v_config.emb_dim)).astype(np.float32))
-  mulan_config = _config("mulan/tiny.gin", mulan_model.MuLanConfig)
-  mulan_params = init(mulan_model.MuLan(mulan_config),
-                      np.zeros((1, mulan_config.window_samples), np.float32),
-                      np.zeros((1, mulan_config.text_max_length), np.int32))["params"]
-  mulan = mulan_tokenizer.MuLanTokenizer(
-      mulan_config, mulan_params,
-      rng.normal(size=(4, 16, mulan_config.embed_dim)).astype(np.float32))
-  return tokenize_job.Tokenizers(codec, semantic, mulan)
+  w2v_params = random_parts.init(
+      w2v_model.W2vBert(w2v_config), np.zeros((1, samples), np.float32),
+      np.zeros((1, w2v_config.num_frames(samples)), bool))["params"]
+  centroids = np.random.default_rng(0).normal(size=(16, w2v_config.emb_dim))
+  semantic = semantic_tokenizer.SemanticTokenizer(w2v_config, w2v_params, 1,
+                                                  centroids.astype(np.float32))
+  return tokenize_job.Tokenizers(random_parts.codec("tiny"), semantic,
+                                 random_parts.mulan("tiny", 4, 16))
 
 
 def main():

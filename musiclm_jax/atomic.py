@@ -18,8 +18,14 @@ def atomic_directory(path: str, prefix: str = ".tmp-"):
   try:
     yield tmp
     if os.path.exists(path):
-      shutil.rmtree(path)
-    os.replace(tmp, path)
+      # Move the old folder aside first: a crash between the renames leaves it there
+      # (`<path>.old-<pid>`), never neither folder.
+      old = f"{path}.old-{os.getpid()}"
+      os.replace(path, old)
+      os.replace(tmp, path)
+      shutil.rmtree(old)
+    else:
+      os.replace(tmp, path)
   finally:
     if os.path.exists(tmp):
       shutil.rmtree(tmp)
