@@ -87,6 +87,29 @@ def test_story_mode_switches_the_conditioning_at_window_starts(musiclm):
   assert ["calm piano"] in seen and ["fast drums"] in seen
 
 
+def test_continues_an_audio_prompt_from_its_own_tokens(musiclm):
+  from tests import soundstream_fixtures
+  clips = soundstream_fixtures.real_clips()[:2]          # 0.2 s each: 5 semantic frames
+  given = musiclm.tokenize_prompt(clips, soundstream_fixtures.SAMPLE_RATE)
+  assert given.semantic.shape == (2, 5) and given.acoustic.shape == (2, 80, 4)
+  assert given.mulan.shape == (2, 4)
+  np.testing.assert_array_equal(given.acoustic, musiclm.codec.encode(clips))
+  # Text for one, the recording's own MuLan tokens for the other.
+  tokens = musiclm.generate_tokens(["calm piano", None], 0.5, seed=0, audio_prompt=given)
+  assert tokens.shape == (2, 13 * 16, 4)
+  np.testing.assert_array_equal(tokens[:, :80], given.acoustic)   # the prompt, kept
+  other = musiclm.generate_tokens(["calm piano", None], 0.5, seed=1, audio_prompt=given)
+  np.testing.assert_array_equal(other[:, :80], given.acoustic)
+  assert not np.array_equal(other[:, 80:], tokens[:, 80:])      # and continued
+  wave = musiclm.generate([None], 0.5, audio_prompt=clips[0],
+                          audio_prompt_rate=soundstream_fixtures.SAMPLE_RATE)
+  assert wave.shape == (1, 8000) and np.all(np.isfinite(wave))
+  with pytest.raises(ValueError, match="ask for more seconds"):
+    musiclm.generate(["calm piano"], 0.2, audio_prompt=clips[0])
+  with pytest.raises(ValueError, match="needs an audio prompt"):
+    musiclm.generate_tokens([None], 0.2)
+
+
 def test_bundle_round_trip_gives_the_same_audio_and_refuses_damage(musiclm, tmp_path):
   from musiclm_jax.generation import bundle
   path = str(tmp_path / "bundle")
@@ -156,6 +179,17 @@ def test_generate_cli_writes_wavs_for_prompts_stories_and_batches(musiclm, tmp_p
   scores = [float(v) for v in capsys.readouterr().out.split("best first: ")[1].split("\n")[0]
             .split(", ")]
   assert scores == sorted(scores, reverse=True) and all(-1 <= v <= 1 for v in scores)
+  from tests import soundstream_fixtures
+  intro = str(tmp_path / "intro.wav")   # stereo at 22.05 kHz: down-mixed and resampled
+  clip = soundstream_fixtures.real_clips()[0]
+  audio_io.save_audio(intro, np.stack([clip, clip], axis=1), 16000)
+  stereo = audio_io.load_audio(intro, 22050, mono=False)
+  audio_io.save_audio(intro, stereo, 22050)
+  continued = str(tmp_path / "continued.wav")
+  cli.main(["--bundle", path, "--audio_prompt", intro, "--seconds", "0.4", "--out",
+            continued])
+  wave, rate = audio_io.read_audio(continued)
+  assert rate == 16000 and wave.shape[0] == 6400
   with pytest.raises(SystemExit) as e:
     cli.main(["--bundle", str(tmp_path / "nope"), "--prompt", "x", "--out", out])
   assert e.value.code == 2 and "manifest.json" in capsys.readouterr().err

@@ -36,19 +36,16 @@ def stage_runs(tokens_dir, tmp_path_factory):
   layout = stages.TokenLayout(**fields, coarse_levels=COARSE_LEVELS)
   runs = {}
   for stage in stages.STAGES:
+    # gin/stages/tiny/<stage>.gin (its layout is the tiny tokenizers'), crops shortened to
+    # the tiny set's clips.
     prefix_len, target_len = layout.lengths(stage, CROP_SECONDS)
-    prefix_vocab, target_vocab = layout.vocab_sizes(stage)
     bindings = [f"TOKENS_DIR='{tokens_dir}'",
                 f"TASK_FEATURE_LENGTHS={{'prefix_tokens': {prefix_len}, 'targets': {target_len}}}",
-                f"PREFIX_VOCAB_SIZE={prefix_vocab}", f"TARGET_VOCAB_SIZE={target_vocab}",
                 f"{stage}/register_stage_task.crop_seconds={CROP_SECONDS}",
-                "DecoderConfig.max_length=512", "BATCH_SIZE=4", "train.eval_period=3",
-                "eval/DatasetConfig.batch_size=2"]
-    bindings += [f"TokenLayout.{k}={v}" for k, v in fields.items()]
-    bindings.append(f"TokenLayout.coarse_levels={COARSE_LEVELS}")
+                "BATCH_SIZE=4", "train.eval_period=3", "eval/DatasetConfig.batch_size=2"]
     runs[stage] = str(root / stage)
     harness.run_train(runs[stage], 3, bindings=bindings, gin_files=(
-        "lm/tiny.gin", f"tasks/stage_{stage}.gin", "runs/pretrain.gin"))
+        f"stages/tiny/{stage}.gin", "runs/pretrain.gin"))
   return runs, layout
 
 

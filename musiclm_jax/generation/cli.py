@@ -4,12 +4,18 @@
   musiclm-jax generate --bundle BUNDLE --prompts prompts.txt --num_samples 2 --out outdir/
   musiclm-jax generate --bundle BUNDLE --prompt "calm piano@0-15" --prompt "fast drums@15-30" \
       --seconds 30 --out story.wav                                     # story mode
+  musiclm-jax generate --bundle BUNDLE --audio_prompt intro.wav [--prompt "..."] \
+      --seconds 30 --out continued.wav                                 # continuation
 
 Several plain --prompt flags (or a --prompts file, one per line) make a batch; prompts with
 '@START-END' (seconds) make one story whose conditioning changes at those times. With one
 clip --out is the WAV; with several it is a folder of NNN_sampleK.wav. Sampling:
---temperature / --top_k for every stage, or per stage (--semantic_temperature, ...);
+--temperature / --top_k for every stage (default temperatures: the paper's 1.0, 0.95, 0.4),
+or per stage (--semantic_temperature, ...);
 --guidance_scale applies classifier-free guidance to the text-conditioned stages.
+--audio_prompt continues a recording (any format, rate and channels): the output starts
+with it and lasts --seconds in all; without --prompt the music is conditioned on the
+recording's own MuLan tokens.
 """
 
 from __future__ import annotations
@@ -47,8 +53,10 @@ def _sampling(args):
   for stage in ("semantic", "coarse", "fine"):
     temperature = getattr(args, f"{stage}_temperature")
     top_k = getattr(args, f"{stage}_top_k")
+    default = pipeline.DEFAULT_SAMPLING[stage].temperature
+    temperature = args.temperature if temperature is None else temperature
     out[stage] = pipeline.Sampling(
-        temperature=args.temperature if temperature is None else temperature,
+        temperature=default if temperature is None else temperature,
         top_k=args.top_k if top_k is None else top_k,
         guidance_scale=args.guidance_scale if stage != "fine" else None)
   return out
@@ -61,16 +69,21 @@ def _generate(args) -> None:
   if args.prompts:
     with open(args.prompts, encoding="utf-8") as f:
       texts += [line.strip() for line in f if line.strip()]
-  if not texts:
-    raise ValueError("give --prompt (one or more) or --prompts FILE")
+  if not texts and not args.audio_prompt:
+    raise ValueError("give --prompt (one or more), --prompts FILE or --audio_prompt FILE")
   if args.seconds <= 0:
     raise ValueError(f"--seconds must be > 0, got {args.seconds}")
-  prompts = parse_prompts(texts)
+  prompts = parse_prompts(texts) if texts else [None]
   musiclm = pipeline.MusicLM.from_bundle(args.bundle)
+  continuation = {}
+  if args.audio_prompt:
+    continuation = {"audio_prompt": audio_io.load_audio(args.audio_prompt, musiclm.sample_rate),
+                    "audio_prompt_rate": musiclm.sample_rate}
   n = args.num_samples
   if args.rerank:
     ranked, scores = musiclm.generate_ranked(prompts, args.seconds, n, seed=args.seed,
-                                             sampling=_sampling(args), show_progress=True)
+                                             sampling=_sampling(args), show_progress=True,
+                                             **continuation)
     waves = ranked.reshape(len(prompts) * n, -1)
     names = [f"{i:03d}_rank{k}.wav" for i in range(len(prompts)) for k in range(n)]
     for i, row in enumerate(scores):
@@ -78,7 +91,7 @@ def _generate(args) -> None:
   else:
     batch = [p for p in prompts for _ in range(n)]
     waves = musiclm.generate(batch, args.seconds, seed=args.seed, sampling=_sampling(args),
-                             show_progress=True)
+                             show_progress=True, **continuation)
     names = [f"{i // n:03d}_sample{i % n}.wav" for i in range(len(batch))]
   if len(names) == 1:
     paths = [args.out]
@@ -96,13 +109,16 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--bundle", required=True, help="exported MusicLM bundle")
   p.add_argument("--prompt", action="append", default=[])
   p.add_argument("--prompts", default=None, help="a text file, one prompt per line")
-  p.add_argument("--seconds", type=float, default=10.0)
+  p.add_argument("--audio_prompt", default=None,
+                 help="a recording to continue (the output starts with it)")
+  p.add_argument("--seconds", type=float, default=10.0, help="output length, in all")
   p.add_argument("--out", required=True, help="WAV file (one clip) or folder")
   p.add_argument("--num_samples", type=int, default=1)
   p.add_argument("--rerank", action="store_true",
                  help="rank each prompt's samples by MuLan text-audio similarity")
   p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--temperature", type=float, default=1.0)
+  p.add_argument("--temperature", type=float, default=None,
+                 help="every stage's (default: the paper's 1.0 / 0.95 / 0.4)")
   p.add_argument("--top_k", type=int, default=0)
   p.add_argument("--guidance_scale", type=float, default=None)
   for stage in ("semantic", "coarse", "fine"):

@@ -7,6 +7,12 @@ Longer audio is made window by window: each window's first `overlap` of frames i
 previous window's tail, given as the prompt, and the model continues it; the prefix (MuLan
 tokens, and for the acoustic stages the semantic / coarse tokens of the window's span) is
 that window's. Story mode changes the MuLan tokens at window starts (`TimedPrompt`).
+
+Continuation (`audio_prompt=`): the prompt audio is tokenized by the same frozen tokenizers
+the stages were trained on, its semantic and acoustic tokens become the first windows'
+prompts, and every stage continues from there (AudioLM's acoustic continuation, with the
+text conditioning of MusicLM; without text, the prompt's own MuLan audio tokens condition,
+as in training).
 """
 
 from __future__ import annotations
@@ -28,6 +34,12 @@ class Sampling:
   top_k: int = 0
   top_p: float = 1.0
   guidance_scale: Optional[float] = None   # classifier-free guidance (prefix stages)
+
+
+# The paper's sampling temperatures (MusicLM section 3.3, after AudioLM): the fine stage's
+# low temperature keeps the detail levels close to their most likely codes.
+DEFAULT_SAMPLING = {"semantic": Sampling(temperature=1.0), "coarse": Sampling(temperature=0.95),
+                    "fine": Sampling(temperature=0.4)}
 
 
 @dataclasses.dataclass
@@ -73,16 +85,23 @@ def window_starts(total: int, window: int, overlap: int) -> List[int]:
 
 def generate_by_windows(total: int, window: int, overlap: int, tokens_per_frame: int,
                         sample: Callable[[int, int, np.ndarray, int], np.ndarray],
-                        batch: int, progress=None) -> np.ndarray:
+                        batch: int, progress=None, initial: Optional[np.ndarray] = None
+                        ) -> np.ndarray:
   """Builds [batch, total * tokens_per_frame] tokens window by window.
 
   sample(start, frames, prompt [B, p * tokens_per_frame], new_frames) returns the window's
-  tokens [B, frames * tokens_per_frame], the prompt first.
+  tokens [B, frames * tokens_per_frame], the prompt first. `initial` [B, n *
+  tokens_per_frame] (n < total) are given first frames (an audio prompt): windows they
+  cover are skipped, and the first window that reaches past them continues them.
   """
   window = min(window, total)
-  out = np.zeros((batch, 0), np.int32)
+  out = np.zeros((batch, 0), np.int32) if initial is None else np.asarray(initial, np.int32)
+  if progress is not None:
+    progress.update(out.shape[1] // tokens_per_frame)
   for start in window_starts(total, window, overlap):
     done = out.shape[1] // tokens_per_frame
+    if start + window <= done:
+      continue
     prompt = out[:, start * tokens_per_frame:]
     new_frames = start + window - done
     tokens = sample(start, window, prompt, new_frames)
@@ -98,6 +117,18 @@ class TimedPrompt:
   text: str
   start_s: float = 0.0
   end_s: float = float("inf")
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptTokens:
+  """An audio prompt's tokens, aligned (the acoustic frames span the semantic ones).
+
+  mulan int32 [B, mulan_levels]; semantic int32 [B, S]; acoustic int32 [B, S * ratio,
+  acoustic_levels] (level ids, no offsets).
+  """
+  mulan: np.ndarray
+  semantic: np.ndarray
+  acoustic: np.ndarray
 
 
 class MusicLM:
@@ -140,36 +171,72 @@ class MusicLM:
   def sample_rate(self) -> int:
     return self.codec.config.sample_rate
 
-  def _mulan_prefix(self, prompts: Sequence[Sequence[TimedPrompt]], at_seconds: float
-                    ) -> np.ndarray:
-    """[B, mulan_levels] offset MuLan text tokens of the prompt active at `at_seconds`."""
+  def tokenize_prompt(self, audio: np.ndarray, sample_rate: int) -> PromptTokens:
+    """Audio prompt(s) float [B, samples] (or [samples]) at `sample_rate` -> their tokens,
+    cut to whole semantic frames (the codec re-synthesises that span)."""
+    from musiclm_jax.tasks import tokenize_job  # pylint: disable=g-import-not-at-top
+    if self.semantic_tokenizer is None:
+      raise ValueError("continuing an audio prompt needs the semantic tokenizer (a bundle "
+                       "has it; give semantic_tokenizer= to MusicLM)")
+    audio = np.asarray(audio, np.float32)
+    audio = audio[None] if audio.ndim == 1 else audio
+    if audio.ndim != 2:
+      raise ValueError(f"audio prompt must be [samples] or [batch, samples], got shape "
+                       f"{audio.shape}")
+    tokenizers = tokenize_job.Tokenizers(self.codec, self.semantic_tokenizer, self.mulan)
+    mulan, semantic, acoustic = zip(*(tokenizers.tokenize(wave, sample_rate)
+                                      for wave in audio))
+    return PromptTokens(np.stack(mulan).astype(np.int32), np.stack(semantic).astype(np.int32),
+                        np.stack(acoustic).astype(np.int32))
+
+  def _mulan_prefix(self, prompts: Sequence[Sequence[TimedPrompt]], at_seconds: float,
+                    audio_prompt: Optional[PromptTokens] = None) -> np.ndarray:
+    """[B, mulan_levels] offset MuLan tokens of the prompt active at `at_seconds`: its text
+    tokens, or (text None) the audio prompt's MuLan audio tokens."""
     texts = []
     for timeline in prompts:
       active = [p for p in timeline if p.start_s <= at_seconds < p.end_s] or [timeline[-1]]
       texts.append(active[0].text)
-    tokens = self.mulan.text_tokens(texts)
+    tokens = np.zeros((len(texts), self.layout.mulan_levels), np.int32)
+    with_text = [i for i, text in enumerate(texts) if text is not None]
+    if with_text:
+      tokens[with_text] = self.mulan.text_tokens([texts[i] for i in with_text])
+    if len(with_text) < len(texts):
+      if audio_prompt is None:
+        raise ValueError("a prompt without text needs an audio prompt to condition on")
+      without = [i for i, text in enumerate(texts) if text is None]
+      tokens[without] = audio_prompt.mulan[without]
     return tokens + np.arange(self.layout.mulan_levels)[None] * self.layout.mulan_codes
 
-  def generate_tokens(self, prompts: Sequence[str | Sequence[TimedPrompt]], seconds: float,
-                      seed: int = 0, sampling: Optional[dict] = None,
-                      show_progress: bool = False) -> np.ndarray:
-    """Acoustic tokens [B, frames, levels] (level ids, no offsets) for the prompts."""
+  def generate_tokens(self, prompts: Sequence[str | None | Sequence[TimedPrompt]],
+                      seconds: float, seed: int = 0, sampling: Optional[dict] = None,
+                      show_progress: bool = False,
+                      audio_prompt: Optional[PromptTokens] = None) -> np.ndarray:
+    """Acoustic tokens [B, frames, levels] (level ids, no offsets) for the prompts.
+
+    With `audio_prompt` (B rows, from `tokenize_prompt`) the tokens start with the prompt's
+    and continue it; a prompt None is conditioned on the audio prompt's MuLan tokens.
+    """
     from tqdm import tqdm  # pylint: disable=g-import-not-at-top
     lay, win = self.layout, self.windows
-    sampling = {name: Sampling() for name in stages.STAGES} | dict(sampling or {})
-    timelines = [[TimedPrompt(p)] if isinstance(p, str) else list(p) for p in prompts]
+    sampling = DEFAULT_SAMPLING | dict(sampling or {})
+    timelines = [list(p) if isinstance(p, (list, tuple)) else [TimedPrompt(p)]
+                 for p in prompts]
     batch = len(timelines)
     ratio = lay.acoustic_rate // lay.semantic_rate
     qc, qf = lay.coarse_levels, lay.acoustic_levels - lay.coarse_levels
     # Whole semantic frames covering `seconds` (generate() trims the audio to it).
     semantic_total = max(1, math.ceil(seconds * lay.semantic_rate - 1e-9))
     acoustic_total = semantic_total * ratio
+    initial = {name: None for name in stages.STAGES}
+    if audio_prompt is not None:
+      initial = self._initial_tokens(audio_prompt, batch, semantic_total)
     rngs = iter(jax.random.split(jax.random.key(seed), 10_000))
     bar = lambda name, total: tqdm(total=total, desc=name, unit="frame",
                                    disable=not show_progress)
 
     def semantic_window(start, frames, prompt, new):
-      prefix = self._mulan_prefix(timelines, start / lay.semantic_rate)
+      prefix = self._mulan_prefix(timelines, start / lay.semantic_rate, audio_prompt)
       return self.semantic.continue_tokens(prefix, prompt, new, next(rngs),
                                            sampling["semantic"])
 
@@ -177,10 +244,11 @@ class MusicLM:
     with bar("semantic", semantic_total) as progress:
       semantic = generate_by_windows(
           semantic_total, frames(win.semantic_seconds),
-          int(frames(win.semantic_seconds) * win.overlap), 1, semantic_window, batch, progress)
+          int(frames(win.semantic_seconds) * win.overlap), 1, semantic_window, batch, progress,
+          initial["semantic"])
 
     def coarse_window(start, length, prompt, new):
-      mulan = self._mulan_prefix(timelines, start / lay.semantic_rate)
+      mulan = self._mulan_prefix(timelines, start / lay.semantic_rate, audio_prompt)
       span = semantic[:, start:start + length] + lay.mulan_levels * lay.mulan_codes
       tokens = self.coarse.continue_tokens(np.concatenate([mulan, span], axis=1), prompt,
                                            new * ratio * qc, next(rngs), sampling["coarse"])
@@ -190,7 +258,7 @@ class MusicLM:
     with bar("coarse", semantic_total) as progress:
       coarse = generate_by_windows(
           semantic_total, coarse_window_frames, int(coarse_window_frames * win.overlap),
-          ratio * qc, coarse_window, batch, progress)
+          ratio * qc, coarse_window, batch, progress, initial["coarse"])
 
     def fine_window(start, length, prompt, new):
       prefix = coarse[:, start * qc:(start + length) * qc]
@@ -200,33 +268,73 @@ class MusicLM:
     with bar("fine", acoustic_total) as progress:
       fine = generate_by_windows(acoustic_total, fine_window_frames,
                                  int(fine_window_frames * win.overlap), qf, fine_window, batch,
-                                 progress)
+                                 progress, initial["fine"])
     coarse = coarse.reshape(batch, acoustic_total, qc) - np.arange(qc) * lay.acoustic_codes
     fine = fine.reshape(batch, acoustic_total, qf) - np.arange(qf) * lay.acoustic_codes
     return np.concatenate([coarse, fine], axis=-1)
 
-  def generate(self, prompts: Sequence[str | Sequence[TimedPrompt]], seconds: float,
-               seed: int = 0, sampling: Optional[dict] = None, show_progress: bool = False
-               ) -> np.ndarray:
-    """Audio [B, round(seconds x rate)] at `sample_rate` for each prompt (or timeline)."""
-    tokens = self.generate_tokens(prompts, seconds, seed, sampling, show_progress)
+  def _initial_tokens(self, audio_prompt: PromptTokens, batch: int, semantic_total: int
+                      ) -> dict:
+    """Each stage's given first frames, [B, n * tokens_per_frame] with its offsets."""
+    lay = self.layout
+    qc = lay.coarse_levels
+    if audio_prompt.semantic.shape[0] != batch:
+      raise ValueError(f"{audio_prompt.semantic.shape[0]} audio prompts for {batch} text "
+                       "prompts: give one audio prompt per text prompt")
+    frames = audio_prompt.semantic.shape[1]
+    if not 0 < frames < semantic_total:
+      raise ValueError(
+          f"the audio prompt is {frames / lay.semantic_rate:g} s of whole semantic frames: "
+          f"ask for more seconds than that (the output starts with the prompt) and give at "
+          f"least one frame ({1 / lay.semantic_rate:g} s)")
+    # Each stage numbers its own levels from 0 (the fine stage's first is level qc).
+    offsets = lambda levels: np.arange(levels) * lay.acoustic_codes
+    coarse, fine = audio_prompt.acoustic[..., :qc], audio_prompt.acoustic[..., qc:]
+    return {"semantic": audio_prompt.semantic,
+            "coarse": (coarse + offsets(qc)).reshape(batch, -1),
+            "fine": (fine + offsets(fine.shape[-1])).reshape(batch, -1)}
+
+  def generate(self, prompts: Sequence[str | None | Sequence[TimedPrompt]], seconds: float,
+               seed: int = 0, sampling: Optional[dict] = None, show_progress: bool = False,
+               audio_prompt: Optional[np.ndarray] = None,
+               audio_prompt_rate: Optional[int] = None) -> np.ndarray:
+    """Audio [B, round(seconds x rate)] at `sample_rate` for each prompt (or timeline).
+
+    audio_prompt: float [samples] (shared by every prompt) or [B, samples] at
+      `audio_prompt_rate` (default: the codec's): the output starts with it (re-synthesised
+      by the codec) and continues it up to `seconds` in all; a prompt None is conditioned
+      on the audio's MuLan tokens.
+    """
+    tokens = None
+    if audio_prompt is not None:
+      audio_prompt = np.asarray(audio_prompt, np.float32)
+      if audio_prompt.ndim == 1:
+        audio_prompt = np.repeat(audio_prompt[None], len(prompts), axis=0)
+      tokens = self.tokenize_prompt(audio_prompt, audio_prompt_rate or self.sample_rate)
+    tokens = self.generate_tokens(prompts, seconds, seed, sampling, show_progress, tokens)
     wave = self.codec.decode(tokens.astype(np.int32))
     return wave[:, :int(round(seconds * self.sample_rate))]
 
   def generate_ranked(self, prompts: Sequence[str | Sequence[TimedPrompt]], seconds: float,
                       num_samples: int, seed: int = 0, sampling: Optional[dict] = None,
-                      show_progress: bool = False):
+                      show_progress: bool = False, audio_prompt: Optional[np.ndarray] = None,
+                      audio_prompt_rate: Optional[int] = None):
     """`num_samples` candidates per prompt in one batch, best first by MuLan text-audio
     cosine: (audio [P, N, samples], scores [P, N]). A story is scored against its first
-    prompt."""
+    prompt. audio_prompt: [samples] or [P, samples], as in `generate`."""
     from musiclm_jax.audio import io as audio_io  # pylint: disable=g-import-not-at-top
     if num_samples < 1:
       raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     batch = [p for p in prompts for _ in range(num_samples)]
-    waves = self.generate(batch, seconds, seed, sampling, show_progress)
+    texts = [p if p is None or isinstance(p, str) else p[0].text for p in batch]
+    if None in texts:
+      raise ValueError("ranking scores each clip against its text: give every prompt text")
+    if audio_prompt is not None and np.ndim(audio_prompt) == 2:
+      audio_prompt = np.repeat(audio_prompt, num_samples, axis=0)
+    waves = self.generate(batch, seconds, seed, sampling, show_progress, audio_prompt,
+                          audio_prompt_rate)
     rate = self.mulan.config.sample_rate
     audio = np.stack([audio_io.resample(w, self.sample_rate, rate) for w in waves])
-    texts = [p if isinstance(p, str) else p[0].text for p in batch]
     scores = np.sum(self.mulan.embed_text(texts) * self.mulan.embed_audio(audio), axis=-1)
     waves = waves.reshape(len(prompts), num_samples, -1)
     scores = scores.reshape(len(prompts), num_samples)
