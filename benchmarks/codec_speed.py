@@ -13,7 +13,6 @@ Writes benchmarks/results/codec_speed_<backend>.json with the machine descriptio
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -107,11 +106,7 @@ def main():
                 "encode_decode_x_realtime": 20.0},
             "meets_target": results["encode_decode_x_realtime"] >= 20.0,
             "date": time.strftime("%Y-%m-%d %H:%M:%S")}
-  out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                 f"codec_speed_{jax.default_backend()}.json")
-  os.makedirs(os.path.dirname(out), exist_ok=True)
-  with open(out, "w", encoding="utf-8") as f:
-    json.dump(report, f, indent=2)
+  out = machine.save_result(report, "codec_speed", args.out)
   for name, value in results.items():
     print(f"{name:42s} {value:8.1f}x")
   print(f"-> {out}")

@@ -100,10 +100,7 @@ def main():
   report = {"benchmark": "generation_speed", "machine": machine.describe_jax(),
             "size": args.size, "seconds": args.seconds, "batch": args.batch,
             "audio_shape": list(wave.shape), "stages": result}
-  out = args.out or os.path.join(REPO, "benchmarks", "results",
-                                 f"generation_speed_{args.size}_{jax.default_backend()}.json")
-  with open(out, "w", encoding="utf-8") as f:
-    json.dump(report, f, indent=1)
+  machine.save_result(report, f"generation_speed_{args.size}", args.out)
   for name, r in result.items():
     print(f"{name:12s} {r['seconds']:7.2f} s   {r['real_time_factor']:7.2f} x real time")
   print(f"-> {out}")

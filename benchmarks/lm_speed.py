@@ -143,11 +143,9 @@ def main():
                                           for k, v in results.items()},
             "meets_target": {k: ratios[k] >= TARGET_RATIO[k] for k in ratios},
             "date": time.strftime("%Y-%m-%d %H:%M:%S")}
-  out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                 f"lm_speed_{jax.default_backend()}_{args.dtype}.json")
-  os.makedirs(os.path.dirname(out), exist_ok=True)
-  with open(out, "w", encoding="utf-8") as f:
-    json.dump(report, f, indent=2)
+  out = machine.save_result(report, "lm_speed", args.out or os.path.join(
+      os.path.dirname(os.path.abspath(__file__)), "results",
+      f"lm_speed_{jax.default_backend()}_{args.dtype}.json"))
   for name, value in results.items():
     print(f"{name:30s} {value:10.1f}  ({ratios[name]:.2f}x reference, "
           f"target {TARGET_RATIO[name]:.0f}x)")

@@ -26,3 +26,17 @@ def describe_jax(**extra) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   return describe(jax=jax.__version__, backend=jax.default_backend(),
                   devices=[str(d) for d in jax.devices()], **extra)
+
+
+def save_result(report: dict, name: str, out: str | None = None) -> str:
+  """Writes `report` as JSON to `out`, default benchmarks/results/<name>_<backend>.json
+  (backend from JAX), and returns the path."""
+  import json  # pylint: disable=g-import-not-at-top
+  if out is None:
+    import jax  # pylint: disable=g-import-not-at-top
+    out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                       f"{name}_{jax.default_backend()}.json")
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  with open(out, "w", encoding="utf-8") as f:
+    json.dump(report, f, indent=1, default=float)
+  return out

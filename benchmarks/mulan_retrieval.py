@@ -25,7 +25,6 @@ record (steps, final train/eval losses, wall time).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -125,14 +124,10 @@ def main():
   build_seconds = time.time() - start
   training = _train(args, args.data_dir)
   results = _evaluate(args, args.data_dir)
-  import jax
   report = {"benchmark": "mulan_retrieval", "machine": machine.describe_jax(),
             "size": args.size, "dataset": f"music_captions/{args.dataset}",
             "build_or_reuse_seconds": build_seconds, "training": training, **results}
-  out = args.out or os.path.join(REPO, "benchmarks", "results",
-                                 f"mulan_retrieval_{jax.default_backend()}.json")
-  with open(out, "w", encoding="utf-8") as f:
-    json.dump(report, f, indent=1, default=float)
+  out = machine.save_result(report, "mulan_retrieval", args.out)
   m, s = results["model"], results["shuffled_captions"]
   print(f"{results['test_pairs']} held-out pairs; chance recall@1 {results['chance_recall@1']:.3f}")
   for key in m:

@@ -14,7 +14,6 @@ Writes benchmarks/results/tokenize_speed_<backend>.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -49,7 +48,6 @@ def main():
   parser.add_argument("--data_dir", default=os.path.expanduser("~/tensorflow_datasets"))
   parser.add_argument("--out", default=None)
   args = parser.parse_args()
-  import jax
   import machine
   import tensorflow_datasets as tfds
   from musiclm_jax.tasks import builders, tokenize_job
@@ -73,11 +71,7 @@ def main():
   report = {"benchmark": "tokenize_speed", "machine": machine.describe_jax(),
             "dataset": dataset, "split": "train", "clips": clips, "audio_seconds": seconds,
             "tokenizers": "tiny gin sizes, random init", "passes": passes}
-  out = args.out or os.path.join(REPO, "benchmarks", "results",
-                                 f"tokenize_speed_{jax.default_backend()}.json")
-  with open(out, "w", encoding="utf-8") as f:
-    json.dump(report, f, indent=1)
-  print(f"-> {out}")
+  print(f"-> {machine.save_result(report, 'tokenize_speed', args.out)}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Writing folders atomically: readers see the old folder or the complete new one."""
+"""Writing folders and files atomically: readers see the old version or the complete new one."""
 
 from __future__ import annotations
 
@@ -29,3 +29,18 @@ def atomic_directory(path: str, prefix: str = ".tmp-"):
   finally:
     if os.path.exists(tmp):
       shutil.rmtree(tmp)
+
+
+def atomic_write_text(path: str, text: str) -> None:
+  """Writes a text file via a temporary file and a rename: readers never see half of it,
+  and a crash leaves the previous version."""
+  parent = os.path.dirname(os.path.abspath(path))
+  os.makedirs(parent, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.path.basename(path)}-", dir=parent)
+  try:
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+      f.write(text)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)

@@ -31,6 +31,7 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
+from musiclm_jax import atomic
 from musiclm_jax.audio import io as audio_io
 from musiclm_jax.tasks import stages
 
@@ -81,10 +82,7 @@ def shard_path(out_dir: str, split: str, index: int, count: int) -> str:
 
 
 def _write_json(path: str, value) -> None:
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(value, f, indent=1, sort_keys=True)
-  os.replace(tmp, path)
+  atomic.atomic_write_text(path, json.dumps(value, indent=1, sort_keys=True))
 
 
 def _check_layout(out_dir: str, layout: Dict[str, int]) -> None:

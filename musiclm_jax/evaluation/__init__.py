@@ -1,0 +1,1 @@
+"""Evaluation: embedders (musicnn, MuLan), FAD, KLD, MCC, and the listening test."""

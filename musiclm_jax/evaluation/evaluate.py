@@ -1,0 +1,209 @@
+"""`musiclm-jax evaluate`: FAD, KLD and MCC of generated clips against reference music.
+
+  musiclm-jax evaluate --generated GEN_DIR --reference REF_DIR --prompts prompts.csv \
+      [--mulan_model_dir MULAN_RUN] [--embedder musicnn_mtt --embedder musicnn_msd] \
+      --out report.json
+  musiclm-jax evaluate --generated GEN_DIR --reference tfds:music_captions/small_16khz:test \
+      --data_dir DATA --prompts prompts.csv --out report.json
+
+--generated: a folder of audio files; a clip's id is its path under the folder without
+the extension. --reference: a folder (ids likewise) or 'tfds:NAME/CONFIG:SPLIT' (ids: the
+dataset's 'id' feature). --prompts: a CSV with columns 'id' (a generated clip's id) and
+'caption', and optionally 'reference' (the id of its reference clip; default: the same id).
+
+  FAD   per embedder (default musicnn MTT's penultimate layer), generated vs all references,
+        with a bootstrap interval;
+  KLD   musicnn MTT tag posteriors of each generated clip vs its reference (pairs by id);
+  MCC   MuLan text-audio cosine of each prompt and its clip (needs --mulan_model_dir).
+A metric without its inputs (no pairs, no MuLan) is reported as null with the reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import csv
+import dataclasses
+import json
+import os
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from musiclm_jax import cli_utils
+
+
+@dataclasses.dataclass
+class ClipSet:
+  """Mono clips by id (float32 [samples] each, at `sample_rate`)."""
+  clips: Dict[str, np.ndarray]
+  sample_rate: int
+  source: str
+
+  def resampled(self, rate: int) -> Dict[str, np.ndarray]:
+    from musiclm_jax.audio import io as audio_io  # pylint: disable=g-import-not-at-top
+    return {k: audio_io.resample(v, self.sample_rate, rate) for k, v in self.clips.items()}
+
+
+def load_folder(path: str, sample_rate: int = 16000) -> ClipSet:
+  """Every audio file under `path` (any format, rate, channels) at `sample_rate`."""
+  from musiclm_jax.audio import io as audio_io  # pylint: disable=g-import-not-at-top
+  clips = {}
+  for file in cli_utils.audio_paths([path]):
+    clip_id = os.path.splitext(os.path.relpath(file, path))[0]
+    clips[clip_id] = audio_io.load_audio(file, sample_rate)
+  return ClipSet(clips, sample_rate, path)
+
+
+def load_tfds(spec: str, data_dir: Optional[str] = None, max_clips: Optional[int] = None
+              ) -> ClipSet:
+  """'NAME/CONFIG:SPLIT' of a TFDS dataset with 'audio', 'sample_rate' and 'id' features."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  name, _, split = spec.partition(":")
+  if not split:
+    raise ValueError(f"reference {spec!r}: give tfds:NAME/CONFIG:SPLIT")
+  ds = tfds.load(name, split=split, data_dir=data_dir)
+  clips, rate = {}, None
+  for example in tfds.as_numpy(ds.take(max_clips) if max_clips else ds):
+    rate = int(example["sample_rate"])
+    clips[example["id"].decode()] = np.asarray(example["audio"], np.float32)
+  if not clips:
+    raise ValueError(f"reference {spec!r} has no examples")
+  return ClipSet(clips, rate, f"tfds:{spec}")
+
+
+def read_prompts(path: str) -> List[dict]:
+  """Rows {'id', 'caption', 'reference'} of the prompts CSV; errors name the file/row."""
+  with open(path, newline="", encoding="utf-8") as f:
+    reader = csv.DictReader(f)
+    missing = {"id", "caption"} - set(reader.fieldnames or ())
+    if missing:
+      raise ValueError(f"{path}: missing column(s) {sorted(missing)} (need id, caption, "
+                       "optionally reference)")
+    rows = []
+    for line, row in enumerate(reader, start=2):
+      if not (row["id"] or "").strip():
+        raise ValueError(f"{path}, line {line}: empty id")
+      rows.append({"id": row["id"].strip(), "caption": (row["caption"] or "").strip(),
+                   "reference": (row.get("reference") or row["id"]).strip()})
+  return rows
+
+
+def embed_all(embed, clips: Dict[str, np.ndarray], ids: Sequence[str]) -> np.ndarray:
+  """embed([N, samples]) over clips grouped by length (one compiled shape per length)."""
+  by_length = collections.defaultdict(list)
+  for i, clip_id in enumerate(ids):
+    by_length[len(clips[clip_id])].append(i)
+  out = [None] * len(ids)
+  for indices in by_length.values():
+    values = embed(np.stack([clips[ids[i]] for i in indices]))
+    for i, value in zip(indices, values):
+      out[i] = value
+  return np.stack(out)
+
+
+def evaluate(generated: ClipSet, reference: ClipSet, prompts: Optional[List[dict]] = None,
+             embedder_names: Sequence[str] = ("musicnn_mtt",), mulan=None,
+             bootstrap: int = 200, kld_mode: str = "softmax") -> dict:
+  """The report: {'fad': {embedder: {...}}, 'kld': {...}, 'mcc': {...}, counts}."""
+  from musiclm_jax.evaluation import embedders, fad, kld, mcc  # pylint: disable=g-import-not-at-top
+  report = {"generated": generated.source, "reference": reference.source,
+            "n_generated": len(generated.clips), "n_reference": len(reference.clips),
+            "fad": {}}
+  gen_ids, ref_ids = sorted(generated.clips), sorted(reference.clips)
+  musicnn_mtt = None
+  for name in embedder_names:
+    embedder = embedders.MuLanEmbedder(mulan) if name == "mulan" else embedders.get(name)
+    if name == "musicnn_mtt":
+      musicnn_mtt = embedder
+    gen = embed_all(embedder.embed, generated.resampled(embedder.sample_rate), gen_ids)
+    ref = embed_all(embedder.embed, reference.resampled(embedder.sample_rate), ref_ids)
+    report["fad"][name] = fad.fad(gen, ref, bootstrap=bootstrap)
+
+  pairs = [(row["id"], row["reference"]) for row in prompts or ()
+           if row["id"] in generated.clips and row["reference"] in reference.clips]
+  if not prompts:
+    pairs = [(i, i) for i in gen_ids if i in reference.clips]
+  if pairs:
+    tagger = (musicnn_mtt or embedders.MusicnnEmbedder("MTT_musicnn")).tagger
+    logits = lambda clips, ids: embed_all(
+        lambda a: tagger.embed_clips(a, outputs=("logits",))["logits"], clips, ids)
+    gen_logits = logits(generated.resampled(tagger.sample_rate), [g for g, _ in pairs])
+    ref_logits = logits(reference.resampled(tagger.sample_rate), [r for _, r in pairs])
+    report["kld"] = kld.kld(ref_logits, gen_logits, kld_mode)
+  else:
+    report["kld"] = {"kld": None, "reason": "no generated clip has a reference with its id "
+                     "(or the prompts' 'reference' column)"}
+
+  if mulan is not None and prompts:
+    rows = [row for row in prompts if row["id"] in generated.clips]
+    audio = generated.resampled(mulan.config.sample_rate)
+    report["mcc"] = mcc.mcc(mulan, [row["caption"] for row in rows],
+                            pad_stack([audio[row["id"]] for row in rows]))
+  else:
+    report["mcc"] = {"mcc": None, "reason": "needs --prompts and --mulan_model_dir"}
+  return report
+
+
+def pad_stack(clips: Sequence[np.ndarray]) -> np.ndarray:
+  """Clips of unequal length -> [N, longest], zero-padded (MuLan averages its windows)."""
+  longest = max(len(c) for c in clips)
+  return np.stack([np.pad(c, (0, longest - len(c))) for c in clips])
+
+
+def format_table(report: dict) -> str:
+  """The report as an aligned text table."""
+  lines = [f"{'metric':28s} {'value':>10s}  details"]
+  for name, r in report["fad"].items():
+    ci = (f"95% CI [{r['ci_low']:.3f}, {r['ci_high']:.3f}]" if r.get("ci_low") is not None
+          else "")
+    lines.append(f"{'FAD ' + name:28s} {r['fad']:10.4f}  n={r['n_generated']} vs "
+                 f"{r['n_reference']}, {ci}")
+  for key in ("kld", "mcc"):
+    r = report[key]
+    value = r[key]
+    details = r.get("reason") or ", ".join(f"{k}={v}" for k, v in r.items() if k != key)
+    lines.append(f"{key.upper():28s} {('%.4f' % value) if value is not None else 'n/a':>10s}"
+                 f"  {details}")
+  return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(prog="musiclm-jax evaluate",
+                                   description=__doc__.split("\n")[0])
+  parser.add_argument("--generated", required=True, help="folder of generated clips")
+  parser.add_argument("--reference", required=True,
+                      help="folder of reference clips, or tfds:NAME/CONFIG:SPLIT")
+  parser.add_argument("--data_dir", default=None, help="TFDS data_dir for a tfds reference")
+  parser.add_argument("--max_reference", type=int, default=None,
+                      help="use at most this many tfds reference clips")
+  parser.add_argument("--prompts", default=None, help="CSV: id, caption[, reference]")
+  parser.add_argument("--mulan_model_dir", default=None, help="MuLan run (for MCC)")
+  parser.add_argument("--embedder", action="append", default=None,
+                      help="FAD embedder: musicnn_mtt (default), musicnn_msd, mulan, or "
+                           "savedmodel:PATH[@RATE]; repeat for several")
+  parser.add_argument("--kld_mode", default="softmax", choices=("softmax", "bernoulli"))
+  parser.add_argument("--bootstrap", type=int, default=200)
+  parser.add_argument("--out", required=True, help="report JSON")
+
+  def go(args):
+    from musiclm_jax.atomic import atomic_write_text  # pylint: disable=g-import-not-at-top
+    generated = load_folder(args.generated)
+    reference = (load_tfds(args.reference[len("tfds:"):], args.data_dir, args.max_reference)
+                 if args.reference.startswith("tfds:") else load_folder(args.reference))
+    prompts = read_prompts(args.prompts) if args.prompts else None
+    mulan = None
+    if args.mulan_model_dir:
+      from musiclm_jax.mulan import tokenizer  # pylint: disable=g-import-not-at-top
+      mulan = tokenizer.MuLanTokenizer.load(args.mulan_model_dir)
+    names = args.embedder or ["musicnn_mtt"]
+    if "mulan" in names and mulan is None:
+      raise ValueError("--embedder mulan needs --mulan_model_dir")
+    report = evaluate(generated, reference, prompts, names, mulan, args.bootstrap,
+                      args.kld_mode)
+    atomic_write_text(args.out, json.dumps(report, indent=2))
+    print(format_table(report))
+    print(f"report -> {args.out}")
+
+  parser.set_defaults(run=go)
+  cli_utils.run(parser, argv)
