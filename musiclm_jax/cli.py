@@ -10,6 +10,7 @@
   musiclm-jax tokenize --dataset ... --out ...  (argparse; see musiclm_jax/tasks/tokenize_job.py)
   musiclm-jax generate --bundle B --prompt ...  (argparse; see musiclm_jax/generation/cli.py)
   musiclm-jax export --out B --mulan_model_dir ...  (see musiclm_jax/generation/export.py)
+  musiclm-jax pipeline --gin_file=pipeline/tiny.gin ...  (see musiclm_jax/pipeline/cli.py)
   musiclm-jax evaluate --generated D --reference D ...  (see musiclm_jax/evaluation/evaluate.py)
   musiclm-jax listen --pairs DIR [--export wins.json]  (see musiclm_jax/evaluation/listening.py)
 """
@@ -30,12 +31,13 @@ COMMANDS = {
     "tokenize": ("musiclm_jax.tasks.tokenize_job", "token shards of a dataset for the stages"),
     "generate": ("musiclm_jax.generation.cli", "text to music (WAV) from an exported bundle"),
     "export": ("musiclm_jax.generation.export", "an inference bundle from the training runs"),
+    "pipeline": ("musiclm_jax.pipeline.cli", "the main job: every part, data to report"),
     "evaluate": ("musiclm_jax.evaluation.evaluate", "FAD, KLD, MCC of generated clips"),
     "listen": ("musiclm_jax.evaluation.listening", "pairwise listening test (web app), wins"),
 }
 # Commands with their own argparse interface (no gin): run as module.main(argv).
 PLAIN_COMMANDS = ("codec", "build-data", "semantic", "mulan", "tokenize", "generate",
-                  "export", "evaluate", "listen")
+                  "export", "pipeline", "evaluate", "listen")
 
 
 def _usage() -> str:

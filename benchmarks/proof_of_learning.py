@@ -1,0 +1,149 @@
+r"""Proof of learning (issue #9): does the text steer the music a pipeline run generates?
+
+  python benchmarks/proof_of_learning.py --work_dir runs/demo [--prompts 24] [--seconds 8]
+      [--out FILE]
+
+From a finished `musiclm-jax pipeline` run (its bundle, MuLan run and dataset):
+1. Probes: logistic regressions on MuLan audio embeddings of the real training renderings
+   predict a clip's ensemble (the instrument(s) named in captions) and tempo word (slow /
+   moderate / fast); their accuracy on the held-out real clips is the ceiling.
+2. Prompts "<ensemble> playing <tempo> music" for (ensemble, tempo) pairs drawn from the
+   caption vocabulary, none of them a whole training caption.
+3. Generation from the prompts, and from the same prompts shuffled (each clip then scored
+   against the attributes of a prompt it was not given): how often the probe recognises
+   the named ensemble and tempo, against chance (one over the classes, and the majority
+   class's share) and the shuffled baseline. Also the tempo librosa's beat tracker
+   estimates, checked against the tempo word's BPM range.
+4. FAD (musicnn MTT) to held-out real renderings of: the generated clips; SoundStream's own
+   resynthesis of held-out clips (the floor: what the codec allows); and unconditioned
+   generation (classifier-free guidance scale 0: the stages' unconditional model).
+Writes benchmarks/results/proof_of_learning_<backend>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+
+TEMPO_BPM = {"slow": (0, 80), "moderate": (80, 112), "fast": (112, 1000)}
+
+
+def _split(recipe, split):
+  """(audio [N, T], rate, ensembles, tempo words, captions) of a split."""
+  import tensorflow_datasets as tfds
+  rows = list(tfds.as_numpy(tfds.load(recipe.tfds_name, split=split,
+                                      data_dir=recipe.tfds_dir)))
+  return (np.stack([r["audio"] for r in rows]).astype(np.float32), int(rows[0]["sample_rate"]),
+          [r["ensemble"].decode() for r in rows], [r["tempo"].decode() for r in rows],
+          [r["caption"].decode() for r in rows])
+
+
+def _probe(train_x, train_y):
+  from sklearn.linear_model import LogisticRegression
+  return LogisticRegression(max_iter=2000, C=1.0).fit(train_x, train_y)
+
+
+def _estimated_tempo_word(wave: np.ndarray, rate: int) -> str:
+  import librosa
+  bpm = float(librosa.feature.tempo(y=wave, sr=rate)[0])
+  return next(w for w, (lo, hi) in TEMPO_BPM.items() if lo <= bpm < hi)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--work_dir", required=True, help="a finished pipeline run")
+  parser.add_argument("--prompts", type=int, default=24)
+  parser.add_argument("--seconds", type=float, default=8.0)
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--out", default=None)
+  args = parser.parse_args()
+
+  import machine
+  from musiclm_jax.audio import io as audio_io
+  from musiclm_jax.evaluation import embedders, fad
+  from musiclm_jax.generation import pipeline
+  from musiclm_jax.pipeline import recipe as recipe_lib
+  start = time.time()
+  recipe = recipe_lib.Recipe.load(args.work_dir)
+  musiclm = pipeline.MusicLM.from_bundle(recipe.path("bundle"))
+  mulan = musiclm.mulan
+  at = lambda x, r, to: np.stack([audio_io.resample(c, r, to) for c in x])
+
+  train_audio, rate, train_ens, train_tempo, train_captions = _split(recipe, "train")
+  test_audio, _, test_ens, test_tempo, _ = _split(recipe, recipe.reference_split)
+  embed = lambda x, r: mulan.embed_audio(at(x, r, mulan.config.sample_rate))
+  train_emb, test_emb = embed(train_audio, rate), embed(test_audio, rate)
+  probes = {"ensemble": _probe(train_emb, train_ens), "tempo": _probe(train_emb, train_tempo)}
+  ceiling = {"ensemble": float(probes["ensemble"].score(test_emb, test_ens)),
+             "tempo": float(probes["tempo"].score(test_emb, test_tempo))}
+
+  rng = np.random.default_rng(args.seed)
+  ensembles = sorted(set(train_ens) & set(test_ens)) or sorted(set(train_ens))
+  pairs = [(ensembles[rng.integers(len(ensembles))], list(TEMPO_BPM)[rng.integers(3)])
+           for _ in range(args.prompts)]
+  prompts = [f"{e} playing {t} music" for e, t in pairs]
+  seen = set(train_captions)
+  assert not any(p in seen for p in prompts), "a prompt is a whole training caption"
+  shuffled = [prompts[i] for i in rng.permutation(len(prompts))]
+
+  def generated(texts, **kw):
+    return musiclm.generate(texts, args.seconds, seed=args.seed, **kw)
+
+  conditioned = generated(prompts)
+  from_shuffled = generated(shuffled)
+  guidance = {s: pipeline.Sampling(temperature=pipeline.DEFAULT_SAMPLING[s].temperature,
+                                   guidance_scale=0.0) for s in ("semantic", "coarse")}
+  unconditioned = generated(prompts, sampling=guidance)
+
+  def recognised(audio):
+    emb = mulan.embed_audio(at(audio, musiclm.sample_rate, mulan.config.sample_rate))
+    out = {}
+    for attr, index in (("ensemble", 0), ("tempo", 1)):
+      predicted = probes[attr].predict(emb)
+      out[attr] = float(np.mean([p == pair[index] for p, pair in zip(predicted, pairs)]))
+    beat = [_estimated_tempo_word(w, musiclm.sample_rate) for w in audio]
+    out["tempo_beat_tracker"] = float(np.mean([b == t for b, (_, t) in zip(beat, pairs)]))
+    return out
+
+  majority = {"ensemble": max(np.mean(np.array(train_ens) == e) for e in set(train_ens)),
+              "tempo": max(np.mean(np.array(train_tempo) == t) for t in TEMPO_BPM)}
+  recognition = {"conditioned": recognised(conditioned),
+                 "shuffled_prompts": recognised(from_shuffled),
+                 "unconditioned": recognised(unconditioned),
+                 "chance_uniform": {"ensemble": 1 / len(ensembles), "tempo": 1 / 3},
+                 "chance_majority": {k: float(v) for k, v in majority.items()},
+                 "probe_on_real_heldout": ceiling}
+
+  musicnn = embedders.get("musicnn_mtt")
+  real = musicnn.embed(at(test_audio, rate, 16000))
+  codec_rate = musiclm.codec.config.sample_rate
+  resynth = musiclm.codec.decode(musiclm.codec.encode(at(test_audio, rate, codec_rate)))
+  fads = {name: fad.fad(musicnn.embed(at(x, r, 16000)), real, bootstrap=100)
+          for name, x, r in (("generated", conditioned, musiclm.sample_rate),
+                             ("unconditioned", unconditioned, musiclm.sample_rate),
+                             ("codec_resynthesis_floor", resynth, codec_rate))}
+  report = {"benchmark": "proof_of_learning", "work_dir": args.work_dir,
+            "recipe": {k: getattr(recipe, k) for k in ("dataset", "dataset_config", "size",
+                                                       "codec_steps", "w2v_bert_steps",
+                                                       "mulan_steps", "stage_steps")},
+            "prompts": prompts, "seconds": args.seconds, "recognition": recognition,
+            "fad_musicnn_to_heldout_real": fads, "wall_seconds": time.time() - start,
+            "machine": machine.describe_jax()}
+  out = machine.save_result(report, "proof_of_learning", args.out)
+  for name, values in recognition.items():
+    print(f"{name:24s} " + "  ".join(f"{k}={v:.3f}" for k, v in values.items()))
+  for name, r in fads.items():
+    print(f"FAD {name:24s} {r['fad']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]")
+  print(f"-> {out}")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,215 @@
+"""The main job as a recipe: data -> the three tokenizers -> tokens -> the three stages ->
+a bundle -> generated clips -> metrics -> a report. Sizes, steps and data come from gin
+(gin/pipeline/<size>.gin), so one recipe runs at tiny, small and paper sizes, on other
+datasets too.
+
+Each step is the command a user would run by hand (`python -m musiclm_jax.cli ...`, one
+process per step: its own gin config and memory), with its outputs under `work_dir`:
+
+  tfds/                 the captioned music set (TFDS)
+  clips/train/          its train split as WAV files (k-means and RVQ fitting)
+  runs/<part>/          training runs: codec, w2v_bert, mulan, semantic, coarse, fine
+  codec/                the exported codec; centroids.npz, mulan_rvq.npz
+  tokens/               token shards of train and validation
+  bundle/               the exported MusicLM
+  generated/            one WAV per prompt; prompts.csv
+  report/               summary.md, metrics.json, WAVs, spectrograms
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from typing import List, Optional, Sequence, Tuple
+
+import gin
+
+from musiclm_jax.pipeline import steps as steps_lib
+
+STAGES = ("semantic", "coarse", "fine")
+
+
+@gin.configurable
+@dataclasses.dataclass
+class Recipe:
+  """What the job trains and generates (gin: `Recipe.<field>`).
+
+  The *_size fields name gin size files (soundstream/<size>.gin, ...); the parts must
+  agree on rates and vocabularies, which gin/stages/<size>/layout.gin states for each
+  size. Steps are optimizer steps; batches are global.
+  """
+  work_dir: str = gin.REQUIRED
+  dataset: str = "music_captions"
+  dataset_config: str = "small_16khz"
+  data_dir: Optional[str] = None            # default <work_dir>/tfds
+  size: str = "tiny"                        # the size of every part
+  codec_steps: int = 1000
+  codec_batch: int = 16
+  w2v_bert_steps: int = 1000
+  w2v_bert_batch: int = 16
+  kmeans_steps: int = 200
+  kmeans_crop_seconds: float = 4.0
+  mulan_steps: int = 1000
+  mulan_batch: int = 32
+  rvq_steps: int = 200
+  stage_steps: Tuple[int, int, int] = (1000, 1000, 1000)   # semantic, coarse, fine
+  stage_batch: int = 16
+  extra_bindings: Tuple[str, ...] = ()     # 'part:binding' for a part's training run
+  prompts: Tuple[str, ...] = (
+      "A solo piano plays a slow baroque chorale.",
+      "A fast fiddle tune played by a solo violin with a steady drum beat.",
+      "A string quartet plays a moderate Italian madrigal.",
+      "A brass ensemble plays a slow chorale by Johann Sebastian Bach.",
+  )
+  seconds: float = 8.0
+  num_samples: int = 2                      # per prompt, best by MuLan kept (rerank)
+  seed: int = 0
+  reference_split: str = "test"
+  # Also generate from the captions of this many held-out clips (MusicCaps-style: KLD then
+  # compares each generated clip with the music its caption describes).
+  reference_prompts: int = 8
+
+  @property
+  def tfds_dir(self) -> str:
+    return self.data_dir or os.path.join(self.work_dir, "tfds")
+
+  @property
+  def tfds_name(self) -> str:
+    return f"{self.dataset}/{self.dataset_config}"
+
+  def path(self, *parts: str) -> str:
+    return os.path.join(self.work_dir, *parts)
+
+  def save(self) -> dict:
+    """Writes <work_dir>/recipe.json; returns the fields that differ from the one already
+    there ({field: (old, new)}: finished steps were made with the old values)."""
+    from musiclm_jax import atomic  # pylint: disable=g-import-not-at-top
+    path = self.path("recipe.json")
+    fields = json.loads(json.dumps(dataclasses.asdict(self)))   # tuples as lists
+    changed = {}
+    if os.path.exists(path):
+      with open(path, encoding="utf-8") as f:
+        old = json.load(f)
+      changed = {k: (old.get(k), v) for k, v in fields.items() if old.get(k) != v}
+    atomic.atomic_write_text(path, json.dumps(fields, indent=1))
+    return changed
+
+  @classmethod
+  def load(cls, work_dir: str) -> "Recipe":
+    """The recipe a pipeline run was made with (its recipe.json)."""
+    path = os.path.join(work_dir, "recipe.json")
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"{path} not found: is {work_dir!r} a pipeline run?")
+    with open(path, encoding="utf-8") as f:
+      fields = json.load(f)
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+
+
+def _cli(*args) -> List[str]:
+  return [sys.executable, "-m", "musiclm_jax.cli", *map(str, args)]
+
+
+def _train(recipe: Recipe, part: str, gin_files: Sequence[str], steps: int,
+           bindings: Sequence[str]) -> List[str]:
+  extra = [b.split(":", 1)[1] for b in recipe.extra_bindings if b.split(":", 1)[0] == part]
+  flags = [f"--gin_file={f}" for f in gin_files]
+  flags += [f"--gin.MODEL_DIR='{recipe.path('runs', part)}'", f"--gin.TRAIN_STEPS={steps}"]
+  flags += [f"--gin.{b}" for b in list(bindings) + extra]
+  return _cli("train", *flags)
+
+
+def _checkpoint_marker(recipe: Recipe, part: str) -> str:
+  """A training run's operative config: written when it starts, so the marker file, not
+  this, says it finished (`steps.run_steps`)."""
+  return recipe.path("runs", part, "config.gin")
+
+
+def size_settings(size: str) -> dict:
+  """The tokenizer settings a size's gin files fix (k-means layer and clusters, MuLan RVQ
+  levels and codes). Clears gin: call before anything else is configured."""
+  from musiclm_jax import gin_utils  # pylint: disable=g-import-not-at-top
+  return {**gin_utils.query_macros(f"w2v_bert/{size}.gin",
+                                   ["SEMANTIC_LAYER", "SEMANTIC_CLUSTERS"]),
+          **gin_utils.query_macros(f"mulan/{size}.gin",
+                                   ["MULAN_RVQ_LEVELS", "MULAN_RVQ_CODES"])}
+
+
+def build_steps(recipe: Recipe, sizes: dict) -> List[steps_lib.Step]:
+  """The job's steps in order; sizes: `size_settings(recipe.size)`."""
+  from musiclm_jax.pipeline import report  # pylint: disable=g-import-not-at-top
+  r, size = recipe, recipe.size
+  dataset = f"AUDIO_DATASET='{r.tfds_name}:1.0.0'"
+  data_dir = f"AUDIO_DATA_DIR='{r.tfds_dir}'"
+  train_clips = r.path("clips", "train")
+  codec_dir, centroids, rvq = r.path("codec"), r.path("centroids.npz"), r.path("mulan_rvq.npz")
+  tokens, bundle = r.path("tokens"), r.path("bundle")
+  steps = [
+      steps_lib.Step("data", f"build {r.tfds_name}",
+                     _cli("build-data", r.dataset, "--data_dir", r.tfds_dir, "--config",
+                          r.dataset_config)),
+      steps_lib.Step("clips", "write the train split as WAV files",
+                     lambda: report.export_split(r.tfds_name, r.tfds_dir, "train", train_clips),
+                     [train_clips]),
+      steps_lib.Step("codec", f"train SoundStream ({size}, {r.codec_steps} steps)",
+                     _train(r, "codec", [f"soundstream/{size}.gin", "runs/soundstream.gin"],
+                            r.codec_steps, [dataset, data_dir, f"BATCH_SIZE={r.codec_batch}"]),
+                     [_checkpoint_marker(r, "codec")]),
+      steps_lib.Step("codec_export", "export the codec",
+                     _cli("codec", "export", codec_dir, "--model_dir", r.path("runs", "codec")),
+                     [codec_dir]),
+      steps_lib.Step("w2v_bert", f"train w2v-BERT ({size}, {r.w2v_bert_steps} steps)",
+                     _train(r, "w2v_bert", [f"w2v_bert/{size}.gin", "runs/w2v_bert.gin"],
+                            r.w2v_bert_steps,
+                            [dataset, data_dir, f"BATCH_SIZE={r.w2v_bert_batch}"]),
+                     [_checkpoint_marker(r, "w2v_bert")]),
+      steps_lib.Step("kmeans", "fit k-means on w2v-BERT embeddings (semantic tokens)",
+                     _cli("semantic", "fit-kmeans", "--output", centroids, "--layer",
+                          sizes["SEMANTIC_LAYER"], "--clusters", sizes["SEMANTIC_CLUSTERS"],
+                          "--steps", r.kmeans_steps, "--crop_seconds", r.kmeans_crop_seconds, "--model_dir",
+                          r.path("runs", "w2v_bert"), train_clips),
+                     [centroids]),
+      steps_lib.Step("mulan", f"train MuLan ({size}, {r.mulan_steps} steps)",
+                     _train(r, "mulan", [f"mulan/{size}.gin", "runs/mulan.gin"],
+                            r.mulan_steps, [dataset, data_dir, f"BATCH_SIZE={r.mulan_batch}"]),
+                     [_checkpoint_marker(r, "mulan")]),
+      steps_lib.Step("rvq", "fit MuLan's residual quantizer (MuLan tokens)",
+                     _cli("mulan", "fit-rvq", "--model_dir", r.path("runs", "mulan"), "--output",
+                          rvq, "--levels", sizes["MULAN_RVQ_LEVELS"], "--codes",
+                          sizes["MULAN_RVQ_CODES"], "--steps", r.rvq_steps, train_clips),
+                     [rvq]),
+      steps_lib.Step("tokenize", "tokenize train and validation for the stages",
+                     _cli("tokenize", "--dataset", r.tfds_name, "--data_dir", r.tfds_dir,
+                          "--splits", "train,validation", "--out", tokens, "--codec", codec_dir,
+                          "--semantic_model_dir", r.path("runs", "w2v_bert"), "--centroids",
+                          centroids, "--mulan_model_dir", r.path("runs", "mulan"),
+                          "--mulan_rvq", rvq),
+                     [os.path.join(tokens, "layout.json")]),
+  ]
+  for stage, count in zip(STAGES, r.stage_steps):
+    steps.append(steps_lib.Step(
+        stage, f"train the {stage} stage ({size}, {count} steps)",
+        _train(r, stage, [f"stages/{size}/{stage}.gin", "runs/pretrain.gin"], count,
+               [f"TOKENS_DIR='{tokens}'", f"BATCH_SIZE={r.stage_batch}"]),
+        [_checkpoint_marker(r, stage)]))
+  steps += [
+      steps_lib.Step("export", "export the MusicLM bundle",
+                     _cli("export", "--out", bundle, "--mulan_model_dir", r.path("runs", "mulan"),
+                          "--mulan_rvq", rvq, "--semantic_model_dir", r.path("runs", "w2v_bert"),
+                          "--centroids", centroids, "--codec", codec_dir,
+                          *[a for s in STAGES for a in (f"--{s}_stage_dir", r.path("runs", s))]),
+                     [os.path.join(bundle, "manifest.json")]),
+      steps_lib.Step("generate", f"generate {len(r.prompts)} prompts x {r.seconds:g} s",
+                     lambda: report.generate(r), [r.path("generated", "prompts.csv")]),
+      steps_lib.Step("evaluate", "FAD, KLD, MCC against held-out music",
+                     _cli("evaluate", "--generated", r.path("generated"), "--reference",
+                          f"tfds:{r.tfds_name}:{r.reference_split}", "--data_dir", r.tfds_dir,
+                          "--prompts", r.path("generated", "prompts.csv"),
+                          "--mulan_model_dir", r.path("runs", "mulan"), "--bootstrap", "100",
+                          "--out", r.path("report", "metrics.json")),
+                     [r.path("report", "metrics.json")]),
+      steps_lib.Step("report", "write the report folder",
+                     lambda: report.write_report(r, steps), [r.path("report", "summary.md")]),
+  ]
+  return steps
