@@ -111,19 +111,17 @@ def _cli(*args) -> List[str]:
   return [sys.executable, "-m", "musiclm_jax.cli", *map(str, args)]
 
 
-def _train(recipe: Recipe, part: str, gin_files: Sequence[str], steps: int,
-           bindings: Sequence[str]) -> List[str]:
+def _train_step(recipe: Recipe, part: str, what: str, gin_files: Sequence[str], steps: int,
+                bindings: Sequence[str]) -> steps_lib.Step:
+  """A training run of `part` into runs/<part> (with the recipe's extra bindings for it)."""
   extra = [b.split(":", 1)[1] for b in recipe.extra_bindings if b.split(":", 1)[0] == part]
+  model_dir = recipe.path("runs", part)
   flags = [f"--gin_file={f}" for f in gin_files]
-  flags += [f"--gin.MODEL_DIR='{recipe.path('runs', part)}'", f"--gin.TRAIN_STEPS={steps}"]
+  flags += [f"--gin.MODEL_DIR='{model_dir}'", f"--gin.TRAIN_STEPS={steps}"]
   flags += [f"--gin.{b}" for b in list(bindings) + extra]
-  return _cli("train", *flags)
-
-
-def _checkpoint_marker(recipe: Recipe, part: str) -> str:
-  """A training run's operative config: written when it starts, so the marker file, not
-  this, says it finished (`steps.run_steps`)."""
-  return recipe.path("runs", part, "config.gin")
+  # config.gin is written when the run starts: the step's marker says it finished.
+  return steps_lib.Step(part, f"train {what} ({recipe.size}, {steps} steps)",
+                        _cli("train", *flags), [os.path.join(model_dir, "config.gin")])
 
 
 def size_settings(size: str) -> dict:
@@ -152,28 +150,21 @@ def build_steps(recipe: Recipe, sizes: dict) -> List[steps_lib.Step]:
       steps_lib.Step("clips", "write the train split as WAV files",
                      lambda: report.export_split(r.tfds_name, r.tfds_dir, "train", train_clips),
                      [train_clips]),
-      steps_lib.Step("codec", f"train SoundStream ({size}, {r.codec_steps} steps)",
-                     _train(r, "codec", [f"soundstream/{size}.gin", "runs/soundstream.gin"],
-                            r.codec_steps, [dataset, data_dir, f"BATCH_SIZE={r.codec_batch}"]),
-                     [_checkpoint_marker(r, "codec")]),
+      _train_step(r, "codec", "SoundStream", [f"soundstream/{size}.gin", "runs/soundstream.gin"],
+                  r.codec_steps, [dataset, data_dir, f"BATCH_SIZE={r.codec_batch}"]),
       steps_lib.Step("codec_export", "export the codec",
                      _cli("codec", "export", codec_dir, "--model_dir", r.path("runs", "codec")),
                      [codec_dir]),
-      steps_lib.Step("w2v_bert", f"train w2v-BERT ({size}, {r.w2v_bert_steps} steps)",
-                     _train(r, "w2v_bert", [f"w2v_bert/{size}.gin", "runs/w2v_bert.gin"],
-                            r.w2v_bert_steps,
-                            [dataset, data_dir, f"BATCH_SIZE={r.w2v_bert_batch}"]),
-                     [_checkpoint_marker(r, "w2v_bert")]),
+      _train_step(r, "w2v_bert", "w2v-BERT", [f"w2v_bert/{size}.gin", "runs/w2v_bert.gin"],
+                  r.w2v_bert_steps, [dataset, data_dir, f"BATCH_SIZE={r.w2v_bert_batch}"]),
       steps_lib.Step("kmeans", "fit k-means on w2v-BERT embeddings (semantic tokens)",
                      _cli("semantic", "fit-kmeans", "--output", centroids, "--layer",
                           sizes["SEMANTIC_LAYER"], "--clusters", sizes["SEMANTIC_CLUSTERS"],
-                          "--steps", r.kmeans_steps, "--crop_seconds", r.kmeans_crop_seconds, "--model_dir",
-                          r.path("runs", "w2v_bert"), train_clips),
+                          "--steps", r.kmeans_steps, "--crop_seconds", r.kmeans_crop_seconds,
+                          "--model_dir", r.path("runs", "w2v_bert"), train_clips),
                      [centroids]),
-      steps_lib.Step("mulan", f"train MuLan ({size}, {r.mulan_steps} steps)",
-                     _train(r, "mulan", [f"mulan/{size}.gin", "runs/mulan.gin"],
-                            r.mulan_steps, [dataset, data_dir, f"BATCH_SIZE={r.mulan_batch}"]),
-                     [_checkpoint_marker(r, "mulan")]),
+      _train_step(r, "mulan", "MuLan", [f"mulan/{size}.gin", "runs/mulan.gin"],
+                  r.mulan_steps, [dataset, data_dir, f"BATCH_SIZE={r.mulan_batch}"]),
       steps_lib.Step("rvq", "fit MuLan's residual quantizer (MuLan tokens)",
                      _cli("mulan", "fit-rvq", "--model_dir", r.path("runs", "mulan"), "--output",
                           rvq, "--levels", sizes["MULAN_RVQ_LEVELS"], "--codes",
@@ -187,12 +178,10 @@ def build_steps(recipe: Recipe, sizes: dict) -> List[steps_lib.Step]:
                           "--mulan_rvq", rvq),
                      [os.path.join(tokens, "layout.json")]),
   ]
-  for stage, count in zip(STAGES, r.stage_steps):
-    steps.append(steps_lib.Step(
-        stage, f"train the {stage} stage ({size}, {count} steps)",
-        _train(r, stage, [f"stages/{size}/{stage}.gin", "runs/pretrain.gin"], count,
-               [f"TOKENS_DIR='{tokens}'", f"BATCH_SIZE={r.stage_batch}"]),
-        [_checkpoint_marker(r, stage)]))
+  steps += [_train_step(r, stage, f"the {stage} stage",
+                        [f"stages/{size}/{stage}.gin", "runs/pretrain.gin"], count,
+                        [f"TOKENS_DIR='{tokens}'", f"BATCH_SIZE={r.stage_batch}"])
+            for stage, count in zip(STAGES, r.stage_steps)]
   steps += [
       steps_lib.Step("export", "export the MusicLM bundle",
                      _cli("export", "--out", bundle, "--mulan_model_dir", r.path("runs", "mulan"),
