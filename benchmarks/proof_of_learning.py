@@ -125,7 +125,9 @@ def main() -> None:
   musicnn = embedders.get("musicnn_mtt")
   real = musicnn.embed(at(test_audio, rate, 16000))
   codec_rate = musiclm.codec.config.sample_rate
-  resynth = musiclm.codec.decode(musiclm.codec.encode(at(test_audio, rate, codec_rate)))
+  heldout = at(test_audio, rate, codec_rate)
+  resynth = np.concatenate([musiclm.codec.decode(musiclm.codec.encode(heldout[i:i + 16]))
+                            for i in range(0, len(heldout), 16)])
   fads = {name: fad.fad(musicnn.embed(at(x, r, 16000)), real, bootstrap=100)
           for name, x, r in (("generated", conditioned, musiclm.sample_rate),
                              ("unconditioned", unconditioned, musiclm.sample_rate),

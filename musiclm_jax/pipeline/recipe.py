@@ -189,7 +189,8 @@ def build_steps(recipe: Recipe, sizes: dict) -> List[steps_lib.Step]:
                           "--centroids", centroids, "--codec", codec_dir,
                           *[a for s in STAGES for a in (f"--{s}_stage_dir", r.path("runs", s))]),
                      [os.path.join(bundle, "manifest.json")]),
-      steps_lib.Step("generate", f"generate {len(r.prompts)} prompts x {r.seconds:g} s",
+      steps_lib.Step("generate", f"generate {len(r.prompts)} prompts and "
+                     f"{r.reference_prompts} held-out captions, {r.seconds:g} s each",
                      lambda: report.generate(r), [r.path("generated", "prompts.csv")]),
       steps_lib.Step("evaluate", "FAD, KLD, MCC against held-out music",
                      _cli("evaluate", "--generated", r.path("generated"), "--reference",
