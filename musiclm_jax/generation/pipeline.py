@@ -113,8 +113,9 @@ def generate_by_windows(total: int, window: int, overlap: int, tokens_per_frame:
 
 @dataclasses.dataclass(frozen=True)
 class TimedPrompt:
-  """A prompt for [start_s, end_s) of the clip (story mode)."""
-  text: str
+  """A prompt for [start_s, end_s) of the clip (story mode); text None: the audio
+  prompt's own MuLan tokens condition."""
+  text: Optional[str]
   start_s: float = 0.0
   end_s: float = float("inf")
 
