@@ -1,0 +1,136 @@
+r"""Do semantic tokens carry musical content? (issue #4)
+
+  python benchmarks/semantic_quality.py --model_dir W2V_RUN --centroids CENTROIDS.npz
+      [--data_dir DIR --dataset small_16khz] [--out FILE]
+
+1. Robustness: the tokens of held-out music (`music_captions/<dataset>` test split) against
+   the tokens of the same clips with white noise at 20 dB SNR, and at half the gain (-6 dB):
+   the share of frames whose token is unchanged, against chance (the probability that two
+   tokens drawn from the clips' own token distribution agree, sum_k p_k^2).
+2. Pitch class: single notes and triads of every pitch class rendered with the GM SoundFont
+   on several instruments and octaves; a clip is the histogram of its tokens; a logistic
+   regression trained on some instruments predicts the pitch class (the root for triads) on
+   the other instruments. Chance is 1/12.
+Random-initialised w2v-BERT + k-means of the same sizes (`--baseline`, default on) gives the
+same numbers for a network that learned nothing: the honest comparison.
+Writes benchmarks/results/semantic_quality_<backend>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+
+# GM programs: acoustic grand, electric piano, vibraphone, church organ, nylon guitar,
+# violin, cello, trumpet, clarinet, flute, alto sax, choir aahs.
+PROGRAMS = (0, 4, 11, 19, 24, 40, 42, 56, 71, 73, 65, 52)
+TRAIN_PROGRAMS = PROGRAMS[:8]
+
+
+def _agreement(tokenizer, clips: np.ndarray) -> dict:
+  rng = np.random.default_rng(0)
+  clean = tokenizer.tokenize(clips)
+  noise = rng.normal(size=clips.shape).astype(np.float32)
+  rms = np.sqrt(np.mean(clips ** 2, axis=1, keepdims=True))
+  noisy = clips + noise * rms / np.sqrt(np.mean(noise ** 2)) / 10.0   # 20 dB SNR
+  counts = np.bincount(clean.ravel(), minlength=tokenizer.num_clusters) / clean.size
+  return {"noise_20dB": float(np.mean(tokenizer.tokenize(noisy) == clean)),
+          "gain_minus_6dB": float(np.mean(tokenizer.tokenize(0.5 * clips) == clean)),
+          "chance": float(np.sum(counts ** 2)),
+          "tokens_used": int(np.count_nonzero(counts))}
+
+
+def _notes_dataset(sample_rate: int, seconds: float = 1.0):
+  """(audio [N, T], pitch class [N], program [N]) of single notes and root-position triads."""
+  from musiclm_jax.music import corpus, render
+  soundfont = render.soundfont_path("timgm6mb-soundfont")
+  audio, labels, programs = [], [], []
+  for program in PROGRAMS:
+    for octave in (48, 60, 72):
+      for pc in range(12):
+        for chord in ((0,), (0, 4, 7)):
+          notes = [corpus.Note(0.0, 4.0, octave + pc + i, v) for v, i in enumerate(chord)]
+          perf = render.Performance(programs=(program,) * 3, bpm=120.0, velocity=90)
+          audio.append(render.render(notes, perf, seconds, sample_rate, soundfont))
+          labels.append(pc)
+          programs.append(program)
+  return np.stack(audio), np.array(labels), np.array(programs)
+
+
+def _pitch_probe(tokenizer, audio, labels, programs) -> float:
+  from sklearn.linear_model import LogisticRegression
+  tokens = tokenizer.tokenize(audio)
+  hist = np.stack([np.bincount(t, minlength=tokenizer.num_clusters) for t in tokens])
+  hist = hist / hist.sum(axis=1, keepdims=True)
+  train = np.isin(programs, TRAIN_PROGRAMS)
+  probe = LogisticRegression(max_iter=3000).fit(hist[train], labels[train])
+  return float(probe.score(hist[~train], labels[~train]))
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--model_dir", required=True, help="w2v-BERT training run")
+  parser.add_argument("--centroids", required=True, help="its k-means centroids (.npz)")
+  parser.add_argument("--data_dir", default=os.path.expanduser("~/tensorflow_datasets"))
+  parser.add_argument("--dataset", default="small_16khz")
+  parser.add_argument("--max_clips", type=int, default=64)
+  parser.add_argument("--out", default=None)
+  args = parser.parse_args()
+
+  import tensorflow_datasets as tfds
+  import machine
+  from musiclm_jax.audio import io as audio_io
+  from musiclm_jax.w2v_bert import tokenizer as tokenizer_lib
+  start = time.time()
+  trained = tokenizer_lib.SemanticTokenizer.load(args.model_dir, args.centroids)
+  rate = trained.config.sample_rate
+  rows = list(tfds.as_numpy(tfds.load(f"music_captions/{args.dataset}", split="test",
+                                      data_dir=args.data_dir).take(args.max_clips)))
+  clips = np.stack([audio_io.resample(r["audio"], int(r["sample_rate"]), rate) for r in rows])
+  notes = _notes_dataset(rate)
+
+  random_init = _random_init_tokenizer(trained, clips)
+  results = {}
+  for name, tokenizer in (("trained", trained), ("random_init", random_init)):
+    results[name] = {"agreement": _agreement(tokenizer, clips),
+                     "pitch_class_probe_accuracy": _pitch_probe(tokenizer, *notes)}
+    print(name, results[name], flush=True)
+  results["pitch_class_chance"] = 1 / 12
+  report = {"benchmark": "semantic_quality", "model_dir": args.model_dir,
+            "clusters": trained.num_clusters, "layer": trained.layer,
+            "heldout_clips": len(clips), "note_clips": int(len(notes[0])),
+            "probe_train_programs": TRAIN_PROGRAMS, "results": results,
+            "wall_seconds": time.time() - start, "machine": machine.describe_jax()}
+  print(f"-> {machine.save_result(report, 'semantic_quality', args.out)}")
+
+
+def _random_init_tokenizer(trained, clips: np.ndarray):
+  """A tokenizer of the same sizes with a random-initialised network, its k-means fitted
+  on its own embeddings of the held-out clips (the same number of clusters)."""
+  import flax.linen as nn
+  import jax
+  from musiclm_jax.w2v_bert import model as model_lib, tokenizer as tokenizer_lib
+  config = trained.config
+  variables = model_lib.W2vBertModel(model_lib.W2vBert(config), None).get_initial_variables(
+      jax.random.key(0), {"audio": (1, config.hop_length * 8)})
+  params = nn.meta.unbox(variables["params"])
+  probe = tokenizer_lib.SemanticTokenizer(
+      config, params, trained.layer,
+      np.zeros((trained.num_clusters, config.emb_dim), np.float32))
+  embeddings = np.asarray(probe.embed(clips)).reshape(-1, config.emb_dim)
+  kmeans = tokenizer_lib.MiniBatchKMeans(trained.num_clusters, seed=0)
+  draw = lambda seed, n: embeddings[np.random.default_rng(seed).integers(0, len(embeddings), n)]
+  state = kmeans.fit(lambda step: draw(step + 1, 4096), 50, init_sample=draw(0, 8192))
+  return tokenizer_lib.SemanticTokenizer(config, params, trained.layer, state)
+
+
+if __name__ == "__main__":
+  main()
