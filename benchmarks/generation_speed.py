@@ -16,7 +16,6 @@ faster than real time). Writes benchmarks/results/generation_speed_<size>_<backe
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -78,7 +77,6 @@ def main():
   parser.add_argument("--batch", type=int, default=1)
   parser.add_argument("--out", default=None)
   args = parser.parse_args()
-  import jax
   import machine
   musiclm = build(args.size)
   prompts = ["a calm solo piano piece"] * args.batch
@@ -100,7 +98,7 @@ def main():
   report = {"benchmark": "generation_speed", "machine": machine.describe_jax(),
             "size": args.size, "seconds": args.seconds, "batch": args.batch,
             "audio_shape": list(wave.shape), "stages": result}
-  machine.save_result(report, f"generation_speed_{args.size}", args.out)
+  out = machine.save_result(report, f"generation_speed_{args.size}", args.out)
   for name, r in result.items():
     print(f"{name:12s} {r['seconds']:7.2f} s   {r['real_time_factor']:7.2f} x real time")
   print(f"-> {out}")

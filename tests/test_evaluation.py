@@ -129,6 +129,12 @@ def test_evaluate_cli_writes_a_report(tmp_path, capsys):
     evaluate.main(["--generated", str(generated), "--reference", str(reference),
                    "--prompts", str(bad), "--out", str(out)])
   assert e.value.code == 2 and "missing column(s) ['caption', 'id']" in capsys.readouterr().err
+  stray = tmp_path / "stray.csv"
+  stray.write_text("id,caption\ngen0,a\nnot_there,b\n")
+  with pytest.raises(SystemExit):
+    evaluate.main(["--generated", str(generated), "--reference", str(reference),
+                   "--prompts", str(stray), "--out", str(out)])
+  assert "1 clip(s) not in" in capsys.readouterr().err
 
 
 def test_a_savedmodel_on_disk_plugs_in_as_an_embedder(tmp_path):
@@ -149,6 +155,8 @@ def test_a_savedmodel_on_disk_plugs_in_as_an_embedder(tmp_path):
                                             frames.max(-1).mean(-1)], -1), rtol=1e-5)
   with pytest.raises(ValueError, match="unknown embedder 'vggish'"):
     embedders.get("vggish")
+  with pytest.raises(ValueError, match="number of Hz"):
+    embedders.get(f"savedmodel:{path}@fast")
 
 
 def test_seqio_metric_functions_follow_the_task_contract():

@@ -133,9 +133,13 @@ register("mulan", _mulan)
 def get(spec: str, **kwargs) -> Embedder:
   """A registered name, or 'savedmodel:PATH[@RATE]' for a SavedModel on disk."""
   if spec.startswith("savedmodel:"):
-    path, _, rate = spec[len("savedmodel:"):].rpartition("@") if "@" in spec else (
-        spec[len("savedmodel:"):], "", "")
-    return SavedModelEmbedder(path, int(rate) if rate else 16000, **kwargs)
+    body = spec[len("savedmodel:"):]
+    path, at, rate = body.rpartition("@")
+    if not at:
+      path, rate = body, "16000"
+    if not rate.isdigit():
+      raise ValueError(f"embedder {spec!r}: the rate after '@' must be a number of Hz")
+    return SavedModelEmbedder(path, int(rate), **kwargs)
   if spec not in _REGISTRY:
     raise ValueError(f"unknown embedder {spec!r}: registered {sorted(_REGISTRY)}, or "
                      "'savedmodel:PATH[@RATE]'")

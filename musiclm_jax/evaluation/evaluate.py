@@ -51,6 +51,9 @@ def load_folder(path: str, sample_rate: int = 16000) -> ClipSet:
   clips = {}
   for file in cli_utils.audio_paths([path]):
     clip_id = os.path.splitext(os.path.relpath(file, path))[0]
+    if clip_id in clips:
+      raise ValueError(f"{path}: two files make the clip id {clip_id!r} (ids drop the "
+                       "extension)")
     clips[clip_id] = audio_io.load_audio(file, sample_rate)
   return ClipSet(clips, sample_rate, path)
 
@@ -111,6 +114,10 @@ def evaluate(generated: ClipSet, reference: ClipSet, prompts: Optional[List[dict
             "n_generated": len(generated.clips), "n_reference": len(reference.clips),
             "fad": {}}
   gen_ids, ref_ids = sorted(generated.clips), sorted(reference.clips)
+  unknown = [row["id"] for row in prompts or () if row["id"] not in generated.clips]
+  if unknown:
+    raise ValueError(f"the prompts name {len(unknown)} clip(s) not in {generated.source}, "
+                     f"e.g. {unknown[:3]} (ids are file names without the extension)")
   musicnn_mtt = None
   for name in embedder_names:
     embedder = embedders.MuLanEmbedder(mulan) if name == "mulan" else embedders.get(name)
@@ -121,7 +128,7 @@ def evaluate(generated: ClipSet, reference: ClipSet, prompts: Optional[List[dict
     report["fad"][name] = fad.fad(gen, ref, bootstrap=bootstrap)
 
   pairs = [(row["id"], row["reference"]) for row in prompts or ()
-           if row["id"] in generated.clips and row["reference"] in reference.clips]
+           if row["reference"] in reference.clips]
   if not prompts:
     pairs = [(i, i) for i in gen_ids if i in reference.clips]
   if pairs:
@@ -131,15 +138,15 @@ def evaluate(generated: ClipSet, reference: ClipSet, prompts: Optional[List[dict
     gen_logits = logits(generated.resampled(tagger.sample_rate), [g for g, _ in pairs])
     ref_logits = logits(reference.resampled(tagger.sample_rate), [r for _, r in pairs])
     report["kld"] = kld.kld(ref_logits, gen_logits, kld_mode)
+    report["kld"]["clips_without_reference"] = len(gen_ids) - len(pairs)
   else:
     report["kld"] = {"kld": None, "reason": "no generated clip has a reference with its id "
                      "(or the prompts' 'reference' column)"}
 
   if mulan is not None and prompts:
-    rows = [row for row in prompts if row["id"] in generated.clips]
     audio = generated.resampled(mulan.config.sample_rate)
-    report["mcc"] = mcc.mcc(mulan, [row["caption"] for row in rows],
-                            pad_stack([audio[row["id"]] for row in rows]))
+    report["mcc"] = mcc.mcc(mulan, [row["caption"] for row in prompts],
+                            pad_stack([audio[row["id"]] for row in prompts]))
   else:
     report["mcc"] = {"mcc": None, "reason": "needs --prompts and --mulan_model_dir"}
   return report
