@@ -146,7 +146,8 @@ def build_steps(recipe: Recipe, sizes: dict) -> List[steps_lib.Step]:
   steps = [
       steps_lib.Step("data", f"build {r.tfds_name}",
                      _cli("build-data", r.dataset, "--data_dir", r.tfds_dir, "--config",
-                          r.dataset_config)),
+                          r.dataset_config),
+                     [os.path.join(r.tfds_dir, r.dataset, r.dataset_config)]),
       steps_lib.Step("clips", "write the train split as WAV files",
                      lambda: report.export_split(r.tfds_name, r.tfds_dir, "train", train_clips),
                      [train_clips]),
