@@ -40,9 +40,10 @@ def real_clips(count: int = 8) -> np.ndarray:
   return np.stack([wave[i * CLIP_SAMPLES:(i + 1) * CLIP_SAMPLES] for i in range(count)])
 
 
-def train(model, batch: np.ndarray, steps: int, devices=None):
-  """(trainer, state, per-step generator metrics) after `steps` steps on one batch."""
-  partitioner = partitioning.Partitioner(devices=devices or jax.devices()[:1])
+def train(model, batch: np.ndarray, steps: int, devices=None, partitioner=None):
+  """(trainer, state, per-step metrics) after `steps` steps on one batch; on one device
+  unless `devices` (a data-parallel mesh over them) or a `partitioner` is given."""
+  partitioner = partitioner or partitioning.Partitioner(devices=devices or jax.devices()[:1])
   trainer = trainer_lib.Trainer(model, partitioner)
   state = trainer.create_state({"audio": batch.shape})
   sharded = partitioner.shard_batch({"audio": batch})

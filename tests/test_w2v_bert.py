@@ -11,8 +11,9 @@ import pytest
 
 from musiclm_jax import gin_utils
 from musiclm_jax.layers import conformer
+from musiclm_jax.training import partitioning
 from musiclm_jax.w2v_bert import model as model_lib
-from tests import soundstream_fixtures
+from tests import harness, soundstream_fixtures
 from tests import w2v_bert_fixtures as fx
 
 
@@ -170,3 +171,35 @@ def test_gin_sizes():
   # The paper's w2v-BERT XL: about 600M parameters.
   assert 550e6 < counts["paper"] < 650e6, counts
   assert os.path.isfile(os.path.join(gin_utils.REPO_GIN_DIR, "runs", "w2v_bert.gin"))
+
+
+def test_training_on_8_devices_equals_one_device():
+  """data=4 x model=2: the same losses, parameters and quantizer state as one device (masks
+  and negatives come from the same per-step rng whatever the mesh)."""
+  if jax.device_count() < 8:
+    pytest.skip("needs XLA_FLAGS=--xla_force_host_platform_device_count=8")
+  clips = fx.real_clips(8)
+  model = fx.tiny_model()
+  _, initial, _ = soundstream_fixtures.train(model, clips, 0)
+  _, single, single_history = soundstream_fixtures.train(model, clips, 3)
+  mesh = partitioning.Partitioner(num_partitions=2)
+  assert dict(mesh.mesh.shape) == {"data": 4, "model": 2}
+  _, sharded, sharded_history = soundstream_fixtures.train(model, clips, 3,
+                                                           partitioner=mesh)
+  np.testing.assert_allclose([h["loss"] for h in sharded_history],
+                             [h["loss"] for h in single_history], rtol=1e-5)
+  # Adam divides by the gradients' running RMS, so parameters whose gradients are ~0 move by
+  # ~lr on either mesh in directions set by round-off: an elementwise tolerance would test
+  # round-off. Instead each tensor's mesh difference must be tiny next to how far training
+  # moved it.
+  for (path, a), b, start in zip(
+      jax.tree_util.tree_leaves_with_path(jax.device_get(single.params)),
+      jax.tree.leaves(jax.device_get(sharded.params)),
+      jax.tree.leaves(jax.device_get(initial.params))):
+    moved = np.linalg.norm(a - start)
+    assert moved > 0, jax.tree_util.keystr(path)
+    assert np.linalg.norm(a - b) < 2e-3 * moved, jax.tree_util.keystr(path)
+  harness.assert_trees_close(jax.device_get(sharded.flax_mutables),
+                             jax.device_get(single.flax_mutables), rtol=1e-5, atol=1e-6)
+  specs = [tuple(x.sharding.spec) for x in jax.tree.leaves(sharded.params)]
+  assert sum("model" in spec for spec in specs) >= len(specs) // 3, specs
