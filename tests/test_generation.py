@@ -74,6 +74,21 @@ def test_generates_audio_of_the_requested_length_past_every_context(musiclm):
   assert not np.array_equal(other, tokens)
 
 
+def test_first_stage_alone_gives_the_tokens_the_coarse_stage_reads(musiclm, monkeypatch):
+  prompts = ["calm piano", "fast drums"]
+  semantic = musiclm.generate_semantic_tokens(prompts, 0.5, seed=0)
+  assert semantic.shape == (2, 13) and semantic.min() >= 0 and semantic.max() < 16
+  prefixes = []
+  read = musiclm.coarse.continue_tokens
+  monkeypatch.setattr(musiclm.coarse, "continue_tokens",
+                      lambda prefix, *args: (prefixes.append(prefix), read(prefix, *args))[1])
+  musiclm.generate_tokens(prompts, 0.5, seed=0)
+  lay = musiclm.layout
+  first_window = prefixes[0][:, lay.mulan_levels:] - lay.mulan_levels * lay.mulan_codes
+  np.testing.assert_array_equal(first_window, semantic[:, :first_window.shape[1]])
+  assert not np.array_equal(musiclm.generate_semantic_tokens(prompts, 0.5, seed=1), semantic)
+
+
 def test_story_mode_switches_the_conditioning_at_window_starts(musiclm):
   story = [pipeline.TimedPrompt("calm piano", 0.0, 0.2),
            pipeline.TimedPrompt("fast drums", 0.2, 1.0)]

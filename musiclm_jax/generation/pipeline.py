@@ -209,6 +209,40 @@ class MusicLM:
       tokens[without] = audio_prompt.mulan[without]
     return tokens + np.arange(self.layout.mulan_levels)[None] * self.layout.mulan_codes
 
+  def _timelines(self, prompts) -> List[List[TimedPrompt]]:
+    return [list(p) if isinstance(p, (list, tuple)) else [TimedPrompt(p)] for p in prompts]
+
+  def _semantic_total(self, seconds: float) -> int:
+    """Whole semantic frames covering `seconds` (generate() trims the audio to it)."""
+    return max(1, math.ceil(seconds * self.layout.semantic_rate - 1e-9))
+
+  def generate_semantic_tokens(self, prompts: Sequence[str | None | Sequence[TimedPrompt]],
+                               seconds: float, seed: int = 0, sampling: Optional[dict] = None,
+                               show_progress: bool = False,
+                               audio_prompt: Optional[PromptTokens] = None) -> np.ndarray:
+    """The first stage alone: semantic tokens [B, frames] (cluster ids) for the prompts;
+    the same tokens `generate_tokens` builds on for the same arguments."""
+    from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+    lay, win = self.layout, self.windows
+    sampling = DEFAULT_SAMPLING | dict(sampling or {})
+    timelines = self._timelines(prompts)
+    semantic_total = self._semantic_total(seconds)
+    initial = None
+    if audio_prompt is not None:
+      initial = self._initial_tokens(audio_prompt, len(timelines), semantic_total)["semantic"]
+    rngs = iter(jax.random.split(jax.random.fold_in(jax.random.key(seed), 0), 10_000))
+
+    def semantic_window(start, frames, prompt, new):
+      prefix = self._mulan_prefix(timelines, start / lay.semantic_rate, audio_prompt)
+      return self.semantic.continue_tokens(prefix, prompt, new, next(rngs),
+                                           sampling["semantic"])
+
+    window = max(1, int(round(win.semantic_seconds * lay.semantic_rate)))
+    with tqdm(total=semantic_total, desc="semantic", unit="frame",
+              disable=not show_progress) as progress:
+      return generate_by_windows(semantic_total, window, int(window * win.overlap), 1,
+                                 semantic_window, len(timelines), progress, initial)
+
   def generate_tokens(self, prompts: Sequence[str | None | Sequence[TimedPrompt]],
                       seconds: float, seed: int = 0, sampling: Optional[dict] = None,
                       show_progress: bool = False,
@@ -221,32 +255,22 @@ class MusicLM:
     from tqdm import tqdm  # pylint: disable=g-import-not-at-top
     lay, win = self.layout, self.windows
     sampling = DEFAULT_SAMPLING | dict(sampling or {})
-    timelines = [list(p) if isinstance(p, (list, tuple)) else [TimedPrompt(p)]
-                 for p in prompts]
+    timelines = self._timelines(prompts)
     batch = len(timelines)
     ratio = lay.acoustic_rate // lay.semantic_rate
     qc, qf = lay.coarse_levels, lay.acoustic_levels - lay.coarse_levels
-    # Whole semantic frames covering `seconds` (generate() trims the audio to it).
-    semantic_total = max(1, math.ceil(seconds * lay.semantic_rate - 1e-9))
+    semantic_total = self._semantic_total(seconds)
     acoustic_total = semantic_total * ratio
     initial = {name: None for name in stages.STAGES}
     if audio_prompt is not None:
       initial = self._initial_tokens(audio_prompt, batch, semantic_total)
-    rngs = iter(jax.random.split(jax.random.key(seed), 10_000))
+    semantic = self.generate_semantic_tokens(prompts, seconds, seed, sampling, show_progress,
+                                             audio_prompt)
+    # The acoustic stages draw from their own stream (the semantic stage's is fold_in 0).
+    rngs = iter(jax.random.split(jax.random.fold_in(jax.random.key(seed), 1), 10_000))
     bar = lambda name, total: tqdm(total=total, desc=name, unit="frame",
                                    disable=not show_progress)
-
-    def semantic_window(start, frames, prompt, new):
-      prefix = self._mulan_prefix(timelines, start / lay.semantic_rate, audio_prompt)
-      return self.semantic.continue_tokens(prefix, prompt, new, next(rngs),
-                                           sampling["semantic"])
-
     frames = lambda s: max(1, int(round(s * lay.semantic_rate)))
-    with bar("semantic", semantic_total) as progress:
-      semantic = generate_by_windows(
-          semantic_total, frames(win.semantic_seconds),
-          int(frames(win.semantic_seconds) * win.overlap), 1, semantic_window, batch, progress,
-          initial["semantic"])
 
     def coarse_window(start, length, prompt, new):
       mulan = self._mulan_prefix(timelines, start / lay.semantic_rate, audio_prompt)
