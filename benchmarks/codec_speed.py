@@ -7,6 +7,12 @@ Builds the paper codec (24 kHz, hop 480, C=32, D=128, 12 x 1024 RVQ) with random
 (wesnoth-1.16-music via Debian, or sonic-pi-samples loops when that is unavailable), and
 reports how many seconds of audio pass through per second of wall time, whole-clip and in
 streaming 0.5 s chunks. Issue #3's target: >= 20x real time at batch 1 on this CPU.
+
+Because "this CPU" changes between machines, it also reports the work (XLA's FLOP count of
+the compiled encode and decode, per second of audio), the throughput achieved (GFLOP/s),
+and the same machine's float32 throughput on the codec's own largest convolution shape
+measured alone: their ratio says how much faster code could make the codec here (a
+ratio near 1 leaves only less work or lower precision).
 Writes benchmarks/results/codec_speed_<backend>.json with the machine description.
 """
 
@@ -62,6 +68,26 @@ def paper_codec() -> codec_lib.Codec:
   return codec_lib.Codec(config, {"params": variables["params"], "quantizer": quantizer})
 
 
+def compiled_flops(jitted, *args) -> float:
+  """XLA's FLOP count of one call (static arguments bound in `jitted`)."""
+  cost = jitted.lower(*args).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost["flops"])
+
+
+def conv_throughput(channels: int, samples: int, repeats: int) -> float:
+  """GFLOP/s of one k=7, dilation-3 causal conv [1, samples, C] -> C, as in SEANet's first
+  block (the codec's most expensive layer shape), alone on this machine."""
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(1, samples + 18, channels)),
+                  jnp.float32)
+  kernel = jnp.asarray(np.random.default_rng(1).normal(size=(7, channels, channels)),
+                       jnp.float32)
+  conv = jax.jit(lambda x, k: jax.lax.conv_general_dilated(
+      x, k, (1,), "VALID", rhs_dilation=(3,), dimension_numbers=("NWC", "WIO", "NWC")))
+  seconds = timed(lambda: conv(x, kernel).block_until_ready(), repeats)
+  return 2 * 7 * channels * channels * samples / seconds / 1e9
+
+
 def timed(fn, repeats: int) -> float:
   fn()  # compile
   start = time.perf_counter()
@@ -95,6 +121,20 @@ def main():
       decoder.push(encoder.push(batch[:, start:start + chunk]))
   stream_s = timed(streamed, max(1, args.repeats - 1))
 
+  encode_flops = compiled_flops(
+      jax.jit(lambda v, w: codec.module.apply(v, w, method=model_lib.SoundStream.encode)),
+      codec.variables, jnp.asarray(batch))
+  decode_flops = compiled_flops(
+      jax.jit(lambda v, c: codec.module.apply(v, c, method=model_lib.SoundStream.decode)),
+      codec.variables, jnp.asarray(codes))
+  work = {"encode_gflop_per_audio_second": encode_flops / audio_seconds / 1e9,
+          "decode_gflop_per_audio_second": decode_flops / audio_seconds / 1e9,
+          "achieved_gflops": (encode_flops + decode_flops) / (encode_s + decode_s) / 1e9,
+          "largest_conv_alone_gflops": conv_throughput(codec.config.channels,
+                                                       batch.shape[1], args.repeats)}
+  work["achieved_over_largest_conv_alone"] = (work["achieved_gflops"]
+                                              / work["largest_conv_alone_gflops"])
+
   results = {"encode_x_realtime": audio_seconds / encode_s,
              "decode_x_realtime": audio_seconds / decode_s,
              "encode_decode_x_realtime": audio_seconds / (encode_s + decode_s),
@@ -102,13 +142,15 @@ def main():
   report = {"benchmark": "codec_speed", "size": "paper (24 kHz, hop 480, C=32, D=128, "
                                                   "12 x 1024 RVQ)",
             "batch": args.batch, "clip_seconds": args.seconds, "audio_source": source,
-            "machine": machine.describe_jax(), "results": results, "target": {
+            "machine": machine.describe_jax(), "results": results, "work": work, "target": {
                 "encode_decode_x_realtime": 20.0},
             "meets_target": results["encode_decode_x_realtime"] >= 20.0,
             "date": time.strftime("%Y-%m-%d %H:%M:%S")}
   out = machine.save_result(report, "codec_speed", args.out)
   for name, value in results.items():
     print(f"{name:42s} {value:8.1f}x")
+  for name, value in work.items():
+    print(f"{name:42s} {value:8.2f}")
   print(f"-> {out}")
 
 
