@@ -117,3 +117,10 @@ def test_mulan_task_reads_the_captioned_set(built):
                                     0, 1).as_numpy_iterator())
   assert batch["audio"].shape == (4, 16000) and batch["text_tokens"].shape == (4, 48)
   assert (batch["text_tokens"][:, 0] == 101).all()   # [CLS]
+
+
+def test_planning_in_worker_processes_equals_planning_here():
+  serial = list(mc.plan_examples(SPEC, range(6), workers=1))
+  assert [plan.index for plan, _ in serial] == list(range(6))
+  assert all(notes for _, notes in serial)
+  assert list(mc.plan_examples(SPEC, range(6), workers=2)) == serial

@@ -17,12 +17,15 @@ caption was written from: piece, style, composer, ensemble, instruments, drums, 
 tempo ('slow' | 'moderate' | 'fast'), key, mode, transpose, velocity.
 
 A clip that renders silent is skipped and counted in `info.metadata['build_report']`.
+Planning (parsing the pieces) runs in one process per CPU core; the output does not depend
+on how many.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import os
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -37,6 +40,7 @@ SIZES = {"tiny": dict(num_examples=48, clip_seconds=4.0, validation_percent=20.0
          "small": dict(num_examples=1200, clip_seconds=10.0),
          "large": dict(num_examples=7200, clip_seconds=10.0, soundfont="fluid-soundfont-gm")}
 RATES = {"16khz": 16000, "24khz": 24000}
+PLANNING_WORKERS = os.cpu_count() or 1
 
 
 @dataclasses.dataclass(eq=False)
@@ -98,9 +102,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     spec = self.builder_config.spec
     soundfont = render.soundfont_path(spec.soundfont)
     plans = collections.defaultdict(list)
-    for index in range(spec.num_examples):
-      plan = mc.plan_example(spec, index)
-      plans[plan.split].append(plan)
+    for plan, notes in mc.plan_examples(spec, range(spec.num_examples), PLANNING_WORKERS):
+      plans[plan.split].append((plan, notes))
     self._report["planned"] = spec.num_examples
     return {split: self._generate_examples(split, plans[split], soundfont)
             for split in ("train", "validation", "test") if plans[split]}
@@ -108,9 +111,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, split, plans, soundfont):
     spec = self.builder_config.spec
     written = 0
-    for plan in plans:
+    for plan, notes in plans:
       try:
-        example = mc.render_example(spec, plan, soundfont)
+        example = mc.render_example(spec, plan, soundfont, notes)
       except ValueError as e:  # silent rendering
         logging.warning("skipped: %s", e)
         self._report["skipped"]["silent"] += 1

@@ -12,8 +12,11 @@ piece is heard in two splits (a held-out caption is also a held-out piece).
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
-from typing import Dict, Optional, Tuple
+import functools
+import multiprocessing
+from typing import Dict, Iterable, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -139,11 +142,43 @@ def caption_of(plan: Plan, template: int) -> str:
   return text + (f" Played {dynamics}." if dynamics else "")
 
 
-def render_example(spec: MusicCaptionsSpec, plan: Plan, soundfont_file: str
-                   ) -> Dict[str, object]:
-  """Audio (mono float32 [clip_samples], peak 0.9 x a drawn level), caption, metadata."""
-  notes = corpus.excerpt(corpus.piece_notes(plan.piece), plan.start_quarter,
-                         spec.clip_seconds * plan.performance.bpm / 60.0)
+def clip_notes(spec: MusicCaptionsSpec, plan: Plan) -> Tuple[corpus.Note, ...]:
+  """The notes the plan's clip plays (parses the piece unless this process has it cached)."""
+  return tuple(corpus.excerpt(corpus.piece_notes(plan.piece), plan.start_quarter,
+                              spec.clip_seconds * plan.performance.bpm / 60.0))
+
+
+def plan_with_notes(spec: MusicCaptionsSpec, index: int
+                    ) -> Tuple[Plan, Tuple[corpus.Note, ...]]:
+  """`plan_example` and its `clip_notes`: what a planning worker sends back, so that the
+  process that renders never parses the piece again."""
+  plan = plan_example(spec, index)
+  return plan, clip_notes(spec, plan)
+
+
+def plan_examples(spec: MusicCaptionsSpec, indices: Iterable[int], workers: int = 1
+                  ) -> Iterator[Tuple[Plan, Tuple[corpus.Note, ...]]]:
+  """`plan_with_notes` for each index, in order, over `workers` processes.
+
+  Planning is the slow part of a build (music21 parses a piece in ~0.3 s; rendering a clip
+  takes ~25 ms), and pieces are independent, so it parallelises. Workers are spawned, not
+  forked: the builder's process has TensorFlow's threads running.
+  """
+  plan = functools.partial(plan_with_notes, spec)
+  indices = list(indices)
+  if workers <= 1 or len(indices) < 2 * workers:
+    yield from map(plan, indices)
+    return
+  with concurrent.futures.ProcessPoolExecutor(
+      workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    yield from pool.map(plan, indices, chunksize=max(1, min(16, len(indices) // (4 * workers))))
+
+
+def render_example(spec: MusicCaptionsSpec, plan: Plan, soundfont_file: str,
+                   notes: Optional[Sequence[corpus.Note]] = None) -> Dict[str, object]:
+  """Audio (mono float32 [clip_samples], peak 0.9 x a drawn level), caption, metadata.
+  notes: the plan's `clip_notes` when already known."""
+  notes = clip_notes(spec, plan) if notes is None else notes
   audio = render.render(notes, plan.performance, spec.clip_seconds, spec.sample_rate,
                         soundfont_file)[:spec.clip_samples]
   rng = np.random.default_rng([spec.seed, plan.index, 1])
