@@ -81,3 +81,10 @@ def test_recipe_is_saved_with_the_run_and_changes_are_reported(tmp_path):
   assert longer.save() == {"stage_steps": ([3, 2, 1], [30, 20, 10])}
   with pytest.raises(FileNotFoundError, match="a pipeline run"):
     recipe_lib.Recipe.load(str(tmp_path / "elsewhere"))
+  # A moved (or copied) run folder is read with its paths at the new place.
+  moved = tmp_path.parent / (tmp_path.name + "_moved")
+  os.rename(tmp_path, moved)
+  loaded = recipe_lib.Recipe.load(str(moved))
+  assert loaded.work_dir == str(moved) and loaded.stage_steps == (30, 20, 10)
+  assert loaded.path("bundle") == os.path.join(str(moved), "bundle")
+  assert loaded.save() == {}

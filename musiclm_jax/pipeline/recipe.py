@@ -84,7 +84,8 @@ class Recipe:
 
   def save(self) -> dict:
     """Writes <work_dir>/recipe.json; returns the fields that differ from the one already
-    there ({field: (old, new)}: finished steps were made with the old values)."""
+    there ({field: (old, new)}: finished steps were made with the old values). A moved
+    folder (work_dir alone differs) is not a change."""
     from musiclm_jax import atomic  # pylint: disable=g-import-not-at-top
     path = self.path("recipe.json")
     fields = json.loads(json.dumps(dataclasses.asdict(self)))   # tuples as lists
@@ -92,18 +93,21 @@ class Recipe:
     if os.path.exists(path):
       with open(path, encoding="utf-8") as f:
         old = json.load(f)
-      changed = {k: (old.get(k), v) for k, v in fields.items() if old.get(k) != v}
+      changed = {k: (old.get(k), v) for k, v in fields.items()
+                 if old.get(k) != v and k != "work_dir"}
     atomic.atomic_write_text(path, json.dumps(fields, indent=1))
     return changed
 
   @classmethod
   def load(cls, work_dir: str) -> "Recipe":
-    """The recipe a pipeline run was made with (its recipe.json)."""
+    """The recipe a pipeline run was made with (its recipe.json), its paths under
+    `work_dir` wherever the run was made: a run folder can be moved or copied."""
     path = os.path.join(work_dir, "recipe.json")
     if not os.path.exists(path):
       raise FileNotFoundError(f"{path} not found: is {work_dir!r} a pipeline run?")
     with open(path, encoding="utf-8") as f:
       fields = json.load(f)
+    fields["work_dir"] = work_dir
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
 
 
