@@ -1,7 +1,7 @@
 r"""Proof of learning (issue #9): does the text steer the music a pipeline run generates?
 
-  python benchmarks/proof_of_learning.py --work_dir runs/demo [--prompts 24] [--seconds 8]
-      [--out FILE]
+  python benchmarks/proof_of_learning.py --work_dir runs/demo [--prompts 24]
+      [--chain_prompts 240] [--seconds 8] [--out FILE]
 
 From a finished `musiclm-jax pipeline` run (its bundle, MuLan run and dataset):
 1. Probes: logistic regressions on MuLan audio embeddings of the real training renderings
@@ -17,6 +17,14 @@ From a finished `musiclm-jax pipeline` run (its bundle, MuLan run and dataset):
 4. FAD (musicnn MTT) to held-out real renderings of: the generated clips; SoundStream's own
    resynthesis of held-out clips (the floor: what the codec allows); and unconditioned
    generation (classifier-free guidance scale 0: the stages' unconditional model).
+5. The chain, link by link, to see where the prompt's information is lost: the same
+   MuLan-audio probes read (a) the prompts' MuLan text embeddings (the joint space: does
+   the text land near audio of its ensemble?) and (b) those embeddings after the RVQ (the
+   12 tokens the stages see, decoded); (c) probes on histograms of semantic tokens (the
+   bundle's w2v-BERT + k-means on real clips; ceiling on held-out ones) read the first
+   stage's output for the prompts, the shuffled prompts and without guidance. These links
+   skip the acoustic stages, so they use a larger prompt set (--chain_prompts, 240), and
+   report the probability the probe gives the named class next to its accuracy.
 Writes benchmarks/results/proof_of_learning_<backend>.json.
 """
 
@@ -61,6 +69,9 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--work_dir", required=True, help="a finished pipeline run")
   parser.add_argument("--prompts", type=int, default=24)
+  parser.add_argument("--chain_prompts", type=int, default=240,
+                      help="prompts for the chain's text and semantic-stage links (cheap: "
+                           "no acoustic stages), for a finer reading than --prompts gives")
   parser.add_argument("--seconds", type=float, default=8.0)
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--out", default=None)
@@ -87,12 +98,17 @@ def main() -> None:
 
   rng = np.random.default_rng(args.seed)
   ensembles = sorted(set(train_ens) & set(test_ens)) or sorted(set(train_ens))
-  pairs = [(ensembles[rng.integers(len(ensembles))], list(TEMPO_BPM)[rng.integers(3)])
-           for _ in range(args.prompts)]
-  prompts = [f"{e} playing {t} music" for e, t in pairs]
   seen = set(train_captions)
-  assert not any(p in seen for p in prompts), "a prompt is a whole training caption"
-  shuffled = [prompts[i] for i in rng.permutation(len(prompts))]
+
+  def draw_prompts(count):
+    """(ensemble, tempo) pairs, their prompts, and the prompts in shuffled order."""
+    pairs = [(ensembles[rng.integers(len(ensembles))], list(TEMPO_BPM)[rng.integers(3)])
+             for _ in range(count)]
+    prompts = [f"{e} playing {t} music" for e, t in pairs]
+    assert not any(p in seen for p in prompts), "a prompt is a whole training caption"
+    return pairs, prompts, [prompts[i] for i in rng.permutation(count)]
+
+  pairs, prompts, shuffled = draw_prompts(args.prompts)
 
   def generated(texts, **kw):
     return musiclm.generate(texts, args.seconds, seed=args.seed, **kw)
@@ -112,6 +128,56 @@ def main() -> None:
     beat = [_estimated_tempo_word(w, musiclm.sample_rate) for w in audio]
     out["tempo_beat_tracker"] = float(np.mean([b == t for b, (_, t) in zip(beat, pairs)]))
     return out
+
+  # The chain, link by link (docstring, point 5), on its own larger prompt set. Row i is
+  # always scored against chain_pairs[i]: accuracy, and the probability the probe gives
+  # the named class (a finer reading than accuracy when the probe's ceiling is low).
+  from musiclm_jax.mulan import tokenizer as mulan_tokenizer
+  chain_pairs, chain_prompts, chain_shuffled = draw_prompts(args.chain_prompts)
+
+  def hits(probe_set, features):
+    out = {}
+    for attr, index in (("ensemble", 0), ("tempo", 1)):
+      probe, named = probe_set[attr], [pair[index] for pair in chain_pairs]
+      out[attr] = float(np.mean(probe.predict(features) == np.array(named)))
+      column = {c: j for j, c in enumerate(probe.classes_)}
+      probabilities = probe.predict_proba(features)
+      out[f"{attr}_probability"] = float(np.mean(
+          [probabilities[i, column[n]] if n in column else 0.0 for i, n in enumerate(named)]))
+    return out
+
+  unit = lambda x: x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+  chain = {"mulan_text_embedding": hits(probes, mulan.embed_text(chain_prompts)),
+           "mulan_text_tokens_decoded": hits(probes, unit(mulan_tokenizer.decode_rvq(
+               mulan.codebooks, mulan.text_tokens(chain_prompts))))}
+  tokenizer = musiclm.semantic_tokenizer
+  histogram = lambda tokens: np.stack([np.bincount(t, minlength=tokenizer.num_clusters)
+                                       / len(t) for t in tokens])
+  semantic_of = lambda x: histogram(tokenizer.tokenize(at(x, rate,
+                                                          tokenizer.config.sample_rate)))
+  train_hist, test_hist = semantic_of(train_audio), semantic_of(test_audio)
+  semantic_probes = {"ensemble": _probe(train_hist, train_ens),
+                     "tempo": _probe(train_hist, train_tempo)}
+  chain["semantic_probe_on_real_heldout"] = {
+      "ensemble": float(semantic_probes["ensemble"].score(test_hist, test_ens)),
+      "tempo": float(semantic_probes["tempo"].score(test_hist, test_tempo))}
+  for name, texts, kw in (("semantic_stage_conditioned", chain_prompts, {}),
+                          ("semantic_stage_shuffled_prompts", chain_shuffled, {}),
+                          ("semantic_stage_unconditioned", chain_prompts,
+                           {"sampling": guidance})):
+    tokens = np.concatenate([
+        musiclm.generate_semantic_tokens(texts[i:i + 48], args.seconds, seed=args.seed + i,
+                                         **kw) for i in range(0, len(texts), 48)])
+    chain[name] = hits(semantic_probes, histogram(tokens))
+  # Is the conditioned stage recognised more often than with shuffled prompts? One-sided
+  # Fisher exact test on the hit counts.
+  from scipy import stats
+  for attr in ("ensemble", "tempo"):
+    counts = [[round(chain[name][attr] * len(chain_prompts)),
+               len(chain_prompts) - round(chain[name][attr] * len(chain_prompts))]
+              for name in ("semantic_stage_conditioned", "semantic_stage_shuffled_prompts")]
+    chain["semantic_stage_conditioned"][f"{attr}_p_vs_shuffled"] = float(
+        stats.fisher_exact(counts, alternative="greater").pvalue)
 
   majority = {"ensemble": max(np.mean(np.array(train_ens) == e) for e in set(train_ens)),
               "tempo": max(np.mean(np.array(train_tempo) == t) for t in TEMPO_BPM)}
@@ -137,11 +203,14 @@ def main() -> None:
                                                        "codec_steps", "w2v_bert_steps",
                                                        "mulan_steps", "stage_steps")},
             "prompts": prompts, "seconds": args.seconds, "recognition": recognition,
+            "chain": chain, "chain_prompts": len(chain_prompts),
             "fad_musicnn_to_heldout_real": fads, "wall_seconds": time.time() - start,
             "machine": machine.describe_jax()}
   out = machine.save_result(report, "proof_of_learning", args.out)
   for name, values in recognition.items():
     print(f"{name:24s} " + "  ".join(f"{k}={v:.3f}" for k, v in values.items()))
+  for name, values in chain.items():
+    print(f"{name:34s} " + "  ".join(f"{k}={v:.3f}" for k, v in values.items()))
   for name, r in fads.items():
     print(f"FAD {name:24s} {r['fad']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]")
   print(f"-> {out}")
