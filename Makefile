@@ -31,13 +31,15 @@ browser:
 	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 	    chromium chromium-driver; fi
 
-# The CI command: every test, multi-device and multi-process ones included.
+# The CI command: every test, multi-device and multi-process ones included. Two workers, one
+# test file each at a time (module fixtures are built once): much of a test's time is XLA
+# compiling on one thread, so two files overlap well on two cores.
 test: setup
-	$(PY) -m pytest -q -ra tests
+	$(PY) -m pytest -q -ra -n 2 --dist loadfile tests
 
 # The main job: builds the captioned music set, trains SoundStream, w2v-BERT + k-means, MuLan
 # + RVQ, tokenizes, trains the three stages, exports, generates, evaluates, and writes
-# $(DEMO_DIR)/report/summary.md (about 45 minutes on a 2-core CPU at pipeline/tiny.gin).
+# $(DEMO_DIR)/report/summary.md (40-65 minutes on a 2-core CPU at pipeline/tiny.gin).
 # Re-running skips finished steps. DEMO_CONFIG=pipeline/small.gin for a longer GPU run.
 demo: setup
 	$(PY) -m musiclm_jax.cli pipeline --gin_file=$(DEMO_CONFIG) \

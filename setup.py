@@ -47,7 +47,7 @@ setup(
     package_data={"musiclm_jax.evaluation": ["listening.html"]},  # the listening test's page
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": ["pytest>=8", "pytest-timeout>=2.3",
+    extras_require={"test": ["pytest>=8", "pytest-timeout>=2.3", "pytest-xdist>=3.5",
                              "scikit-learn>=1.5",  # reference k-means in tests
                              "selenium>=4.30"]},  # drives Debian's chromium (listening test)
     entry_points={"console_scripts": ["musiclm-jax=musiclm_jax.cli:main"]},

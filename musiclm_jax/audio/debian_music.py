@@ -45,9 +45,15 @@ def fetch(package: str, cache_dir: str | None = None) -> str:
     unpacked = os.path.join(tmp, "root")
     _run(["dpkg-deb", "-x", debs[0], unpacked], cwd=tmp, package=package)
     open(os.path.join(unpacked, ".complete"), "w").close()
+    if os.path.isfile(os.path.join(root, ".complete")):
+      return root  # another process (a parallel test worker) fetched it meanwhile: keep it
     if os.path.exists(root):
-      shutil.rmtree(root)
-    os.replace(unpacked, root)  # complete or absent: a crash never leaves half a package
+      shutil.rmtree(root)  # a leftover without its .complete mark
+    try:
+      os.replace(unpacked, root)  # complete or absent: a crash never leaves half a package
+    except OSError:
+      if not os.path.isfile(os.path.join(root, ".complete")):
+        raise
   return root
 
 
