@@ -10,7 +10,10 @@ r"""Do semantic tokens carry musical content? (issue #4)
 2. Pitch class: single notes and triads of every pitch class rendered with the GM SoundFont
    on several instruments and octaves; a clip is the histogram of its tokens; a logistic
    regression trained on some instruments predicts the pitch class (the root for triads) on
-   the other instruments. Chance is 1/12.
+   the other instruments. Chance is 1/12. The same probe on the layer's embeddings before
+   k-means (mean and standard deviation over the clip's frames) says what the network
+   carries and k-means keeps, and on the network's input, the normalised log-mel pooled the
+   same way, what a linear probe can read at all: the ceiling.
 Random-initialised w2v-BERT + k-means of the same sizes (`--baseline`, default on) gives the
 same numbers for a network that learned nothing: the honest comparison.
 Writes benchmarks/results/semantic_quality_<backend>.json.
@@ -65,14 +68,31 @@ def _notes_dataset(sample_rate: int, seconds: float = 1.0):
   return np.stack(audio), np.array(labels), np.array(programs)
 
 
-def _pitch_probe(tokenizer, audio, labels, programs) -> float:
+def _probe(features: np.ndarray, labels: np.ndarray, programs: np.ndarray) -> float:
+  """Held-out accuracy of a logistic regression from features [N, F] to pitch class, trained
+  on TRAIN_PROGRAMS' clips and scored on the other instruments' (features standardised)."""
   from sklearn.linear_model import LogisticRegression
+  from sklearn.preprocessing import StandardScaler
+  train = np.isin(programs, TRAIN_PROGRAMS)
+  scaler = StandardScaler().fit(features[train])
+  probe = LogisticRegression(max_iter=3000).fit(scaler.transform(features[train]),
+                                                labels[train])
+  return float(probe.score(scaler.transform(features[~train]), labels[~train]))
+
+
+def _pooled(frames: np.ndarray) -> np.ndarray:
+  """[N, T, D] -> [N, 2D]: each dimension's mean and standard deviation over time."""
+  return np.concatenate([frames.mean(axis=1), frames.std(axis=1)], axis=1)
+
+
+def _pitch_probes(tokenizer, audio, labels, programs) -> dict:
+  """Pitch-class probe accuracy on token histograms and on pooled embeddings."""
   tokens = tokenizer.tokenize(audio)
   hist = np.stack([np.bincount(t, minlength=tokenizer.num_clusters) for t in tokens])
   hist = hist / hist.sum(axis=1, keepdims=True)
-  train = np.isin(programs, TRAIN_PROGRAMS)
-  probe = LogisticRegression(max_iter=3000).fit(hist[train], labels[train])
-  return float(probe.score(hist[~train], labels[~train]))
+  embeddings = _pooled(np.asarray(tokenizer.embed(audio)))
+  return {"tokens": _probe(hist, labels, programs),
+          "embeddings": _probe(embeddings, labels, programs)}
 
 
 def main() -> None:
@@ -88,7 +108,7 @@ def main() -> None:
   import tensorflow_datasets as tfds
   import machine
   from musiclm_jax.audio import io as audio_io
-  from musiclm_jax.w2v_bert import tokenizer as tokenizer_lib
+  from musiclm_jax.w2v_bert import model as model_lib, tokenizer as tokenizer_lib
   start = time.time()
   trained = tokenizer_lib.SemanticTokenizer.load(args.model_dir, args.centroids)
   rate = trained.config.sample_rate
@@ -101,8 +121,10 @@ def main() -> None:
   results = {}
   for name, tokenizer in (("trained", trained), ("random_init", random_init)):
     results[name] = {"agreement": _agreement(tokenizer, clips),
-                     "pitch_class_probe_accuracy": _pitch_probe(tokenizer, *notes)}
+                     "pitch_class_probe_accuracy": _pitch_probes(tokenizer, *notes)}
     print(name, results[name], flush=True)
+  results["pitch_class_probe_on_input_log_mel"] = _probe(
+      _pooled(np.asarray(model_lib.normalized_log_mel(notes[0], trained.config))), *notes[1:])
   results["pitch_class_chance"] = 1 / 12
   report = {"benchmark": "semantic_quality", "model_dir": args.model_dir,
             "clusters": trained.num_clusters, "layer": trained.layer,

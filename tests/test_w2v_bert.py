@@ -13,7 +13,7 @@ from musiclm_jax import gin_utils
 from musiclm_jax.layers import conformer
 from musiclm_jax.training import partitioning
 from musiclm_jax.w2v_bert import model as model_lib
-from tests import harness, soundstream_fixtures
+from tests import harness
 from tests import w2v_bert_fixtures as fx
 
 
@@ -105,7 +105,7 @@ def test_contrastive_negatives_and_losses():
 def test_loss_finite_and_decreasing_on_real_audio():
   clips = fx.real_clips(4)
   model = fx.tiny_model()
-  _, state, history = soundstream_fixtures.train(model, clips, 12)
+  _, state, history = harness.train_on_batch(model, clips, 12)
   losses = [h["loss"] for h in history]
   assert all(np.isfinite(v) for h in history for v in h.values()), history[-1]
   assert np.mean(losses[-3:]) < 0.85 * np.mean(losses[:3]), losses
@@ -114,6 +114,25 @@ def test_loss_finite_and_decreasing_on_real_audio():
   assert last["code_perplexity_sum"] > 2.0  # the diversity term keeps codes in use
   assert last["gumbel_temperature_sum"] < model.config.gumbel_temperature_max
   assert int(state.flax_mutables[model_lib.STATE]["step"]) == 12
+
+
+def test_input_features_keep_held_notes_and_ignore_gain():
+  """The log-mel normalisation keeps a held note's spectrum (removing each band's mean, as
+  speech front ends do, leaves a held note nothing but its attack: the pitch is lost) and
+  makes the input independent of gain."""
+  from musiclm_jax.music import corpus, render
+  soundfont = render.soundfont_path("timgm6mb-soundfont")
+  piano = render.Performance(programs=(0,), bpm=120.0, velocity=90)
+  notes = np.stack([render.render([corpus.Note(0.0, 4.0, pitch, 0)], piano, 1.0,
+                                  fx.SAMPLE_RATE, soundfont) for pitch in (60, 67)])  # C4, G4
+  log_mel = np.asarray(model_lib.normalized_log_mel(np.concatenate([notes, 0.5 * notes]),
+                                                    fx.tiny_config()))
+  assert log_mel.shape == (4, 100, fx.tiny_config().num_mels)
+  profiles = log_mel.mean(axis=1)  # each clip's mean spectrum
+  assert np.all(profiles.std(axis=1) > 0.5), profiles.std(axis=1)
+  assert np.mean(np.abs(profiles[0] - profiles[1])) > 0.2  # C4 and G4 differ
+  gain_change = np.abs(log_mel[:2] - log_mel[2:])  # -6 dB: equal but for the log floor
+  assert gain_change.mean() < 0.01 and gain_change.max() < 0.2, gain_change.max()
 
 
 def test_embed_rate_layers_eval_and_quantizer_ids():
@@ -180,11 +199,11 @@ def test_training_on_8_devices_equals_one_device():
     pytest.skip("needs XLA_FLAGS=--xla_force_host_platform_device_count=8")
   clips = fx.real_clips(8)
   model = fx.tiny_model()
-  _, initial, _ = soundstream_fixtures.train(model, clips, 0)
-  _, single, single_history = soundstream_fixtures.train(model, clips, 3)
+  _, initial, _ = harness.train_on_batch(model, clips, 0)
+  _, single, single_history = harness.train_on_batch(model, clips, 3)
   mesh = partitioning.Partitioner(num_partitions=2)
   assert dict(mesh.mesh.shape) == {"data": 4, "model": 2}
-  _, sharded, sharded_history = soundstream_fixtures.train(model, clips, 3,
+  _, sharded, sharded_history = harness.train_on_batch(model, clips, 3,
                                                            partitioner=mesh)
   np.testing.assert_allclose([h["loss"] for h in sharded_history],
                              [h["loss"] for h in single_history], rtol=1e-5)

@@ -25,9 +25,13 @@ model's only non-parameter state ('w2v_bert_state' collection, in flax_mutables)
 Deviations from the paper, and why: masked frames take a learned mask embedding (w2v-BERT
 uses random vectors); pre-norms are RMSNorm and the conformer's BatchNorm a layer norm
 (layers/conformer.py); positions come from a shared T5 relative bias (the conformer's
-Transformer-XL encoding plays the same role); the log-mel input is normalised per clip (each
-band's mean removed, one global scale), which makes the features, and so the tokens, nearly
-invariant to gain (up to the log floor) at the price of a dependence on the whole clip.
+Transformer-XL encoding plays the same role); the log-mel input is normalised per clip (its
+mean level over all bands and frames removed, one global scale), which makes the features,
+and so the tokens, nearly invariant to gain (up to the log floor) at the price of a
+dependence on the whole clip. Not per band: removing each band's mean (speech's cepstral
+mean normalisation) erases the spectrum of anything sustained, a held note or chord, and
+with it the pitch (a linear probe reads the pitch class of rendered notes on unseen
+instruments from pooled log-mel at 0.94 with one mean per clip, 0.34 with one per band).
 
 Batches: {'audio': float32 [batch, samples]} at `W2vBertConfig.sample_rate`; frames =
 samples // hop_length.
@@ -292,12 +296,29 @@ def diversity_loss(logits: jnp.ndarray) -> Tuple[jnp.ndarray, jnp.ndarray]:
 # The network.
 
 
+def normalized_log_mel(wave: jnp.ndarray, config: W2vBertConfig) -> jnp.ndarray:
+  """Audio [B, samples] -> the feature encoder's input [B, 4 * frames, num_mels].
+
+  Log-mel at 100 frames/s, normalised per clip: the mean level over bands and frames
+  removed (gain invariance; the spectrum's shape is kept, see the module docstring), then
+  scaled to unit RMS.
+  """
+  frames = config.num_frames(wave.shape[-1])
+  log_mel = features.log_mel_spectrogram(
+      wave, config.sample_rate, config.mel_frame_length, config.mel_hop_length,
+      num_mels=config.num_mels, fmin=config.fmin, fmax=config.fmax, center=True)
+  log_mel = log_mel[:, :frames * SUBSAMPLING]  # centred frames: 1 + samples // hop of them
+  log_mel = log_mel - jnp.mean(log_mel, axis=(1, 2), keepdims=True)
+  return log_mel * jax.lax.rsqrt(jnp.mean(jnp.square(log_mel), axis=(1, 2), keepdims=True)
+                                 + 1e-5)
+
+
 class FeatureEncoder(nn.Module):
   """Audio [B, samples] -> frames [B, samples // hop_length, emb_dim].
 
-  Log-mel (100 frames/s), normalised per clip (each band's mean removed, one global
-  scale), then two 3x3 stride-(2, 2) convolutions with swish over (time, mel), and a linear
-  projection of each frame's (mel, channel) plane to emb_dim, layer-normed.
+  Log-mel (100 frames/s), normalised per clip (`normalized_log_mel`), then two 3x3
+  stride-(2, 2) convolutions with swish over (time, mel), and a linear projection of each
+  frame's (mel, channel) plane to emb_dim, layer-normed.
   """
   config: W2vBertConfig
 
@@ -320,13 +341,7 @@ class FeatureEncoder(nn.Module):
     if frames < 1:
       raise ValueError(f"w2v-BERT needs at least {cfg.hop_length} samples (one frame), got "
                        f"{wave.shape[-1]}")
-    log_mel = features.log_mel_spectrogram(
-        wave, cfg.sample_rate, cfg.mel_frame_length, cfg.mel_hop_length,
-        num_mels=cfg.num_mels, fmin=cfg.fmin, fmax=cfg.fmax, center=True)
-    log_mel = log_mel[:, :frames * SUBSAMPLING]  # centred frames: 1 + samples // hop of them
-    log_mel = log_mel - jnp.mean(log_mel, axis=1, keepdims=True)
-    log_mel = log_mel * jax.lax.rsqrt(jnp.mean(jnp.square(log_mel), axis=(1, 2),
-                                               keepdims=True) + 1e-5)
+    log_mel = normalized_log_mel(wave, cfg)
     x = self._conv(log_mel[..., None], cfg.subsampling_channels, "conv_0")
     x = self._conv(x, cfg.subsampling_channels, "conv_1")  # [B, frames, mels / 4, C]
     x = linear.DenseGeneral(cfg.emb_dim, (None, "conv_out", "embed"), contract_dims=2,
