@@ -1,4 +1,5 @@
-"""Runs the real entry points in subprocesses, with a chosen number of simulated devices."""
+"""Runs the real entry points in subprocesses, with a chosen number of simulated devices,
+and the real trainer in-process on one batch."""
 
 from __future__ import annotations
 
@@ -75,3 +76,20 @@ def assert_trees_close(a, b, rtol=1e-6, atol=1e-7):
   assert len(leaves_a) == len(leaves_b)
   for x, y in zip(leaves_a, leaves_b):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+
+
+def train_on_batch(model, batch: np.ndarray, steps: int, devices=None, partitioner=None):
+  """(trainer, state, per-step metrics) after `steps` of the core's Trainer on one audio
+  batch [B, samples]; on one device unless `devices` (a data-parallel mesh over them) or a
+  `partitioner` is given."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from musiclm_jax.training import partitioning, trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+  partitioner = partitioner or partitioning.Partitioner(devices=devices or jax.devices()[:1])
+  trainer = trainer_lib.Trainer(model, partitioner)
+  state = trainer.create_state({"audio": batch.shape})
+  sharded = partitioner.shard_batch({"audio": batch})
+  history = []
+  for _ in range(steps):
+    state, metrics = trainer.train_step(state, sharded)
+    history.append({k: float(v) for k, v in jax.device_get(metrics).items()})
+  return trainer, state, history

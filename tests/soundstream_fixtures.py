@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import functools
 
-import jax
 import numpy as np
 import optax
 
 from musiclm_jax.audio import debian_music, io as audio_io
 from musiclm_jax.soundstream import model as model_lib
-from musiclm_jax.training import partitioning, trainer as trainer_lib
 
 SAMPLE_RATE = 16000
 CLIP_SAMPLES = 3200  # 0.2 s: 80 frames of hop 40 (the 1.75 s loop holds 8 of them)
@@ -38,17 +36,3 @@ def real_clips(count: int = 8) -> np.ndarray:
   path = next(f for f in debian_music.audio_files(root) if f.endswith("loop_amen.flac"))
   wave = audio_io.load_audio(path, sample_rate=SAMPLE_RATE)
   return np.stack([wave[i * CLIP_SAMPLES:(i + 1) * CLIP_SAMPLES] for i in range(count)])
-
-
-def train(model, batch: np.ndarray, steps: int, devices=None, partitioner=None):
-  """(trainer, state, per-step metrics) after `steps` steps on one batch; on one device
-  unless `devices` (a data-parallel mesh over them) or a `partitioner` is given."""
-  partitioner = partitioner or partitioning.Partitioner(devices=devices or jax.devices()[:1])
-  trainer = trainer_lib.Trainer(model, partitioner)
-  state = trainer.create_state({"audio": batch.shape})
-  sharded = partitioner.shard_batch({"audio": batch})
-  history = []
-  for _ in range(steps):
-    state, metrics = trainer.train_step(state, sharded)
-    history.append({k: float(v) for k, v in jax.device_get(metrics).items()})
-  return trainer, state, history

@@ -19,7 +19,7 @@ def trained():
   """The tiny codec overfitted on two real clips (reconstruction only, no adversary)."""
   clips = fx.real_clips()[:2]
   model = fx.tiny_model(warmup_steps=10_000)
-  trainer, state, history = fx.train(model, clips, 150)
+  trainer, state, history = harness.train_on_batch(model, clips, 150)
   codec = codec_lib.Codec.from_train_state(model.config, jax.device_get(state.params),
                                            jax.device_get(state.flax_mutables))
   return clips, model, state, history, codec
@@ -76,7 +76,7 @@ def test_streaming_equals_whole_clip(trained):
 
 def test_adversarial_steps_on_real_audio_lower_the_reconstruction_loss():
   clips = fx.real_clips()[:2]
-  _, _, history = fx.train(fx.tiny_model(warmup_steps=0), clips, 12)
+  _, _, history = harness.train_on_batch(fx.tiny_model(warmup_steps=0), clips, 12)
   rec = [h["generator/reconstruction_sum"] / h["generator/weight_sum"] for h in history]
   assert rec[-1] < rec[0]
   assert all(np.isfinite(h["discriminator/loss"]) for h in history)
@@ -89,8 +89,8 @@ def test_codebooks_on_8_devices_equal_one_device():
     pytest.skip("needs 8 simulated devices")
   clips = fx.real_clips(8)
   model = fx.tiny_model(warmup_steps=10_000, quantizer_dropout=False)
-  _, single, _ = fx.train(model, clips, 3)
-  _, sharded, _ = fx.train(model, clips, 3, devices=jax.devices())
+  _, single, _ = harness.train_on_batch(model, clips, 3)
+  _, sharded, _ = harness.train_on_batch(model, clips, 3, devices=jax.devices())
   harness.assert_trees_close(jax.device_get(sharded.flax_mutables),
                              jax.device_get(single.flax_mutables), rtol=2e-4, atol=2e-5)
   codebook = sharded.flax_mutables["quantizer"]["generator"]["quantizer"]["level_0"]["codebook"]

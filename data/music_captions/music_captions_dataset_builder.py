@@ -40,7 +40,9 @@ SIZES = {"tiny": dict(num_examples=48, clip_seconds=4.0, validation_percent=20.0
          "small": dict(num_examples=1200, clip_seconds=10.0),
          "large": dict(num_examples=7200, clip_seconds=10.0, soundfont="fluid-soundfont-gm")}
 RATES = {"16khz": 16000, "24khz": 24000}
-PLANNING_WORKERS = os.cpu_count() or 1
+# One planning process per core, at most 16: each imports music21 (~200 MB), and past that
+# the single rendering loop is the bottleneck anyway.
+PLANNING_WORKERS = min(os.cpu_count() or 1, 16)
 
 
 @dataclasses.dataclass(eq=False)
