@@ -80,16 +80,26 @@ def test_gradient_accumulation_matches_full_batch():
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_ema_tracks_params():
+def test_ema_tracks_params_after_a_warm_up():
   model = TwoTowerModel(optax.sgd(0.1))
   partitioner = partitioning.Partitioner(devices=jax.devices()[:1])
-  trainer = trainer_lib.Trainer(model, partitioner, ema_decay=0.5)
+  trainer = trainer_lib.Trainer(model, partitioner, ema_decay=0.999)
   state = trainer.create_state({"x": (8, 16), "t": (8,)})
-  before = jax.tree.map(np.asarray, state.params)
-  state, _ = trainer.train_step(state, partitioner.shard_batch(_batch()))
-  expected = jax.tree.map(lambda b, p: 0.5 * b + 0.5 * np.asarray(p), before, state.params)
+  init = jax.tree.map(np.asarray, state.params)
+  batch = partitioner.shard_batch(_batch())
+  state, _ = trainer.train_step(state, batch)
+  # The first update decays by 1/10, not 0.999: the EMA starts near the trained params.
+  expected = jax.tree.map(lambda b, p: 0.1 * b + 0.9 * np.asarray(p), init, state.params)
   for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(state.ema_params)):
     np.testing.assert_allclose(a, b, rtol=1e-6)
+  for _ in range(39):
+    state, _ = trainer.train_step(state, batch)
+  # After 40 steps a plain 0.999 EMA would be 96% the initialisation; this one has moved
+  # most of the way (the EMA still lags the params over the last few dozen steps).
+  flat = lambda tree: np.concatenate([np.ravel(x) for x in jax.tree.leaves(tree)])
+  moved, lag = flat(state.params) - flat(init), flat(state.params) - flat(state.ema_params)
+  assert np.linalg.norm(lag) < 0.25 * np.linalg.norm(moved)
+  assert float(trainer_lib.ema_decay_at(0.999, 10 ** 6)) == np.float32(0.999)
 
 
 def test_optimizer_groups_update_only_their_params():
