@@ -56,7 +56,6 @@ def _microbatch_slices(batch: Mapping[str, jax.Array], num_microbatches: int):
   return jax.tree.map(split, batch)
 
 
-@gin.configurable
 def ema_decay_at(ema_decay: float, step: jax.Array) -> jax.Array:
   """The EMA decay for the update after `step` steps: min(ema_decay, (1 + step) / (10 + step)).
 
@@ -69,6 +68,7 @@ def ema_decay_at(ema_decay: float, step: jax.Array) -> jax.Array:
   return jnp.minimum(ema_decay, (1.0 + step) / (10.0 + step))
 
 
+@gin.configurable
 class Trainer:
   """Compiles and runs train and eval steps for a `BaseModel` on a `Partitioner`'s mesh."""
 
