@@ -1,12 +1,15 @@
 r"""Do semantic tokens carry musical content? (issue #4)
 
   python benchmarks/semantic_quality.py --model_dir W2V_RUN --centroids CENTROIDS.npz
-      [--data_dir DIR --dataset small_16khz] [--out FILE]
+      [--data_dir DIR --dataset small_16khz] [--step N] [--no_ema] [--out FILE]
 
 1. Robustness: the tokens of held-out music (`music_captions/<dataset>` test split) against
    the tokens of the same clips with white noise at 20 dB SNR, and at half the gain (-6 dB):
    the share of frames whose token is unchanged, against chance (the probability that two
-   tokens drawn from the clips' own token distribution agree, sum_k p_k^2).
+   tokens drawn from the clips' own token distribution agree, sum_k p_k^2) and against
+   another clip's token at the same frame (a tokenizer that ignores the music, e.g. one
+   whose tokens follow the frame's position in the clip, agrees with other clips as often
+   as with the noisy copy).
 2. Pitch class: single notes and triads of every pitch class rendered with the GM SoundFont
    on several instruments and octaves; a clip is the histogram of its tokens; a logistic
    regression trained on some instruments predicts the pitch class (the root for triads) on
@@ -48,6 +51,7 @@ def _agreement(tokenizer, clips: np.ndarray) -> dict:
   return {"noise_20dB": float(np.mean(tokenizer.tokenize(noisy) == clean)),
           "gain_minus_6dB": float(np.mean(tokenizer.tokenize(0.5 * clips) == clean)),
           "chance": float(np.sum(counts ** 2)),
+          "other_clip_same_frame": float(np.mean(np.roll(clean, 1, axis=0) == clean)),
           "tokens_used": int(np.count_nonzero(counts))}
 
 
@@ -102,6 +106,8 @@ def main() -> None:
   parser.add_argument("--data_dir", default=os.path.expanduser("~/tensorflow_datasets"))
   parser.add_argument("--dataset", default="small_16khz")
   parser.add_argument("--max_clips", type=int, default=64)
+  parser.add_argument("--step", type=int, default=None, help="checkpoint step (default newest)")
+  parser.add_argument("--no_ema", action="store_true", help="raw params even if EMA is saved")
   parser.add_argument("--out", default=None)
   args = parser.parse_args()
 
@@ -110,7 +116,8 @@ def main() -> None:
   from musiclm_jax.audio import io as audio_io
   from musiclm_jax.w2v_bert import model as model_lib, tokenizer as tokenizer_lib
   start = time.time()
-  trained = tokenizer_lib.SemanticTokenizer.load(args.model_dir, args.centroids)
+  trained = tokenizer_lib.SemanticTokenizer.load(args.model_dir, args.centroids,
+                                                 step=args.step, use_ema=not args.no_ema)
   rate = trained.config.sample_rate
   rows = list(tfds.as_numpy(tfds.load(f"music_captions/{args.dataset}", split="test",
                                       data_dir=args.data_dir).take(args.max_clips)))
@@ -127,6 +134,7 @@ def main() -> None:
       _pooled(np.asarray(model_lib.normalized_log_mel(notes[0], trained.config))), *notes[1:])
   results["pitch_class_chance"] = 1 / 12
   report = {"benchmark": "semantic_quality", "model_dir": args.model_dir,
+            "step": args.step, "ema": not args.no_ema,  # step None: the newest
             "clusters": trained.num_clusters, "layer": trained.layer,
             "heldout_clips": len(clips), "note_clips": int(len(notes[0])),
             "probe_train_programs": TRAIN_PROGRAMS, "results": results,
