@@ -82,8 +82,9 @@ def train_on_batch(model, batch: np.ndarray, steps: int, devices=None, partition
   """(trainer, state, per-step metrics) after `steps` of the core's Trainer on one audio
   batch [B, samples]; on one device unless `devices` (a data-parallel mesh over them) or a
   `partitioner` is given."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from musiclm_jax.training import partitioning, trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top  (the subprocess helpers above need no jax)
+  import jax
+  from musiclm_jax.training import partitioning, trainer as trainer_lib
   partitioner = partitioner or partitioning.Partitioner(devices=devices or jax.devices()[:1])
   trainer = trainer_lib.Trainer(model, partitioner)
   state = trainer.create_state({"audio": batch.shape})
