@@ -133,6 +133,8 @@ def test_input_features_keep_held_notes_and_ignore_gain():
   assert np.mean(np.abs(profiles[0] - profiles[1])) > 0.2  # C4 and G4 differ
   gain_change = np.abs(log_mel[:2] - log_mel[2:])  # -6 dB: equal but for the log floor
   assert gain_change.mean() < 0.01 and gain_change.max() < 0.2, gain_change.max()
+  with pytest.raises(ValueError, match="at least 640 samples"):
+    model_lib.normalized_log_mel(np.zeros((1, 600), np.float32), fx.tiny_config())
 
 
 def test_embed_rate_layers_eval_and_quantizer_ids():

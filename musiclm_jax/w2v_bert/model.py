@@ -304,6 +304,9 @@ def normalized_log_mel(wave: jnp.ndarray, config: W2vBertConfig) -> jnp.ndarray:
   scaled to unit RMS.
   """
   frames = config.num_frames(wave.shape[-1])
+  if frames < 1:
+    raise ValueError(f"w2v-BERT needs at least {config.hop_length} samples (one frame), got "
+                     f"{wave.shape[-1]}")
   log_mel = features.log_mel_spectrogram(
       wave, config.sample_rate, config.mel_frame_length, config.mel_hop_length,
       num_mels=config.num_mels, fmin=config.fmin, fmax=config.fmax, center=True)
@@ -337,11 +340,7 @@ class FeatureEncoder(nn.Module):
   @nn.compact
   def __call__(self, wave: jnp.ndarray, deterministic: bool = True) -> jnp.ndarray:
     cfg = self.config
-    frames = cfg.num_frames(wave.shape[-1])
-    if frames < 1:
-      raise ValueError(f"w2v-BERT needs at least {cfg.hop_length} samples (one frame), got "
-                       f"{wave.shape[-1]}")
-    log_mel = normalized_log_mel(wave, cfg)
+    log_mel = normalized_log_mel(wave, cfg)  # raises on clips shorter than one frame
     x = self._conv(log_mel[..., None], cfg.subsampling_channels, "conv_0")
     x = self._conv(x, cfg.subsampling_channels, "conv_1")  # [B, frames, mels / 4, C]
     x = linear.DenseGeneral(cfg.emb_dim, (None, "conv_out", "embed"), contract_dims=2,
