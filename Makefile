@@ -65,4 +65,4 @@ benchmark: setup
 	$(PY) benchmarks/generation_speed.py --size small
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache .xla_cache
