@@ -7,10 +7,10 @@ Parts are randomly initialised at the gin sizes (speed does not depend on traini
 stages at lm/<size>.gin (float32 on CPU: XLA:CPU runs bfloat16 slower), the codec at
 soundstream/<size>.gin, MuLan at mulan/<size>.gin (random text tower), over the paper's
 token layout (12 x 1024 MuLan, 1024 semantic at 25 Hz, 12 x 1024 acoustic at 50 Hz, 4
-coarse levels) and contexts (30 / 10 / 3 s). `tiny` uses the tiny codec and layout (4 x 32
-codes at 400 Hz) instead. One warm-up call compiles; the timed call generates --seconds of
-audio for --batch prompts. Real-time factor = seconds of audio / wall seconds (> 1 is
-faster than real time). Writes benchmarks/results/generation_speed_<size>_<backend>.json.
+coarse levels) and contexts (30 / 10 / 3 s). `tiny` uses the tiny codec and the demo's
+layout (gin/stages/tiny/layout.gin: 8 x 32 codes at 100 Hz) instead. One warm-up call
+compiles; the timed call generates --seconds of audio for --batch prompts. Real-time
+factor = seconds of audio / wall seconds (> 1 is faster than real time). Writes benchmarks/results/generation_speed_<size>_<backend>.json.
 """
 
 from __future__ import annotations
@@ -36,9 +36,8 @@ def build(size: str):
   from musiclm_jax.lm import decoder_lm, models as lm_models
   from musiclm_jax.tasks import stages
   if size == "tiny":
-    layout = stages.TokenLayout(mulan_levels=4, mulan_codes=16, semantic_codes=16,
-                                acoustic_levels=4, acoustic_codes=32, acoustic_rate=400,
-                                coarse_levels=2)
+    # The demo's layout (gin/stages/tiny/layout.gin): it matches soundstream/tiny.gin.
+    layout = random_parts.gin_config(["stages/tiny/layout.gin"], stages.TokenLayout)
     windows = pipeline.Windows(semantic_seconds=10.0, coarse_seconds=2.0, fine_seconds=0.5)
   else:
     layout, windows = stages.TokenLayout(), pipeline.Windows()

@@ -186,5 +186,6 @@ def test_train_entry_point_then_export_and_encode(tmp_path):
   result = _codec_cli("export", "--model_dir", model_dir, bundle)
   assert result.returncode == 0, result.stderr
   codec = codec_lib.Codec.load(bundle)
-  assert codec.config.sample_rate == 16000 and codec.config.num_quantizers == 4
-  assert codec.encode(fx.real_clips()[:1]).shape == (1, 80, 4)
+  assert (codec.config.sample_rate, codec.config.hop_length, codec.config.num_quantizers) == (
+      16000, 160, 8)
+  assert codec.encode(fx.real_clips()[:1]).shape == (1, fx.CLIP_SAMPLES // 160, 8)

@@ -36,11 +36,13 @@ def stage_runs(tokens_dir, tmp_path_factory):
   layout = stages.TokenLayout(**fields, coarse_levels=COARSE_LEVELS)
   runs = {}
   for stage in stages.STAGES:
-    # gin/stages/tiny/<stage>.gin (its layout is the tiny tokenizers'), crops shortened to
-    # the tiny set's clips.
+    # gin/stages/tiny/<stage>.gin with the test tokenizers' layout (their codec is the
+    # tests' 400 Hz one, not the demo's 100 Hz), crops shortened to the tiny set's clips.
     prefix_len, target_len = layout.lengths(stage, CROP_SECONDS)
     bindings = [f"TOKENS_DIR='{tokens_dir}'",
+                *[f"TokenLayout.{k}={v}" for k, v in sorted(fields.items())],
                 f"TASK_FEATURE_LENGTHS={{'prefix_tokens': {prefix_len}, 'targets': {target_len}}}",
+                f"DecoderConfig.max_length={prefix_len + target_len}",
                 f"{stage}/register_stage_task.crop_seconds={CROP_SECONDS}",
                 "BATCH_SIZE=4", "train.eval_period=3", "eval/DatasetConfig.batch_size=2"]
     runs[stage] = str(root / stage)

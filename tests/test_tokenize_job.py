@@ -2,6 +2,7 @@
 untrained ones: the job's contract does not depend on their quality), per-process sharding,
 atomic shards, resuming, skipped-clip counts, and the stage tasks reading the result."""
 
+import dataclasses
 import json
 import os
 
@@ -144,6 +145,11 @@ def test_stage_tasks_read_the_shards(tokenizers, data_dir, tmp_path):
                               coarse_levels=2)
   name = stages.register_stage_task("tokenize_job_coarse", "coarse", crop_seconds=2.0,
                                     layout=layout, tokens_dir=out)
+  # A stage whose layout says another frame rate than the tokens' would crop them misaligned.
+  other_rate = dataclasses.replace(layout, acoustic_rate=2 * layout.acoustic_rate)
+  with pytest.raises(ValueError, match=r"layout.json records .*acoustic_rate=400 \(layout: 800\)"):
+    stages.register_stage_task("tokenize_job_misaligned", "coarse", crop_seconds=2.0,
+                               layout=other_rate, tokens_dir=out)
   prefix, targets = layout.lengths("coarse", 2.0)
   config = data_lib.DatasetConfig(
       mixture_or_task_name=name, task_feature_lengths={"prefix_tokens": prefix,

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 import tempfile
 from typing import Iterable, Mapping, Optional, Sequence
@@ -216,6 +217,23 @@ def to_stage(ds: tf.data.Dataset, layout: TokenLayout, stage: str) -> tf.data.Da
 # ---- registration -----------------------------------------------------------------------
 
 
+def check_tokens_layout(tokens_dir: str, layout: TokenLayout) -> None:
+  """Raises ValueError if the tokenize job's `layout.json` in `tokens_dir` records other
+  rates or vocabularies than `layout`: crops cut with the wrong rate would train on
+  misaligned tokens without any other error. A folder without layout.json is not checked."""
+  path = os.path.join(tokens_dir, "layout.json")
+  if not tf.io.gfile.exists(path):
+    return
+  with tf.io.gfile.GFile(path) as f:
+    recorded = json.load(f)
+  differing = {k: (v, getattr(layout, k)) for k, v in recorded.items()
+               if hasattr(layout, k) and getattr(layout, k) != v}
+  if differing:
+    raise ValueError(f"{path} records tokens made with other settings than this stage's "
+                     "TokenLayout: " + ", ".join(f"{k}={v[0]} (layout: {v[1]})"
+                                                 for k, v in sorted(differing.items())))
+
+
 @gin.configurable
 def register_stage_task(name: str = gin.REQUIRED, stage: str = gin.REQUIRED,
                         split_patterns: Optional[Mapping[str, str]] = None,
@@ -239,6 +257,7 @@ def register_stage_task(name: str = gin.REQUIRED, stage: str = gin.REQUIRED,
   if (split_patterns is None) == (tokens_dir is None):
     raise ValueError(f"register_stage_task({name!r}): give split_patterns or tokens_dir")
   if tokens_dir is not None:
+    check_tokens_layout(tokens_dir, layout)
     split_patterns = {s: os.path.join(tokens_dir, f"{s}-*.tfrecord") for s in splits}
   if stage not in STAGES:
     raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
