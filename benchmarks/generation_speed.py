@@ -10,7 +10,8 @@ token layout (12 x 1024 MuLan, 1024 semantic at 25 Hz, 12 x 1024 acoustic at 50 
 coarse levels) and contexts (30 / 10 / 3 s). `tiny` uses the tiny codec and the demo's
 layout (gin/stages/tiny/layout.gin: 8 x 32 codes at 100 Hz) instead. One warm-up call
 compiles; the timed call generates --seconds of audio for --batch prompts. Real-time
-factor = seconds of audio / wall seconds (> 1 is faster than real time). Writes benchmarks/results/generation_speed_<size>_<backend>.json.
+factor = seconds of audio / wall seconds (> 1 is faster than real time). Writes
+benchmarks/results/generation_speed_<size>_<backend>.json.
 """
 
 from __future__ import annotations

@@ -147,7 +147,8 @@ def test_stage_tasks_read_the_shards(tokenizers, data_dir, tmp_path):
                                     layout=layout, tokens_dir=out)
   # A stage whose layout says another frame rate than the tokens' would crop them misaligned.
   other_rate = dataclasses.replace(layout, acoustic_rate=2 * layout.acoustic_rate)
-  with pytest.raises(ValueError, match=r"layout.json records .*acoustic_rate=400 \(layout: 800\)"):
+  with pytest.raises(ValueError,
+                     match=r"layout.json records .*acoustic_rate=400 \(layout: 800\)"):
     stages.register_stage_task("tokenize_job_misaligned", "coarse", crop_seconds=2.0,
                                layout=other_rate, tokens_dir=out)
   prefix, targets = layout.lengths("coarse", 2.0)
