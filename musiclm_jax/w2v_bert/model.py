@@ -77,6 +77,12 @@ class W2vBertConfig:
     relpos_num_buckets, relpos_max_distance: T5 relative bias buckets.
     codebook_groups, codebook_size: target quantizer: G groups x V entries.
     codevector_dim: size of a quantized vector (G groups of codevector_dim / G).
+    quantizer_logit_init_std: standard deviation of each weight of the quantizer's logits
+      projection at initialisation. wav2vec 2.0 draws them from N(0, 1), not N(0, 1 / fan
+      in): over layer-normed frames the logits then start with a spread of sqrt(emb_dim),
+      so a Gumbel sample is nearly the argmax and the targets follow the input from step
+      0. With unit-scale logits the samples are close to uniform noise, the contrastive
+      task has nothing to predict, and the diversity loss flattens the logits further.
     contrastive_dim: space of the contrastive task (context and targets projected to it).
     mask_prob: probability that a frame starts a masked span.
     mask_length: frames per masked span (spans may overlap).
@@ -109,6 +115,7 @@ class W2vBertConfig:
   codebook_groups: int = 1
   codebook_size: int = 1024
   codevector_dim: int = 768
+  quantizer_logit_init_std: float = 1.0
   contrastive_dim: int = 768
   mask_prob: float = 0.065
   mask_length: int = 10
@@ -356,11 +363,14 @@ class GumbelQuantizer(nn.Module):
   Attributes:
     groups, entries: G codebooks of V entries; a frame's code is one entry per group.
     codevector_dim: size of the output (concatenation of G entries of codevector_dim / G).
+    logit_init_std: standard deviation of each weight of the logits projection at init
+      (W2vBertConfig.quantizer_logit_init_std).
     dtype: computation dtype.
   """
   groups: int
   entries: int
   codevector_dim: int
+  logit_init_std: float = 1.0
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -374,7 +384,8 @@ class GumbelQuantizer(nn.Module):
     sample=False: the argmax entry.
     """
     logits = linear.DenseGeneral((self.groups, self.entries), ("embed", None, "codebook"),
-                                 dtype=self.dtype, name="logits")(x).astype(jnp.float32)
+                                 dtype=self.dtype, init_scale=self.logit_init_std ** 2
+                                 * x.shape[-1], name="logits")(x).astype(jnp.float32)
     if sample:
       noisy = logits + jax.random.gumbel(self.make_rng("gumbel"), logits.shape)
       soft = jax.nn.softmax(noisy / temperature, axis=-1)
@@ -408,7 +419,8 @@ class W2vBert(nn.Module):
     dtype = cfg.jnp_dtype
     self.feature_encoder = FeatureEncoder(cfg)
     self.quantizer = GumbelQuantizer(cfg.codebook_groups, cfg.codebook_size,
-                                     cfg.codevector_dim, dtype=dtype)
+                                     cfg.codevector_dim, cfg.quantizer_logit_init_std,
+                                     dtype=dtype)
     self.mask_embedding = self.param(
         "mask_embedding", nn.with_logical_partitioning(nn.initializers.normal(1.0),
                                                        ("embed",)),
