@@ -196,6 +196,8 @@ def test_quantizer_targets_follow_the_input_from_initialisation():
   fan_in = fx.tiny_config(quantizer_logit_init_std=fx.tiny_config().emb_dim ** -0.5)
   sampled, argmax = _quantizer_codes(fan_in, audio)
   assert float(np.mean(np.asarray(sampled) == np.asarray(argmax))) < 0.3
+  with pytest.raises(ValueError, match="quantizer_logit_init_std"):
+    fx.tiny_config(quantizer_logit_init_std=0.0)
 
 
 def test_learns_the_contrastive_and_masked_prediction_tasks():

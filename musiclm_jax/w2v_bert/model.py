@@ -145,6 +145,9 @@ class W2vBertConfig:
       raise ValueError(f"dtype={self.dtype!r}; expected 'float32' or 'bfloat16'")
     if self.num_negatives < 1:
       raise ValueError(f"num_negatives must be >= 1, got {self.num_negatives}")
+    if not self.quantizer_logit_init_std > 0:
+      raise ValueError("quantizer_logit_init_std must be > 0, got "
+                       f"{self.quantizer_logit_init_std}")
 
   @property
   def hop_length(self) -> int:
