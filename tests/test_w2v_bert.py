@@ -89,9 +89,10 @@ def test_contrastive_negatives_and_losses():
   assert float(accuracy) == 1.0 and float(loss) < 1.0
   # A distractor with the positive's code is the positive: it is not counted against it.
   same = jnp.zeros((1, 6, 1), jnp.int32)
-  loss_same, _ = model_lib.contrastive_loss(targets, targets[:, ::-1], mask, same,
-                                            jax.random.key(2), 3, 0.1)
+  loss_same, accuracy_same = model_lib.contrastive_loss(targets, targets[:, ::-1], mask, same,
+                                                        jax.random.key(2), 3, 0.1)
   assert abs(float(loss_same)) < 1e-6
+  assert float(accuracy_same) == 0.0  # no frame has a distractor left: nothing was scored
   uniform = jnp.zeros((2, 5, 2, 16))
   diversity, perplexity = model_lib.diversity_loss(uniform)
   assert abs(float(diversity)) < 1e-6 and abs(float(perplexity) - 32) < 1e-3

@@ -250,6 +250,10 @@ def contrastive_loss(context: jnp.ndarray, targets: jnp.ndarray, mask: jnp.ndarr
                      temperature: float) -> Tuple[jnp.ndarray, jnp.ndarray]:
   """wav2vec 2.0's InfoNCE over masked frames: (mean loss, accuracy), float32 scalars.
 
+  The accuracy counts only the masked frames left with at least one distractor: a frame
+  whose every candidate shares its code (a collapsed codebook) has nothing to beat, a loss
+  of 0, and says nothing about the task (0 when no frame has a distractor).
+
   Args:
     context: [B, T, C] contrastive-module outputs (projected).
     targets: [B, T, C] quantized targets of the unmasked input (projected).
@@ -269,8 +273,9 @@ def contrastive_loss(context: jnp.ndarray, targets: jnp.ndarray, mask: jnp.ndarr
   nll = jnp.logaddexp(positive, jax.nn.logsumexp(negatives, axis=-1)) - positive
   correct = (positive > jnp.max(negatives, axis=-1)).astype(jnp.float32)
   weights = mask.astype(jnp.float32)
-  count = jnp.maximum(jnp.sum(weights), 1.0)
-  return jnp.sum(nll * weights) / count, jnp.sum(correct * weights) / count
+  scored = weights * jnp.any(selected, axis=-1).astype(jnp.float32)
+  return (jnp.sum(nll * weights) / jnp.maximum(jnp.sum(weights), 1.0),
+          jnp.sum(correct * scored) / jnp.maximum(jnp.sum(scored), 1.0))
 
 
 def masked_prediction_loss(logits: jnp.ndarray, targets: jnp.ndarray, mask: jnp.ndarray
