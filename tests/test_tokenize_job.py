@@ -167,6 +167,21 @@ def test_stage_tasks_read_the_shards(tokenizers, data_dir, tmp_path):
   assert batch["decoder_target_tokens"].max() < target_vocab
 
 
+def test_corrupt_layout_file_is_named_and_kept(tmp_path):
+  """A truncated layout.json stops both the stage task and a resumed tokenize job with an
+  error naming the file; neither overwrites it."""
+  path = tmp_path / "layout.json"
+  path.write_text('{"acoustic_rate": 4')
+  with pytest.raises(ValueError, match=r"layout.json is not valid JSON"):
+    stages.check_tokens_layout(str(tmp_path), stages.TokenLayout())
+  with pytest.raises(ValueError, match=r"layout.json is not valid JSON"):
+    tokenize_job._check_layout(str(tmp_path), {"acoustic_rate": 400})
+  path.write_text("[1, 2]")
+  with pytest.raises(ValueError, match=r"layout.json should hold a JSON object"):
+    stages.check_tokens_layout(str(tmp_path), stages.TokenLayout())
+  assert path.read_text() == "[1, 2]"
+
+
 def test_cli_reports_bad_arguments(tmp_path, capsys):
   with pytest.raises(SystemExit) as e:
     tokenize_job.main(["--dataset", DATASET, "--out", str(tmp_path), "--codec",

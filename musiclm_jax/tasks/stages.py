@@ -217,18 +217,35 @@ def to_stage(ds: tf.data.Dataset, layout: TokenLayout, stage: str) -> tf.data.Da
 # ---- registration -----------------------------------------------------------------------
 
 
+TOKENS_LAYOUT_FILE = "layout.json"
+
+
+def read_tokens_layout(tokens_dir: str) -> Optional[dict]:
+  """The layout fields the tokenize job recorded in `tokens_dir`/layout.json ({field:
+  value}), or None when the folder has none. A corrupt file raises ValueError naming it."""
+  path = os.path.join(tokens_dir, TOKENS_LAYOUT_FILE)
+  if not tf.io.gfile.exists(path):
+    return None
+  with tf.io.gfile.GFile(path) as f:
+    try:
+      recorded = json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path} is not valid JSON ({e}): re-run the tokenize job") from e
+  if not isinstance(recorded, dict):
+    raise ValueError(f"{path} should hold a JSON object of layout fields, got "
+                     f"{type(recorded).__name__}")
+  return recorded
+
+
 def check_tokens_layout(tokens_dir: str, layout: TokenLayout) -> None:
-  """Raises ValueError if the tokenize job's `layout.json` in `tokens_dir` records other
+  """Raises ValueError if the tokenize job's layout.json in `tokens_dir` records other
   rates or vocabularies than `layout`: crops cut with the wrong rate would train on
   misaligned tokens without any other error. A folder without layout.json is not checked."""
-  path = os.path.join(tokens_dir, "layout.json")
-  if not tf.io.gfile.exists(path):
-    return
-  with tf.io.gfile.GFile(path) as f:
-    recorded = json.load(f)
+  recorded = read_tokens_layout(tokens_dir) or {}
   differing = {k: (v, getattr(layout, k)) for k, v in recorded.items()
                if hasattr(layout, k) and getattr(layout, k) != v}
   if differing:
+    path = os.path.join(tokens_dir, TOKENS_LAYOUT_FILE)
     raise ValueError(f"{path} records tokens made with other settings than this stage's "
                      "TokenLayout: " + ", ".join(f"{k}={v[0]} (layout: {v[1]})"
                                                  for k, v in sorted(differing.items())))

@@ -86,15 +86,13 @@ def _write_json(path: str, value) -> None:
 
 
 def _check_layout(out_dir: str, layout: Dict[str, int]) -> None:
-  path = os.path.join(out_dir, "layout.json")
-  if os.path.exists(path):
-    with open(path, encoding="utf-8") as f:
-      existing = json.load(f)
-    if existing != layout:
-      raise ValueError(f"{path} records other tokenizers ({existing}); these give {layout}. "
-                       "Write to another folder.")
-  else:
+  path = os.path.join(out_dir, stages.TOKENS_LAYOUT_FILE)
+  existing = stages.read_tokens_layout(out_dir)
+  if existing is None:
     _write_json(path, layout)
+  elif existing != layout:
+    raise ValueError(f"{path} records other tokenizers ({existing}); these give {layout}. "
+                     "Write to another folder.")
 
 
 def tokenize_shard(tokenizers: Tokenizers, dataset: str, data_dir: Optional[str], split,
