@@ -74,14 +74,28 @@ def test_streaming_equals_whole_clip(trained):
   np.testing.assert_allclose(np.concatenate(audio, axis=1), whole_audio, atol=2e-5)
 
 
-def test_adversarial_steps_on_real_audio_lower_the_reconstruction_loss():
+def test_warmup_then_adversarial_steps_on_real_audio():
+  """Two warm-up steps without the discriminators (compiled without them), then 12
+  adversarial steps that lower the reconstruction loss further."""
   clips = fx.real_clips()[:2]
-  _, _, history = harness.train_on_batch(fx.tiny_model(warmup_steps=0), clips, 12)
-  rec = [h["generator/reconstruction_sum"] / h["generator/weight_sum"] for h in history]
-  assert rec[-1] < rec[0]
-  assert all(np.isfinite(h["discriminator/loss"]) for h in history)
+  trainer, state, history = harness.train_on_batch(fx.tiny_model(warmup_steps=2), clips, 14)
+  warmup, game = history[:2], history[2:]
+  for h in warmup:
+    assert h["discriminator/loss"] == h["discriminator/grad_norm"] == 0.0
+    assert h["generator/adversarial_sum"] == h["generator/feature_matching_sum"] == 0.0
+  assert all(np.isfinite(h["discriminator/loss"]) for h in game)
   # The discriminator is really trained (non-zero gradients once the game is on).
-  assert history[-1]["discriminator/grad_norm"] > 0
+  assert all(h["discriminator/grad_norm"] > 0 and h["generator/feature_matching_sum"] > 0
+             for h in game)
+  rec = [h["generator/reconstruction_sum"] / h["generator/weight_sum"] for h in history]
+  assert rec[-1] < rec[2], rec
+  # One compiled step per phase; the warm-up's does not run the discriminators at all.
+  steps = {key[1]: fn for key, fn in trainer._compiled.items() if key[0] == "train"}
+  assert sorted(steps) == ["adversarial", "warmup"]
+  batch = trainer.partitioner.shard_batch({"audio": clips})
+  flops = {phase: fn.lower(state, batch).compile().cost_analysis()["flops"]
+           for phase, fn in steps.items()}
+  assert flops["warmup"] < 0.7 * flops["adversarial"], flops
 
 
 def test_codebooks_on_8_devices_equal_one_device():

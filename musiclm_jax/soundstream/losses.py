@@ -129,6 +129,15 @@ def multi_scale_spectral_loss(wave: jnp.ndarray, reconstruction: jnp.ndarray,
   return total
 
 
+def generator_adversarial_losses(real_outputs: DiscriminatorOutput,
+                                 fake_outputs: DiscriminatorOutput
+                                 ) -> Tuple[jnp.ndarray, jnp.ndarray]:
+  """(hinge adversarial loss, feature-matching loss) of the generator, float32 scalars."""
+  adv = generator_hinge_loss([logits for logits, _ in fake_outputs])
+  feat = feature_matching_loss([f for _, f in real_outputs], [f for _, f in fake_outputs])
+  return adv.astype(jnp.float32), feat.astype(jnp.float32)
+
+
 def generator_loss(real_outputs: DiscriminatorOutput, fake_outputs: DiscriminatorOutput,
                    wave: jnp.ndarray, reconstruction: jnp.ndarray, sample_rate: int,
                    lambda_adv: float = LAMBDA_ADV, lambda_feat: float = LAMBDA_FEAT,
@@ -144,12 +153,20 @@ def generator_loss(real_outputs: DiscriminatorOutput, fake_outputs: Discriminato
   Returns:
     (scalar total, {'adversarial', 'feature_matching', 'reconstruction'} scalars).
   """
-  adv = generator_hinge_loss([logits for logits, _ in fake_outputs])
-  feat = feature_matching_loss([f for _, f in real_outputs], [f for _, f in fake_outputs])
+  adv, feat = generator_adversarial_losses(real_outputs, fake_outputs)
   rec = multi_scale_spectral_loss(wave, reconstruction, sample_rate,
                                   window_sizes or SPECTRAL_WINDOWS)
-  total = lambda_adv * adv + lambda_feat * feat + lambda_rec * rec
-  return total, {"adversarial": adv, "feature_matching": feat, "reconstruction": rec}
+  return weighted_generator_loss(adv, feat, rec, lambda_adv, lambda_feat, lambda_rec)
+
+
+def weighted_generator_loss(adversarial: jnp.ndarray, feature_matching: jnp.ndarray,
+                            reconstruction: jnp.ndarray, lambda_adv: float = LAMBDA_ADV,
+                            lambda_feat: float = LAMBDA_FEAT, lambda_rec: float = LAMBDA_REC
+                            ) -> Tuple[jnp.ndarray, Dict[str, jnp.ndarray]]:
+  """(scalar total, the terms by name) from the three generator terms."""
+  total = lambda_adv * adversarial + lambda_feat * feature_matching + lambda_rec * reconstruction
+  return total, {"adversarial": adversarial, "feature_matching": feature_matching,
+                 "reconstruction": reconstruction}
 
 
 def discriminator_loss(real_outputs: DiscriminatorOutput,

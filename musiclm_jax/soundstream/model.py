@@ -13,6 +13,7 @@ multiple of the hop length (the product of the strides).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from typing import Mapping, Optional, Sequence, Tuple
@@ -21,6 +22,7 @@ import flax.linen as nn
 import gin
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from musiclm_jax.audio import features
@@ -194,6 +196,9 @@ class SoundStreamModel(models_lib.BaseModel):
     self.lambda_adv, self.lambda_feat, self.lambda_rec = lambda_adv, lambda_feat, lambda_rec
     self.lambda_commit = lambda_commit
     self.discriminator_warmup_steps = discriminator_warmup_steps
+    # Whether the losses include the discriminators; the trainer sets it per training
+    # phase (`for_phase`). A model used outside the trainer trains the full GAN.
+    self.adversarial = True
     self.spectral_windows = tuple(spectral_windows)
 
   @property
@@ -215,23 +220,39 @@ class SoundStreamModel(models_lib.BaseModel):
 
   # ---- losses ---------------------------------------------------------------------------
 
-  def _adversarial_on(self, mutables) -> jnp.ndarray:
-    step = mutables[GAN_STATE]["step"]
-    return (step >= self.discriminator_warmup_steps).astype(jnp.float32)
+  def training_phase(self, state) -> str:
+    """'warmup' until `discriminator_warmup_steps` generator steps are done (the step count
+    in the 'gan_state' collection, read from this host's copy), then 'adversarial'."""
+    step = int(np.asarray(state.flax_mutables[GAN_STATE]["step"].addressable_data(0)))
+    return "adversarial" if step >= self.discriminator_warmup_steps else "warmup"
+
+  def for_phase(self, phase: str) -> "SoundStreamModel":
+    """This model with the discriminators in the losses ('adversarial') or out ('warmup')."""
+    if phase not in ("warmup", "adversarial"):
+      raise ValueError(f"SoundStreamModel phase {phase!r}; expected 'warmup' or 'adversarial'")
+    model = copy.copy(self)
+    model.adversarial = phase == "adversarial"
+    return model
 
   def loss_fn_with_mutables(self, params, flax_mutables, batch, dropout_rng,
                             group=models_lib.DEFAULT_GROUP):
+    # During the warm-up (self.adversarial False, set per phase by the trainer) the
+    # discriminators are not traced at all: the discriminator group's loss is 0 and the
+    # generator's is reconstruction + commitment. `small` on a 2-core CPU: 2.35 s a
+    # warm-up step, against 13.4 s with the discriminators computed and weighted by 0.
     wave = batch["audio"]
     variables = {"params": params, **flax_mutables}
-    adversarial_on = self._adversarial_on(flax_mutables)
     batch_size = jnp.asarray(wave.shape[0], jnp.float32)
-    real = self.module.apply(variables, wave, method=SoundStreamGAN.discriminate)
+    discriminate = lambda audio: self.module.apply(variables, audio,
+                                                   method=SoundStreamGAN.discriminate)
 
     if group == "discriminator":
-      reconstruction, _, _ = self.module.apply(variables, wave, method=SoundStreamGAN.generate)
-      fake = self.module.apply(variables, jax.lax.stop_gradient(reconstruction),
-                               method=SoundStreamGAN.discriminate)
-      loss = losses.discriminator_loss(real, fake) * adversarial_on
+      loss = jnp.zeros((), jnp.float32)
+      if self.adversarial:
+        reconstruction, _, _ = self.module.apply(variables, wave,
+                                                 method=SoundStreamGAN.generate)
+        fake = discriminate(jax.lax.stop_gradient(reconstruction))
+        loss = losses.discriminator_loss(discriminate(wave), fake).astype(jnp.float32)
       return loss, ({"discriminator_loss_sum": loss * batch_size, "weight_sum": batch_size},
                     flax_mutables)
 
@@ -240,12 +261,14 @@ class SoundStreamModel(models_lib.BaseModel):
     (reconstruction, _, vq), updates = self.module.apply(
         variables, wave, train=True, dropout_rng=dropout_rng, method=SoundStreamGAN.generate,
         mutable=[quantizers.COLLECTION])
-    fake = self.module.apply(variables, reconstruction, method=SoundStreamGAN.discriminate)
-    total, terms = losses.generator_loss(
-        real, fake, wave, reconstruction, self.config.sample_rate,
-        lambda_adv=self.lambda_adv * adversarial_on,
-        lambda_feat=self.lambda_feat * adversarial_on, lambda_rec=self.lambda_rec,
-        window_sizes=self.spectral_windows)
+    adv = feat = jnp.zeros((), jnp.float32)
+    if self.adversarial:
+      adv, feat = losses.generator_adversarial_losses(discriminate(wave),
+                                                      discriminate(reconstruction))
+    rec = losses.multi_scale_spectral_loss(wave, reconstruction, self.config.sample_rate,
+                                           self.spectral_windows)
+    total, terms = losses.weighted_generator_loss(adv, feat, rec, self.lambda_adv,
+                                                  self.lambda_feat, self.lambda_rec)
     loss = total + self.lambda_commit * vq["commitment_loss"]
     _, counted = self.module.apply(variables, method=SoundStreamGAN.count_step,
                                    mutable=[GAN_STATE])

@@ -14,7 +14,7 @@ groups in the declared order within one step.
 from __future__ import annotations
 
 import abc
-from typing import Any, Mapping, Optional, Sequence, Tuple
+from typing import Any, Hashable, Mapping, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -86,6 +86,26 @@ class BaseModel(abc.ABC):
     """
     loss, metrics = self.loss_fn(params, batch, dropout_rng, group=group)
     return loss, (metrics, flax_mutables)
+
+  # ---- training phases --------------------------------------------------------------------
+
+  def training_phase(self, state) -> Hashable:
+    """A static label of how the next train step trains, read on the host from the
+    TrainState before the step (default None: every step alike).
+
+    A model whose loss changes at known steps (a GAN's discriminator warm-up) returns one
+    label per phase; the trainer compiles one step per label from `for_phase(label)`, so
+    a phase traces only the work it does. (The alternatives cost: a zero weight still
+    computes the unused terms and their gradients, and `lax.cond` runs its branches as
+    nested computations, which XLA:CPU executes far slower: 10x for SoundStream's.)
+    """
+    del state
+    return None
+
+  def for_phase(self, phase: Hashable) -> "BaseModel":
+    """The model whose `loss_fn_with_mutables` trains `phase` (default: this one)."""
+    del phase
+    return self
 
   def eval_fn_with_mutables(self, params: PyTree, flax_mutables: Mapping[str, PyTree],
                             batch: Batch) -> Tuple[jnp.ndarray, Metrics]:

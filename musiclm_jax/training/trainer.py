@@ -12,7 +12,8 @@ weights); the model's modules compute in their configured dtype (bfloat16 for sp
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence, Tuple
+import functools
+from typing import Any, Hashable, Mapping, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import gin
@@ -148,15 +149,16 @@ class Trainer:
 
   # ---- the steps ---------------------------------------------------------------------------
 
-  def _loss_and_grads(self, group: str, selected, rest, mutables, batch, rng):
+  def _loss_and_grads(self, model: models_lib.BaseModel, group: str, selected, rest,
+                      mutables, batch, rng):
     """Mean loss, summed metrics, mean gradients and updated mutables over microbatches.
 
     Microbatches run in sequence, each seeing the mutables (e.g. EMA codebooks) the
     previous one left, exactly as if they were consecutive small steps of that state.
     """
     def loss_of(sub, micro_mutables, micro_batch, micro_rng):
-      return self.model.loss_fn_with_mutables({**rest, **sub}, micro_mutables, micro_batch,
-                                              micro_rng, group=group)
+      return model.loss_fn_with_mutables({**rest, **sub}, micro_mutables, micro_batch,
+                                         micro_rng, group=group)
     grad_fn = jax.value_and_grad(loss_of, has_aux=True)
 
     if self.num_microbatches == 1:
@@ -183,7 +185,9 @@ class Trainer:
     scale = 1.0 / self.num_microbatches
     return loss * scale, metrics, jax.tree.map(lambda g: g * scale, grads), mutables
 
-  def _train_step(self, state: TrainState, batch) -> Tuple[TrainState, dict]:
+  def _train_step(self, model: models_lib.BaseModel, state: TrainState, batch
+                  ) -> Tuple[TrainState, dict]:
+    """One step of `model` (self.model for the state's training phase)."""
     step_rng = jax.random.fold_in(jax.random.key(self.seed), state.step)
     params = state.params
     mutables = dict(state.flax_mutables)
@@ -193,7 +197,7 @@ class Trainer:
     for index, (group, collections) in enumerate(self.groups.items()):
       selected, rest = split_params(params, collections)
       loss, group_metrics, grads, mutables = self._loss_and_grads(
-          group, selected, rest, mutables, batch, jax.random.fold_in(step_rng, index))
+          model, group, selected, rest, mutables, batch, jax.random.fold_in(step_rng, index))
       optimizer = self.model.optimizer_for_group(group)
       updates, opt_states[group] = optimizer.update(grads, opt_states[group], selected)
       params = {**rest, **optax.apply_updates(selected, updates)}
@@ -215,8 +219,8 @@ class Trainer:
         state.params_for_inference(self.eval_with_ema), dict(state.flax_mutables), batch)
     return dict(metrics)
 
-  def _compiled_step(self, name: str, fn, batch, donate: bool):
-    key = (name, jax.tree.structure(batch),
+  def _compiled_step(self, name: str, fn, batch, donate: bool, phase: Hashable = None):
+    key = (name, phase, jax.tree.structure(batch),
            tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves(batch)))
     if key not in self._compiled:
       batch_shardings = jax.tree.map(
@@ -228,8 +232,13 @@ class Trainer:
     return self._compiled[key]
 
   def train_step(self, state: TrainState, batch) -> Tuple[TrainState, dict]:
-    """One optimizer step on a global batch (arrays sharded over 'data'). Donates `state`."""
-    return self._compiled_step("train", self._train_step, batch, donate=True)(state, batch)
+    """One optimizer step on a global batch (arrays sharded over 'data'). Donates `state`.
+
+    Compiled once per training phase of the model (`BaseModel.training_phase`).
+    """
+    phase = self.model.training_phase(state)
+    step = functools.partial(self._train_step, self.model.for_phase(phase))
+    return self._compiled_step("train", step, batch, donate=True, phase=phase)(state, batch)
 
   def summaries(self, state: TrainState, host_batch) -> dict:
     """The model's TensorBoard media for the first examples of a host batch (host arrays)."""
