@@ -41,6 +41,8 @@ class BaseModel(abc.ABC):
     eval_fn(params, batch) -> (loss, metrics), deterministic.
     predict_batch(params, batch, rng, **decoder_params) -> predictions.
     score_batch(params, batch) -> per-example log-likelihood [batch].
+  Beyond T5X: optimizer groups (below) and training phases (`training_phase`, `for_phase`:
+  one compiled train step per phase, e.g. a GAN's discriminator warm-up).
   """
 
   def __init__(self, module, optimizer_def: optax.GradientTransformation |
