@@ -70,6 +70,25 @@ def test_conformer_block_is_bidirectional_with_named_params():
   np.testing.assert_allclose(np.mean(y, -1), 0.0, atol=1e-4)
 
 
+@pytest.mark.parametrize("taps", [15, 4, 1])
+def test_depthwise_conv_matches_grouped_lax_conv(taps):
+  """The conformer's depthwise conv (shifted sums) is XLA's grouped conv with the centred
+  padding, in value and in both gradients."""
+  x = jax.random.normal(jax.random.key(0), (2, 11, 6))
+  kernel = jax.random.normal(jax.random.key(1), (taps, 6))
+  left = taps // 2
+  lax_conv = lambda x, k: jax.lax.conv_general_dilated(
+      x, k[:, None, :], (1,), [(left, taps - 1 - left)],
+      dimension_numbers=("NWC", "WIO", "NWC"), feature_group_count=6)
+  ours = lambda x, k: conformer.depthwise_conv1d(x, k, left)
+  np.testing.assert_allclose(ours(x, kernel), lax_conv(x, kernel), rtol=1e-5, atol=1e-5)
+  cotangent = jax.random.normal(jax.random.key(2), x.shape)
+  grads = lambda f: jax.grad(lambda x, k: jnp.sum(f(x, k) * cotangent), argnums=(0, 1))(
+      x, kernel)
+  for g_ours, g_lax in zip(grads(ours), grads(lax_conv)):
+    np.testing.assert_allclose(g_ours, g_lax, rtol=1e-4, atol=1e-4)
+
+
 def test_contrastive_negatives_and_losses():
   mask = jnp.array([[True, False, True, True, False, True]])
   selected = np.asarray(model_lib.sample_negatives(jax.random.key(0), mask, 3)[0])

@@ -27,7 +27,6 @@ from __future__ import annotations
 from typing import Optional
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from musiclm_jax.layers import attention, linear
@@ -49,6 +48,23 @@ class FeedForward(nn.Module):
     h = nn.with_logical_constraint(nn.swish(h), HIDDEN_AXES)
     h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
     return linear.DenseGeneral(x.shape[-1], ("mlp", "embed"), dtype=self.dtype, name="wo")(h)
+
+
+def depthwise_conv1d(x: jnp.ndarray, kernel: jnp.ndarray, left: int) -> jnp.ndarray:
+  """Per-channel convolution over time, zero-padded to keep the length.
+
+  x [batch, length, channels], kernel [taps, channels] -> [batch, length, channels]:
+  out[:, t] = sum_k kernel[k] * x[:, t + k - left] (zero outside the clip), i.e. `left`
+  frames of left context and taps - 1 - left of right context.
+
+  Written as a sum of shifted products rather than a `feature_group_count` convolution:
+  XLA fuses it into one elementwise loop, where XLA:CPU runs grouped convolutions on a slow
+  generic path (forward + backward at w2v-BERT `small`'s shape, 16 x 100 x 384, 15 taps:
+  74 ms grouped, 27 ms this way; at `paper`'s, 16 x 250 x 1024, 31 taps: 1.44 s vs 0.24 s).
+  """
+  taps, length = kernel.shape[0], x.shape[1]
+  padded = jnp.pad(x, ((0, 0), (left, taps - 1 - left), (0, 0)))
+  return sum(padded[:, k:k + length] * kernel[k] for k in range(taps))
 
 
 class ConvolutionModule(nn.Module):
@@ -77,10 +93,7 @@ class ConvolutionModule(nn.Module):
     kernel = self.param("depthwise_kernel", nn.with_logical_partitioning(
         linear.fan_in_normal(self.kernel_size), (None, None, "mlp")),
                         (self.kernel_size, 1, channels), jnp.float32)
-    h = jax.lax.conv_general_dilated(
-        h, kernel.astype(self.dtype), window_strides=(1,),
-        padding=[(self.kernel_size // 2, (self.kernel_size - 1) // 2)],
-        dimension_numbers=("NWC", "WIO", "NWC"), feature_group_count=channels)
+    h = depthwise_conv1d(h, kernel[:, 0].astype(self.dtype), self.kernel_size // 2)
     h = linear.LayerNorm("mlp", dtype=self.dtype, name="depthwise_norm")(h)
     h = nn.with_logical_constraint(nn.swish(h), HIDDEN_AXES)
     return linear.DenseGeneral(channels, ("mlp", "embed"), dtype=self.dtype,
