@@ -149,6 +149,52 @@ def test_discriminator_outputs():
                                        (2, samples // 16, 16), (2, samples // 16, 16)]
 
 
+@pytest.mark.parametrize("time,channels,features,taps,stride,groups", [
+    (1600, 4, 16, 41, 4, 1),     # a wave discriminator's first grouped conv
+    (403, 16, 32, 41, 4, 4),     # length not a multiple of the stride
+    (97, 32, 32, 21, 2, 8),
+    (50, 8, 8, 3, 1, 2),         # stride 1
+    (9, 8, 16, 41, 4, 2),        # kernel far longer than the clip
+])
+def test_grouped_strided_conv_matches_lax(time, channels, features, taps, stride, groups):
+  x = noise((2, time, channels), 0)
+  kernel = noise((taps, channels // groups, features), 1, 0.1)
+  lax_conv = lambda x, k: jax.lax.conv_general_dilated(
+      x, k, (stride,), "SAME", dimension_numbers=("NWC", "WIO", "NWC"),
+      feature_group_count=groups)
+  ours = lambda x, k: discriminators.grouped_strided_conv1d(x, k, stride, groups)
+  expected = lax_conv(x, kernel)
+  got = jax.jit(ours)(x, kernel)
+  assert got.shape == expected.shape == (2, -(-time // stride), features)
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+  # And the gradients (what training uses) for both inputs.
+  cotangent = noise(expected.shape, 2)
+  grads = lambda f: jax.grad(lambda x, k: jnp.sum(f(x, k) * cotangent), argnums=(0, 1))(
+      x, kernel)
+  for g_ours, g_lax in zip(jax.jit(lambda: grads(ours))(), grads(lax_conv)):
+    np.testing.assert_allclose(g_ours, g_lax, rtol=1e-4, atol=1e-4)
+
+
+def test_grouped_strided_conv_module_has_nn_conv_params():
+  """Same names, shapes, initial values and logical axes as the nn.Conv it replaced, so
+  discriminator checkpoints from before load unchanged."""
+  x = noise((2, 64, 8), 0)
+  ours = discriminators.GroupedStridedConv1D(16, 41, 4, 2)
+  conv = nn.Conv(16, (41,), strides=(4,), padding="SAME", feature_group_count=2,
+                 kernel_init=nn.with_logical_partitioning(
+                     nn.initializers.lecun_normal(), (None, "conv_in", "conv_out")),
+                 bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)))
+  ours_vars, conv_vars = ours.init(key(0), x), conv.init(key(0), x)
+  assert jax.tree.structure(ours_vars) == jax.tree.structure(conv_vars)
+  for a, b in zip(jax.tree.leaves(ours_vars, is_leaf=lambda v: isinstance(
+      v, nn.LogicallyPartitioned)), jax.tree.leaves(conv_vars, is_leaf=lambda v: isinstance(
+          v, nn.LogicallyPartitioned))):
+    assert a.names == b.names
+    np.testing.assert_array_equal(a.value, b.value)
+  np.testing.assert_allclose(ours.apply(ours_vars, x), conv.apply(conv_vars, x),
+                             rtol=1e-5, atol=1e-5)
+
+
 def test_discriminator_loss_gradients():
   wave, fake = noise((2, 800), 0, 0.3), noise((2, 800), 1, 0.3)
   wave_d = tiny_wave_discriminator()
