@@ -59,6 +59,7 @@ demo-lm: setup
 benchmark: setup
 	$(PY) benchmarks/lm_speed.py $(if $(REFERENCE_PYTHON),--reference_python $(REFERENCE_PYTHON))
 	$(PY) benchmarks/codec_speed.py
+	$(PY) benchmarks/conv_speed.py
 	$(PY) benchmarks/input_pipeline_speed.py
 	$(PY) benchmarks/tokenize_speed.py
 	$(PY) benchmarks/generation_speed.py --size tiny
