@@ -10,6 +10,7 @@ import numpy as np
 import optax
 
 from musiclm_jax.audio import debian_music, io as audio_io
+from musiclm_jax.training import partitioning
 from musiclm_jax.w2v_bert import model as model_lib
 
 SAMPLE_RATE = 16000
@@ -56,6 +57,8 @@ def real_clips(count: int = 4, samples: int = CLIP_SAMPLES) -> np.ndarray:
 def tiny_params(seed: int = 0):
   """Freshly initialised (untrained) parameters of `tiny_model()`, unboxed; cached."""
   model = tiny_model()
+  options = partitioning.run_once_compiler_options(jax.default_backend())
   init = jax.jit(lambda rng: nn.meta.unbox(
-      model.get_initial_variables(rng, {"audio": (1, CLIP_SAMPLES)})["params"]))
+      model.get_initial_variables(rng, {"audio": (1, CLIP_SAMPLES)})["params"]),
+      compiler_options=options)
   return init(jax.random.key(seed))

@@ -138,7 +138,7 @@ class Trainer:
     init = self.partitioner.partition(
         lambda rng, pre: nn.meta.unbox(
             self._init_boxed_state(rng, input_shapes, input_types, pre)),
-        in_shardings=None, out_shardings=shardings)
+        in_shardings=None, out_shardings=shardings, runs_once=True)
     return init(jax.random.key(self.seed), pretrained)
 
   @property
