@@ -22,10 +22,12 @@ def tiny_config(**overrides) -> model_lib.SoundStreamConfig:
   return model_lib.SoundStreamConfig(**kw)
 
 
-def tiny_model(warmup_steps: int = 0, **overrides) -> model_lib.SoundStreamModel:
+def tiny_model(warmup_steps: int = 0, generator_optimizer=None,
+               **overrides) -> model_lib.SoundStreamModel:
   return model_lib.SoundStreamModel(
       model_lib.SoundStreamGAN(tiny_config(**overrides)),
-      {"generator": optax.adam(3e-3), "discriminator": optax.adam(1e-3)},
+      {"generator": generator_optimizer or optax.adam(3e-3),
+       "discriminator": optax.adam(1e-3)},
       spectral_windows=(64, 128, 256), discriminator_warmup_steps=warmup_steps)
 
 

@@ -6,6 +6,7 @@ import sys
 
 import jax
 import numpy as np
+import optax
 import pytest
 
 from musiclm_jax.audio import io as audio_io
@@ -102,9 +103,18 @@ def test_codebooks_on_8_devices_equal_one_device():
   if jax.device_count() < 8:
     pytest.skip("needs 8 simulated devices")
   clips = fx.real_clips(8)
-  model = fx.tiny_model(warmup_steps=10_000, quantizer_dropout=False)
-  _, single, _ = harness.train_on_batch(model, clips, 3)
+  # Plain SGD: 8 devices sum gradients in another order than one, and Adam's first steps
+  # (update = lr * g / |g|) turn a gradient entry that is zero but for rounding into a full
+  # +-lr step, one way on one device and the other on eight; the codebooks then follow
+  # diverging encoders (seen for 2 of 5 seeds). SGD keeps the difference at rounding, so
+  # what is compared is the quantizer state's cross-device reduction.
+  model = fx.tiny_model(warmup_steps=10_000, generator_optimizer=optax.sgd(1e-5),
+                        quantizer_dropout=False)
+  _, single, history = harness.train_on_batch(model, clips, 3)
   _, sharded, _ = harness.train_on_batch(model, clips, 3, devices=jax.devices())
+  assert history[-1]["generator/loss"] < history[0]["generator/loss"]   # it does train
+  harness.assert_trees_close(jax.device_get(sharded.params), jax.device_get(single.params),
+                             rtol=2e-4, atol=2e-5)
   harness.assert_trees_close(jax.device_get(sharded.flax_mutables),
                              jax.device_get(single.flax_mutables), rtol=2e-4, atol=2e-5)
   codebook = sharded.flax_mutables["quantizer"]["generator"]["quantizer"]["level_0"]["codebook"]
