@@ -75,6 +75,25 @@ def test_streaming_equals_whole_clip(trained):
   np.testing.assert_allclose(np.concatenate(audio, axis=1), whole_audio, atol=2e-5)
 
 
+def test_tensorboard_summaries_show_the_input_and_both_decodings(trained):
+  clips, model, state, _, codec = trained
+  media = model.summaries(jax.device_get(state.params), jax.device_get(state.flax_mutables),
+                          {"audio": clips})
+  names = ["input", "decoded_full", "decoded_1_level"]
+  expected = {f"example_{i}/{name}" for i in range(2) for name in names}
+  assert set(media["audio"]) == expected
+  assert set(media["images"]) == {f"{key}_log_mel" for key in expected}
+  np.testing.assert_array_equal(media["audio"]["example_1/input"][0], clips[1])
+  full, lowest = (media["audio"][f"example_1/decoded_{n}"][0] for n in ("full", "1_level"))
+  np.testing.assert_allclose(full, np.clip(codec.decode(codec.encode(clips))[1], -1, 1),
+                             atol=1e-4)
+  np.testing.assert_allclose(lowest, np.clip(codec.decode(codec.encode(clips)[..., :1])[1],
+                                             -1, 1), atol=1e-4)
+  assert all(rate == model.config.sample_rate for _, rate in media["audio"].values())
+  image = media["images"]["example_0/input_log_mel"]
+  assert image.ndim == 2 and image.shape[0] == 64 and np.all(np.isfinite(image))
+
+
 def test_warmup_then_adversarial_steps_on_real_audio():
   """Two warm-up steps without the discriminators (compiled without them), then 12
   adversarial steps that lower the reconstruction loss further."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import math
 from typing import Mapping, Optional, Sequence, Tuple
 
@@ -299,22 +300,33 @@ class SoundStreamModel(models_lib.BaseModel):
 
   def summaries(self, params, flax_mutables, batch):
     """Input and decoded audio (full and lowest bitrate) with their log-mel spectrograms."""
-    wave = jnp.asarray(batch["audio"])
-    variables = {"params": params, **flax_mutables}
-    generate = jax.jit(lambda v, w, q: self.module.apply(
-        v, w, num_levels=q, method=SoundStreamGAN.generate)[0], static_argnums=2)
-    decoded = {"full": generate(variables, wave, None), "1_level": generate(variables, wave, 1)}
+    waves, mels = jax.device_get(self._summary_media({"params": params, **flax_mutables},
+                                                     jnp.asarray(batch["audio"])))
     sr = self.config.sample_rate
-    log_mel = lambda w: features.log_mel_spectrogram(w[None], sr, 512, 128,
-                                                     center=True)[0].T[::-1]  # [mels, time]
     out = {"audio": {}, "images": {}}
-    for i in range(wave.shape[0]):
-      out["audio"][f"example_{i}/input"] = (wave[i], sr)
-      out["images"][f"example_{i}/input_log_mel"] = log_mel(wave[i])
-      for name, audio in decoded.items():
-        out["audio"][f"example_{i}/decoded_{name}"] = (jnp.clip(audio[i], -1, 1), sr)
-        out["images"][f"example_{i}/decoded_{name}_log_mel"] = log_mel(audio[i])
+    for i in range(waves["input"].shape[0]):
+      for name, audio in waves.items():
+        key = f"example_{i}/{name}"
+        out["audio"][key] = (audio[i], sr)
+        out["images"][f"{key}_log_mel"] = mels[name][i]
     return out
+
+  @functools.partial(jax.jit, static_argnums=0)
+  def _summary_media(self, variables, wave):
+    """One program for every summary (a TensorBoard write compiles nothing else).
+
+    Returns ({'input', 'decoded_full', 'decoded_1_level'}: audio [B, samples], decoded
+    clipped to [-1, 1]; the same keys: log-mel [B, mels, frames], low mels at the bottom).
+    """
+    generate = lambda levels: self.module.apply(variables, wave, num_levels=levels,
+                                                method=SoundStreamGAN.generate)[0]
+    waves = {"input": wave, "decoded_full": generate(None), "decoded_1_level": generate(1)}
+    mels = {name: features.log_mel_spectrogram(audio, self.config.sample_rate, 512, 128,
+                                               center=True).transpose(0, 2, 1)[:, ::-1]
+            for name, audio in waves.items()}
+    waves = {name: audio if name == "input" else jnp.clip(audio, -1, 1)
+             for name, audio in waves.items()}
+    return waves, mels
 
   # ---- inference ------------------------------------------------------------------------
 
