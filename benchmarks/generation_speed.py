@@ -35,17 +35,17 @@ def build(size: str):
   import random_parts
   from musiclm_jax.generation import pipeline
   from musiclm_jax.lm import decoder_lm, models as lm_models
-  from musiclm_jax.tasks import stages
+  from musiclm_jax.lm import token_layout
   if size == "tiny":
     # The demo's layout (gin/stages/tiny/layout.gin): it matches soundstream/tiny.gin.
-    layout = random_parts.gin_config(["stages/tiny/layout.gin"], stages.TokenLayout)
+    layout = random_parts.gin_config(["stages/tiny/layout.gin"], token_layout.TokenLayout)
     windows = pipeline.Windows(semantic_seconds=10.0, coarse_seconds=2.0, fine_seconds=0.5)
   else:
-    layout, windows = stages.TokenLayout(), pipeline.Windows()
+    layout, windows = token_layout.TokenLayout(), pipeline.Windows()
   codec = random_parts.codec(size)
   mulan = random_parts.mulan(size, layout.mulan_levels, layout.mulan_codes)
   stage_lms = []
-  for stage in stages.STAGES:
+  for stage in token_layout.STAGES:
     prefix_vocab, target_vocab = layout.vocab_sizes(stage)
     config = random_parts.gin_config([f"lm/{size}.gin"], decoder_lm.DecoderConfig, [
         f"TARGET_VOCAB_SIZE = {target_vocab}", f"PREFIX_VOCAB_SIZE = {prefix_vocab}",

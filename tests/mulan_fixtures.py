@@ -61,5 +61,5 @@ def captioned_batch(count: int = 8, samples: int = CLIP_SAMPLES):
     wave = audio_io.load_audio(paths[name], sample_rate=SAMPLE_RATE)[:samples]
     audio[i, :wave.shape[0]] = wave
   captions = [CAPTIONED[n] for n in names]
-  tokens = tiny_config().vocabulary().encode_batch(captions, TEXT_LENGTH)
+  tokens = tiny_config().text_tokenizer().encode_batch(captions, TEXT_LENGTH)
   return {"audio": audio, "text_tokens": tokens}, captions

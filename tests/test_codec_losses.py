@@ -51,6 +51,22 @@ def test_mel_filterbank_shape_and_cache():
     features.mel_filterbank(40, 512, RATE, 0.0, 9000.0)
 
 
+@pytest.mark.parametrize("num_mels,fft_length,sample_rate,fmin,fmax", [
+    (40, 512, RATE, 20.0, 8000.0), (64, 1024, 24000, 0.0, None), (80, 512, 16000, 0.0, None),
+    (128, 2048, 24000, 30.0, 11000.0)])
+def test_mel_filterbank_is_tensorflows(num_mels, fft_length, sample_rate, fmin, fmax):
+  """The NumPy filterbank is tf.signal.linear_to_mel_weight_matrix (the reference the
+  codec and w2v-BERT features were first built on), both computed in float64: equal to
+  float32 rounding. (TensorFlow's float32 matrix differs from both by up to 2e-5.)"""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  ours = features.mel_filterbank(num_mels, fft_length, sample_rate, fmin, fmax)
+  theirs = tf.signal.linear_to_mel_weight_matrix(
+      num_mel_bins=num_mels, num_spectrogram_bins=fft_length // 2 + 1,
+      sample_rate=sample_rate, lower_edge_hertz=fmin,
+      upper_edge_hertz=sample_rate / 2 if fmax is None else fmax, dtype=tf.float64).numpy()
+  np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-7)
+
+
 @pytest.mark.parametrize("freq", [300.0, 1000.0, 4000.0])
 def test_log_mel_of_a_sine_peaks_at_its_band(freq):
   num_mels, fmin, fmax = 40, 0.0, RATE / 2

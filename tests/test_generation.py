@@ -15,7 +15,7 @@ import pytest
 
 from musiclm_jax.generation import pipeline
 from musiclm_jax.lm import decoder_lm, models as lm_models
-from musiclm_jax.tasks import stages
+from musiclm_jax.lm import token_layout
 from tests import tokenize_fixtures
 
 LAYOUT_FIELDS = dict(mulan_levels=4, mulan_codes=16, semantic_codes=16, semantic_rate=25,
@@ -39,10 +39,10 @@ def _stage(layout, stage, seed):
 
 @pytest.fixture(scope="module")
 def musiclm():
-  layout = stages.TokenLayout(**LAYOUT_FIELDS)
+  layout = token_layout.TokenLayout(**LAYOUT_FIELDS)
   parts = tokenize_fixtures.tiny_tokenizers()
   return pipeline.MusicLM(layout, parts.mulan, *(_stage(layout, s, i) for i, s in
-                                                  enumerate(stages.STAGES)),
+                                                  enumerate(token_layout.STAGES)),
                           parts.codec, WINDOWS, semantic_tokenizer=parts.semantic)
 
 

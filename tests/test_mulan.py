@@ -16,6 +16,7 @@ import pytest
 import tensorflow as tf
 
 from musiclm_jax.mulan import bert, model as model_lib, pretrained_bert, text_tokenizer
+from musiclm_jax.mulan import text_vocabulary
 from musiclm_jax.mulan import tokenizer as tokenizer_lib
 from tests import bert_reference, harness
 from tests import mulan_fixtures as fx
@@ -40,7 +41,7 @@ def test_minilm_matches_transformers_reference_file(minilm):
   tests/bert_reference.py) to 1e-4, and our tokenizer gives its ids."""
   folder, config, params = minilm
   ref = np.load(REFERENCE)
-  vocab = text_tokenizer.BertVocabulary(folder)
+  vocab = text_tokenizer.BertTokenizer(folder)
   ids = vocab.encode_batch(list(bert_reference.REFERENCE_TEXTS), ref["ids"].shape[1])
   np.testing.assert_array_equal(ids, ref["ids"])
   hidden = _hidden_states(config, params, ids)
@@ -76,13 +77,15 @@ def test_minilm_matches_transformers_live(minilm, tmp_path):
 
 
 def test_tokenizer_is_the_same_in_python_and_tensorflow(minilm):
-  vocab = text_tokenizer.BertVocabulary(minilm[0])
+  vocab = text_vocabulary.BertVocabulary(minilm[0])
   texts = list(bert_reference.REFERENCE_TEXTS) + [
       "", "  Lo-fi hip-hop beat w/ vinyl crackle... 90bpm", "ÉLECTRONIQUE über Straße",
       "a " * 200]
   for text in texts:
-    assert list(vocab.encode(text)) == vocab.encode_tf(tf.constant(text)).numpy().tolist()
-  batch = vocab.encode_batch(texts, 12)
+    python_ids = vocab.tokenizer.encode(text)
+    assert python_ids == vocab.encode_tf(tf.constant(text)).numpy().tolist()
+    assert list(vocab.encode(text)) == python_ids       # seqio's Python path
+  batch = vocab.tokenizer.encode_batch(texts, 12)
   assert batch.shape == (len(texts), 12) and batch.dtype == np.int32
   assert (batch[:, 0] == vocab.cls_id).all()
   assert batch[-1, -1] == vocab.sep_id                       # truncated, still closed
@@ -128,12 +131,12 @@ def test_folders_that_are_not_a_bert_give_clear_errors(minilm, tmp_path):
   with pytest.raises(ValueError, match="not valid JSON"):
     pretrained_bert.load_bert_folder(str(tmp_path / "bad_json"))
   with pytest.raises(FileNotFoundError, match="vocab.txt"):
-    text_tokenizer.BertVocabulary(str(tmp_path / "bad_json"))
+    text_tokenizer.BertTokenizer(str(tmp_path / "bad_json"))
 
 
 def test_padding_does_not_change_a_text_embedding(minilm):
   folder, config, params = minilm
-  vocab = text_tokenizer.BertVocabulary(folder)
+  vocab = text_tokenizer.BertTokenizer(folder)
   short = vocab.encode_batch(["slow blues guitar"], 8)
   long = vocab.encode_batch(["slow blues guitar"], 24)
   pool = lambda ids: bert.mean_pool(_hidden_states(config, params, ids)[-1], jnp.asarray(ids))

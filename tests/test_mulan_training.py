@@ -2,7 +2,6 @@
 devices, text-tower freezing / learning-rate multipliers, pretrained initialisation, and the
 train entry point on a captioned audio_folder followed by the `mulan` CLI."""
 
-import os
 import shutil
 import subprocess
 import sys
@@ -149,7 +148,7 @@ def test_caption_task_tokenizes_what_python_tokenizes(captioned_data):
   name = audio_tasks.register_audio_crop_task(
       "mulan_pairs_test", "audio_folder/16khz_2s:1.0.0", data_dir, sample_rate=16000,
       crop_samples=8000, short_clips="pad", captions=True, text_length=fx.TEXT_LENGTH)
-  vocab = fx.tiny_config().vocabulary()
+  vocab = fx.tiny_config().text_tokenizer()
   expected = {tuple(vocab.encode_batch([c], fx.TEXT_LENGTH)[0]) for c in fx.CAPTIONED.values()}
   seen = set()
   for split in ("train", "validation", "test"):
@@ -187,7 +186,7 @@ def test_a_mixture_of_two_captioned_datasets(captioned_data, tmp_path):
       mixture_or_task_name=name, task_feature_lengths={"audio": 8000, "text_tokens": 48},
       split="train", batch_size=8, shuffle=True, seed=0)
   ds = data_lib.get_dataset(config, audio_tasks.CaptionedAudioFeatureConverter(), 0, 1)
-  vocab = fx.tiny_config().vocabulary()
+  vocab = fx.tiny_config().text_tokenizer()
   rendered = folder = 0
   for batch in ds.take(4).as_numpy_iterator():
     assert batch["audio"].shape == (8, 8000) and batch["text_tokens"].shape == (8, 48)

@@ -76,30 +76,32 @@ def magnitude(spectrum: jnp.ndarray, eps: float = 1e-12) -> jnp.ndarray:
   return jnp.sqrt(jnp.maximum(power, eps))
 
 
+def hertz_to_mel(hertz):
+  """HTK mel scale: 1127 ln(1 + f / 700)."""
+  return 1127.0 * np.log1p(np.asarray(hertz, np.float64) / 700.0)
+
+
 @functools.lru_cache(maxsize=64)
 def mel_filterbank(num_mels: int, fft_length: int, sample_rate: int, fmin: float = 0.0,
                    fmax: Optional[float] = None) -> np.ndarray:
   """Mel weight matrix float32 [fft_length // 2 + 1, num_mels] (read-only, cached).
 
-  `spectrogram @ mel_filterbank(...)` maps linear bins to mel bands. Computed by
-  TensorFlow on the CPU. If TensorFlow has not yet set up its devices in this process,
-  its GPUs are hidden from it first: JAX owns the accelerators, and a TensorFlow that
-  touches a GPU reserves most of its memory.
+  `spectrogram @ mel_filterbank(...)` maps linear bins to mel bands: triangles evenly
+  spaced on the HTK mel scale between fmin and fmax, peak 1, no area normalisation, the DC
+  bin left out. The same matrix as `tf.signal.linear_to_mel_weight_matrix` (tested), in
+  NumPy, so that computing features never imports TensorFlow.
   """
-  import tensorflow as tf  # lazily: only for this one host-side computation
   fmax = sample_rate / 2 if fmax is None else fmax
   if not 0 <= fmin < fmax <= sample_rate / 2:
     raise ValueError(f"mel_filterbank: need 0 <= fmin ({fmin}) < fmax ({fmax}) <= "
                      f"sample_rate / 2 ({sample_rate / 2})")
-  try:
-    tf.config.set_visible_devices([], "GPU")
-  except (RuntimeError, ValueError):  # devices already initialised: leave them as they are
-    pass
-  with tf.device("/CPU:0"):
-    matrix = tf.signal.linear_to_mel_weight_matrix(
-        num_mel_bins=num_mels, num_spectrogram_bins=fft_length // 2 + 1,
-        sample_rate=sample_rate, lower_edge_hertz=fmin, upper_edge_hertz=fmax,
-        dtype=tf.float32).numpy()
+  bins_mel = hertz_to_mel(np.linspace(0.0, sample_rate / 2, fft_length // 2 + 1))[:, None]
+  edges = np.linspace(hertz_to_mel(fmin), hertz_to_mel(fmax), num_mels + 2)
+  lower, center, upper = edges[None, :-2], edges[None, 1:-1], edges[None, 2:]
+  rising = (bins_mel - lower) / (center - lower)
+  falling = (upper - bins_mel) / (upper - center)
+  matrix = np.maximum(0.0, np.minimum(rising, falling)).astype(np.float32)
+  matrix[0] = 0.0   # the DC bin carries no pitch
   matrix.setflags(write=False)
   return matrix
 

@@ -186,7 +186,7 @@ def load_bundle(path: str):
   from musiclm_jax.lm import decoder_lm, models as lm_models  # pylint: disable=g-import-not-at-top
   from musiclm_jax.mulan import model as mulan_model, tokenizer as mulan_tokenizer  # pylint: disable=g-import-not-at-top
   from musiclm_jax.soundstream import codec as codec_lib, model as ss_model  # pylint: disable=g-import-not-at-top
-  from musiclm_jax.tasks import stages  # pylint: disable=g-import-not-at-top
+  from musiclm_jax.lm import token_layout  # pylint: disable=g-import-not-at-top
   from musiclm_jax.w2v_bert import model as w2v_model, tokenizer as semantic_tokenizer  # pylint: disable=g-import-not-at-top
   manifest = verify_bundle(path)
   part = lambda name: os.path.join(path, name)
@@ -204,7 +204,7 @@ def load_bundle(path: str):
     return restored
 
   shapes = lambda fn: jax.eval_shape(lambda: nn.meta.unbox(fn()))
-  layout = _from_json(stages.TokenLayout, manifest["layout"], MANIFEST)
+  layout = _from_json(token_layout.TokenLayout, manifest["layout"], MANIFEST)
   windows = _from_json(pipeline.Windows, manifest["windows"], MANIFEST)
 
   mulan_config, _ = config_of("mulan", mulan_model.MuLanConfig)

@@ -30,14 +30,14 @@ def _stage_run(stage: str, model_dir: str, step: Optional[int], use_ema: bool):
   from musiclm_jax import gin_utils  # pylint: disable=g-import-not-at-top
   from musiclm_jax.generation import pipeline  # pylint: disable=g-import-not-at-top
   from musiclm_jax.lm import decoder_lm, models as lm_models  # pylint: disable=g-import-not-at-top
-  from musiclm_jax.tasks import stages  # pylint: disable=g-import-not-at-top
+  from musiclm_jax.lm import token_layout  # pylint: disable=g-import-not-at-top
 
   def make():
     try:
       crop = float(gin.query_parameter(f"{stage}/register_stage_task.crop_seconds"))
     except ValueError:
       crop = DEFAULT_CROPS[stage]
-    return decoder_lm.DecoderConfig(), stages.TokenLayout(), crop
+    return decoder_lm.DecoderConfig(), token_layout.TokenLayout(), crop
 
   gin.clear_config()  # one run's bindings must not leak into the next
   run = gin_utils.load_run(model_dir, make, step, use_ema)

@@ -1,8 +1,9 @@
 """Text to music: MuLan text tokens -> semantic -> coarse -> fine -> SoundStream decoder.
 
 Each stage is a prefix-conditioned decoder-only LM (`lm.models.DecoderOnlyLMModel`) over
-the token layout of `tasks.stages` (the same offsets it was trained with). A stage has a
-context: the crop it was trained on (semantic 30 s, coarse 10 s, fine 3 s in the paper).
+the token layout of `lm.token_layout` (the offsets of `tasks.stages` it was trained with). A
+stage has a context: the crop it was trained on (semantic 30 s, coarse 10 s, fine 3 s in the
+paper).
 Longer audio is made window by window: each window's first `overlap` of frames is the
 previous window's tail, given as the prompt, and the model continues it; the prefix (MuLan
 tokens, and for the acoustic stages the semantic / coarse tokens of the window's span) is
@@ -24,7 +25,7 @@ from typing import Callable, List, Optional, Sequence
 import jax
 import numpy as np
 
-from musiclm_jax.tasks import stages
+from musiclm_jax.lm import token_layout
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,8 +146,8 @@ class MusicLM:
       bundle's sixth part).
   """
 
-  def __init__(self, layout: stages.TokenLayout, mulan, semantic: StageLM, coarse: StageLM,
-               fine: StageLM, codec, windows: Windows = Windows(), semantic_tokenizer=None):
+  def __init__(self, layout: token_layout.TokenLayout, mulan, semantic: StageLM,
+               coarse: StageLM, fine: StageLM, codec, windows: Windows = Windows(), semantic_tokenizer=None):
     self.layout, self.mulan, self.codec, self.windows = layout, mulan, codec, windows
     self.semantic_tokenizer = semantic_tokenizer
     # The acoustic stages sample each position from its RVQ level's ids only.
@@ -261,7 +262,7 @@ class MusicLM:
     qc, qf = lay.coarse_levels, lay.acoustic_levels - lay.coarse_levels
     semantic_total = self._semantic_total(seconds)
     acoustic_total = semantic_total * ratio
-    initial = {name: None for name in stages.STAGES}
+    initial = {name: None for name in token_layout.STAGES}
     if audio_prompt is not None:
       initial = self._initial_tokens(audio_prompt, batch, semantic_total)
     semantic = self.generate_semantic_tokens(prompts, seconds, seed, sampling, show_progress,

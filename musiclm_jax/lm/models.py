@@ -9,7 +9,7 @@ Batches (from `PrefixLMFeatureConverter`):
 from __future__ import annotations
 
 import functools
-from typing import Any, Mapping, Optional, Tuple
+from typing import Mapping, Optional, Tuple
 
 import gin
 import jax

@@ -33,7 +33,8 @@ import optax
 
 from musiclm_jax.audio import features
 from musiclm_jax.layers import linear
-from musiclm_jax.mulan import audio_towers, bert, pretrained_bert, text_tokenizer
+from musiclm_jax.mulan import audio_towers, bert, pretrained_bert
+from musiclm_jax.mulan import text_tokenizer as text_tokenizer_lib
 from musiclm_jax.training import models as models_lib, optimizers
 
 AUDIO_TOWERS = ("ast", "resnet")
@@ -119,15 +120,15 @@ class MuLanConfig:
   def resolved_text_folder(self) -> str:
     return self.text_folder or pretrained_bert.minilm_l6_folder()
 
-  def vocabulary(self) -> text_tokenizer.BertVocabulary:
-    return _vocabulary(self.resolved_text_folder)
+  def text_tokenizer(self) -> text_tokenizer_lib.BertTokenizer:
+    return _text_tokenizer(self.resolved_text_folder)
 
   def bert_config(self) -> bert.BertConfig:
     if self.text_pretrained:
       cfg = pretrained_bert.read_config(self.resolved_text_folder)
       return dataclasses.replace(cfg, dtype=self.dtype)
     return bert.BertConfig(
-        vocab_size=self.vocabulary().vocab_size, hidden_size=self.text_hidden_size,
+        vocab_size=self.text_tokenizer().vocab_size, hidden_size=self.text_hidden_size,
         num_hidden_layers=self.text_num_layers, num_attention_heads=self.text_num_heads,
         intermediate_size=self.text_mlp_dim,
         max_position_embeddings=max(self.text_max_length, 8),
@@ -136,8 +137,8 @@ class MuLanConfig:
 
 
 @functools.lru_cache(maxsize=8)
-def _vocabulary(folder: str) -> text_tokenizer.BertVocabulary:
-  return text_tokenizer.BertVocabulary(folder)
+def _text_tokenizer(folder: str) -> text_tokenizer_lib.BertTokenizer:
+  return text_tokenizer_lib.BertTokenizer(folder)
 
 
 def standardized_log_mel(wave: jnp.ndarray, config: MuLanConfig) -> jnp.ndarray:

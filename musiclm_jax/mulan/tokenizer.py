@@ -174,7 +174,7 @@ class MuLanTokenizer:
                codebooks: Optional[np.ndarray] = None, max_windows_per_call: int = 64):
     self.config = config
     self.params = jax.device_put(params)
-    self.vocabulary = config.vocabulary()
+    self.text_tokenizer = config.text_tokenizer()
     self.max_windows_per_call = max_windows_per_call
     self.codebooks = None
     if codebooks is not None:
@@ -222,7 +222,7 @@ class MuLanTokenizer:
     """Texts -> unit [B, embed_dim]."""
     if isinstance(texts, str):
       texts = [texts]
-    ids = self.vocabulary.encode_batch(list(texts), self.config.text_max_length)
+    ids = self.text_tokenizer.encode_batch(list(texts), self.config.text_max_length)
     return np.asarray(_embed_tokens(self.config, self.params, jnp.asarray(ids)))
 
   def audio_tokens(self, audio: np.ndarray) -> np.ndarray:

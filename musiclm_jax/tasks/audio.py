@@ -281,8 +281,8 @@ def register_audio_crop_task(name: str, tfds_name: str, tfds_data_dir: Optional[
   output_features = {"audio": seqio.Feature(
       seqio.PassThroughVocabulary(1), add_eos=False, dtype=tf.float32, rank=1)}
   if captions:
-    from musiclm_jax.mulan import pretrained_bert, text_tokenizer  # pylint: disable=g-import-not-at-top
-    vocabulary = text_tokenizer.BertVocabulary(text_folder or pretrained_bert.minilm_l6_folder())
+    from musiclm_jax.mulan import pretrained_bert, text_vocabulary  # pylint: disable=g-import-not-at-top
+    vocabulary = text_vocabulary.BertVocabulary(text_folder or pretrained_bert.minilm_l6_folder())
     preprocessors.append(functools.partial(tokenize_captions, vocabulary=vocabulary,
                                            text_length=text_length))
     output_features["text_tokens"] = seqio.Feature(vocabulary, add_eos=False, dtype=tf.int32)

@@ -55,7 +55,7 @@ class Tokenizers:
                mulan_tokenizer.MuLanTokenizer.load(mulan_model_dir, mulan_rvq))
 
   def layout(self) -> Dict[str, int]:
-    """The token vocabularies and rates (the fields of `stages.TokenLayout`)."""
+    """The token vocabularies and rates (the fields of `token_layout.TokenLayout`)."""
     codec = self.codec.config
     return {"mulan_levels": int(self.mulan.num_levels),
             "mulan_codes": int(self.mulan.codebooks.shape[1]),
