@@ -85,6 +85,41 @@ def test_guidance_scale_one_equals_conditional_sampling(batch):
   assert not np.array_equal(plain, strong)
 
 
+def test_new_sampling_values_reuse_the_compiled_sampler(batch):
+  """Temperature, top_p and guidance scale are traced: other values run the same program,
+  and they do change the samples."""
+  model = lm_fixtures.tiny_model()
+  params = params_for(model, batch)
+  inputs = {"prefix_tokens": batch["prefix_tokens"]}
+  sample = lambda **kw: model.predict_batch_with_aux(params, inputs, jax.random.key(5),
+                                                    max_decode_length=LENGTH, **kw)
+  compiled = type(model)._sample_jit._cache_size  # pylint: disable=protected-access
+  first, first_aux = sample(temperature=0.7, top_p=0.9, guidance_scale=2.0)
+  programs = compiled()
+  second, second_aux = sample(temperature=1.5, top_p=0.95, guidance_scale=4.0)
+  assert compiled() == programs
+  assert not np.array_equal(first, second)
+  assert not np.allclose(first_aux["log_probs"], second_aux["log_probs"])
+  # What the settings switch off is static: greedy, no nucleus, no guidance compile anew.
+  sample(temperature=0.0)
+  assert compiled() == programs + 1
+
+
+def test_traced_settings_sample_like_python_ones():
+  logits = jnp.log(jnp.array([0.6, 0.3, 0.1 - 1e-9, 1e-9]))[None].repeat(20000, axis=0)
+  jitted = jax.jit(decoding.choose_tokens, static_argnums=3)
+  key = jax.random.key(0)
+  np.testing.assert_array_equal(jitted(key, logits, 0.5, 0, 1.0),
+                                decoding.choose_tokens(key, logits, 0.5, 0, 1.0))
+  np.testing.assert_array_equal(jitted(key, logits, 0.5, 0, 0.7),
+                                decoding.choose_tokens(key, logits, 0.5, 0, 0.7))
+  # A traced temperature of 0 is greedy.
+  np.testing.assert_array_equal(jitted(key, logits, 0.0, 0, 1.0), np.zeros(20000))
+  # A traced top_p of 1 keeps every id, however unlikely.
+  kept = jax.jit(decoding.filter_logits, static_argnums=1)(logits[:1], 0, 1.0) > -1e9
+  assert np.all(np.asarray(kept))
+
+
 def test_guidance_formula():
   cond = jnp.array([[1.0, 2.0, 3.0]])
   uncond = jnp.array([[0.0, 2.0, 5.0]])

@@ -7,11 +7,17 @@ sampling rules are written once and the two paths are directly comparable.
 
 Randomness: the tokens at position i are drawn with `fold_in(rng, i)`, so a sample depends
 only on (rng, logits), not on how the loop computed the logits.
+
+Settings: `top_k` and whether guidance is on change shapes, so they are Python values. The
+temperature, `top_p` and the guidance scale may be traced scalars (one compiled sampler
+serves every value); as Python numbers they also let the unused work drop out: temperature
+0 samples greedily, top_p 1 skips the nucleus sort.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Tuple
+import numbers
+from typing import Any, Callable, Optional, Tuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -22,9 +28,11 @@ NEG_INF = -1e10
 # logits for position index + 1 once `new_token` sits at `index`. rows = B, or 2B with
 # guidance (conditional rows first, then unconditional).
 LogitsFn = Callable[[Any, jnp.ndarray, jnp.ndarray, jnp.ndarray], Tuple[jnp.ndarray, Any]]
+# A Python number, or a traced float32 scalar.
+Scalar = Union[float, jnp.ndarray]
 
 
-def apply_guidance(logits: jnp.ndarray, guidance_scale: Optional[float]) -> jnp.ndarray:
+def apply_guidance(logits: jnp.ndarray, guidance_scale: Optional[Scalar]) -> jnp.ndarray:
   """[2B, V] (cond ; uncond) -> [B, V] = cond + (s - 1) (cond - uncond); None: as is.
 
   Written around `cond` so that s = 1 returns the conditional logits exactly.
@@ -35,34 +43,46 @@ def apply_guidance(logits: jnp.ndarray, guidance_scale: Optional[float]) -> jnp.
   return cond + (guidance_scale - 1.0) * (cond - uncond)
 
 
-def filter_logits(logits: jnp.ndarray, top_k: int = 0, top_p: float = 1.0) -> jnp.ndarray:
-  """Masks all but the top-k ids and then all outside the top-p nucleus. [B, V] -> [B, V]."""
+def filter_logits(logits: jnp.ndarray, top_k: int = 0, top_p: Scalar = 1.0) -> jnp.ndarray:
+  """Masks all but the top-k ids and then all outside the top-p nucleus. [B, V] -> [B, V].
+
+  A traced top_p >= 1 keeps every id, as the Python number 1 does."""
   if top_k and top_k < logits.shape[-1]:
     kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
     logits = jnp.where(logits < kth, NEG_INF, logits)
-  if top_p < 1.0:
+  if not (isinstance(top_p, numbers.Real) and top_p >= 1.0):
     sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
     probs = jax.nn.softmax(sorted_logits, axis=-1)
     mass_before = jnp.cumsum(probs, axis=-1) - probs
     # Keep the smallest prefix of ids whose mass reaches top_p (the top id always stays).
     cutoff = jnp.min(jnp.where(mass_before < top_p, sorted_logits, jnp.inf), axis=-1,
                      keepdims=True)
+    # (Rounding can push the mass before a last, tiny entry to 1: top_p >= 1 keeps all.)
+    cutoff = jnp.where(top_p >= 1.0, -jnp.inf, cutoff)
     logits = jnp.where(logits < cutoff, NEG_INF, logits)
   return logits
 
 
-def choose_tokens(rng: jax.Array, logits: jnp.ndarray, temperature: float, top_k: int,
-                  top_p: float) -> jnp.ndarray:
-  """One token per row from logits [B, V]; temperature 0 = greedy."""
-  if temperature == 0.0:
+def choose_tokens(rng: jax.Array, logits: jnp.ndarray, temperature: Scalar, top_k: int,
+                  top_p: Scalar) -> jnp.ndarray:
+  """One token per row from logits [B, V]; temperature 0 = greedy (traced or not)."""
+  def greedy():
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-  logits = filter_logits(logits / temperature, top_k, top_p)
-  return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+
+  def sampled(divisor):
+    filtered = filter_logits(logits / divisor, top_k, top_p)
+    return jax.random.categorical(rng, filtered, axis=-1).astype(jnp.int32)
+
+  if isinstance(temperature, numbers.Real):
+    return greedy() if temperature == 0.0 else sampled(temperature)
+  # A traced temperature may be 0: sample at a positive stand-in, then take the argmax.
+  positive = temperature > 0
+  return jnp.where(positive, sampled(jnp.where(positive, temperature, 1.0)), greedy())
 
 
 def sample(logits_fn: LogitsFn, first_logits: jnp.ndarray, carry: Any,
-           prompt: jnp.ndarray, length: int, rng: jax.Array, *, temperature: float = 1.0,
-           top_k: int = 0, top_p: float = 1.0, guidance_scale: Optional[float] = None,
+           prompt: jnp.ndarray, length: int, rng: jax.Array, *, temperature: Scalar = 1.0,
+           top_k: int = 0, top_p: Scalar = 1.0, guidance_scale: Optional[Scalar] = None,
            level_codes: int = 0, levels_per_frame: int = 1
            ) -> Tuple[jnp.ndarray, jnp.ndarray]:
   """Samples positions prompt_len .. length-1.
@@ -74,6 +94,8 @@ def sample(logits_fn: LogitsFn, first_logits: jnp.ndarray, carry: Any,
     prompt: [B, prompt_len] tokens kept as they are at the start of the output.
     length: total number of output tokens.
     rng: random key.
+    temperature, top_k, top_p, guidance_scale: see the module docstring; guidance None =
+      no unconditional rows.
     level_codes, levels_per_frame: for flattened residual-VQ targets (level q of a frame
       offset by q * level_codes, frame-major): position i may only take ids of level
       i % levels_per_frame. 0 = no constraint.

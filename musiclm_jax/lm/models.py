@@ -157,21 +157,26 @@ class DecoderOnlyLMModel(models_lib.BaseModel):
       raise ValueError("sampling with temperature > 0 needs an rng")
     if rng is None:
       rng = jax.random.key(0)
+    # The settings' values are traced (a new temperature, top_p or guidance scale reuses the
+    # compiled sampler); what they switch on or off is static.
+    values = {"temperature": jnp.float32(temperature), "top_p": jnp.float32(top_p),
+              "guidance_scale": jnp.float32(1.0 if guidance_scale is None else guidance_scale)}
     tokens, log_probs = self._sample_jit(
-        params, prefix, jnp.asarray(prompt, jnp.int32), rng,
-        length=int(max_decode_length), temperature=float(temperature), top_k=int(top_k),
-        top_p=float(top_p),
-        guidance_scale=None if guidance_scale is None else float(guidance_scale),
+        params, prefix, jnp.asarray(prompt, jnp.int32), rng, values,
+        length=int(max_decode_length), greedy=float(temperature) == 0.0, top_k=int(top_k),
+        nucleus=float(top_p) < 1.0, guided=guidance_scale is not None,
         use_cache=bool(use_cache), level_codes=int(level_codes),
         levels_per_frame=int(levels_per_frame))
     return tokens, {"log_probs": log_probs}
 
   @functools.partial(jax.jit, static_argnums=0,
-                     static_argnames=("length", "temperature", "top_k", "top_p",
-                                      "guidance_scale", "use_cache", "level_codes",
-                                      "levels_per_frame"))
-  def _sample_jit(self, params, prefix, prompt, rng, *, length, temperature, top_k, top_p,
-                  guidance_scale, use_cache, level_codes, levels_per_frame):
+                     static_argnames=("length", "greedy", "top_k", "nucleus", "guided",
+                                      "use_cache", "level_codes", "levels_per_frame"))
+  def _sample_jit(self, params, prefix, prompt, rng, values, *, length, greedy, top_k,
+                  nucleus, guided, use_cache, level_codes, levels_per_frame):
+    temperature = 0.0 if greedy else values["temperature"]
+    top_p = values["top_p"] if nucleus else 1.0
+    guidance_scale = values["guidance_scale"] if guided else None
     cfg = self.config
     # Decoding re-reads every weight each step: cast once to the compute dtype (bfloat16
     # halves the bytes read per token) instead of inside every step.
