@@ -191,6 +191,14 @@ def test_grouped_strided_conv_matches_lax(time, channels, features, taps, stride
     np.testing.assert_allclose(g_ours, g_lax, rtol=1e-4, atol=1e-4)
 
 
+def test_grouped_strided_conv_rejects_mismatched_groups():
+  x = noise((1, 64, 8), 0)
+  with pytest.raises(ValueError, match="input channels 8 must be groups \\(4\\)"):
+    discriminators.grouped_strided_conv1d(x, noise((5, 4, 8), 1), 2, 4)
+  with pytest.raises(ValueError, match="its 6 outputs a multiple of groups"):
+    discriminators.grouped_strided_conv1d(x, noise((5, 2, 6), 1), 2, 4)
+
+
 def test_grouped_strided_conv_module_has_nn_conv_params():
   """Same names, shapes, initial values and logical axes as the nn.Conv it replaced, so
   discriminator checkpoints from before load unchanged."""

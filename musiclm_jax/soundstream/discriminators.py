@@ -60,8 +60,13 @@ def grouped_strided_conv1d(x: jnp.ndarray, kernel: jnp.ndarray, stride: int,
   with the groups moved to the front, each tap is one batched matrix product
   [groups, batch * frames, s * in / groups] x [groups, s * in / groups, out / groups].
   """
-  batch, time, _ = x.shape
+  batch, time, channels = x.shape
   taps, group_in, features = kernel.shape
+  if channels != groups * group_in or features % groups or stride < 1:
+    raise ValueError(
+        f"grouped_strided_conv1d: input channels {channels} must be groups ({groups}) x the "
+        f"kernel's {group_in} inputs per group, and its {features} outputs a multiple of "
+        f"groups; stride {stride} must be >= 1")
   out_frames = -(-time // stride)
   pad = max((out_frames - 1) * stride + taps - time, 0)   # 'SAME', as lax computes it
   frame_taps = -(-taps // stride)
