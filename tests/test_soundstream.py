@@ -5,12 +5,14 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
 from musiclm_jax.audio import io as audio_io
-from musiclm_jax.soundstream import codec as codec_lib, losses
+from musiclm_jax.soundstream import codec as codec_lib, losses, model as model_lib
+from musiclm_jax.training import train_state
 from tests import harness
 from tests import soundstream_fixtures as fx
 
@@ -116,6 +118,17 @@ def test_warmup_then_adversarial_steps_on_real_audio():
   flops = {phase: fn.lower(state, batch).compile().cost_analysis()["flops"]
            for phase, fn in steps.items()}
   assert flops["warmup"] < 0.7 * flops["adversarial"], flops
+
+
+def test_warmup_counts_train_steps_not_microbatches():
+  """With gradient accumulation the generator loss runs once per microbatch; the warm-up
+  still lasts `discriminator_warmup_steps` train steps."""
+  model = fx.tiny_model(warmup_steps=2)
+  phase = lambda step, passes: model.training_phase(train_state.TrainState.create(
+      {}, {}, False, {model_lib.GAN_STATE: {"step": jnp.asarray(passes, jnp.int32)}}
+  ).replace(step=jnp.asarray(step, jnp.int32)))
+  assert phase(step=1, passes=4) == "warmup"        # one step of 4 microbatches
+  assert phase(step=2, passes=8) == "adversarial"
 
 
 def test_codebooks_on_8_devices_equal_one_device():

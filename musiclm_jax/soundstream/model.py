@@ -4,8 +4,8 @@
   Discriminators    the STFT discriminator + three multi-scale waveform discriminators.
   SoundStreamGAN    both, so one variable tree holds params {'generator', 'discriminator'}.
   SoundStreamModel  the T5X-style model: two optimizer groups (discriminator, then
-                    generator, each step), EMA codebooks in the 'quantizer' collection, a
-                    step counter for the discriminator warm-up in 'gan_state'.
+                    generator, each step), EMA codebooks in the 'quantizer' collection; the
+                    discriminator warm-up follows the TrainState's step.
 
 Batches: {'audio': float32 [batch, samples]} at `SoundStreamConfig.sample_rate`, samples a
 multiple of the hop length (the product of the strides).
@@ -162,6 +162,8 @@ class SoundStreamGAN(nn.Module):
     return self.discriminator(wave)
 
   def count_step(self):
+    """Counts generator loss passes ('gan_state'/'step': one per microbatch). Kept for the
+    checkpoints' variable tree; the training phase reads the TrainState's step."""
     self.step.value = self.step.value + 1
 
 
@@ -222,9 +224,10 @@ class SoundStreamModel(models_lib.BaseModel):
   # ---- losses ---------------------------------------------------------------------------
 
   def training_phase(self, state) -> str:
-    """'warmup' until `discriminator_warmup_steps` generator steps are done (the step count
-    in the 'gan_state' collection, read from this host's copy), then 'adversarial'."""
-    step = int(np.asarray(state.flax_mutables[GAN_STATE]["step"].addressable_data(0)))
+    """'warmup' until `discriminator_warmup_steps` train steps are done (state.step, read
+    from this host's copy), then 'adversarial'. Not the 'gan_state' counter: that counts
+    microbatches, and with gradient accumulation ended the warm-up early."""
+    step = int(np.asarray(state.step.addressable_data(0)))
     return "adversarial" if step >= self.discriminator_warmup_steps else "warmup"
 
   def for_phase(self, phase: str) -> "SoundStreamModel":
