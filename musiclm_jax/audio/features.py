@@ -2,10 +2,10 @@
 
 They run inside jitted model code (the codec's spectral loss, the STFT discriminator, the
 MuLan audio tower), so they are pure functions of static-shaped arrays: framing is a gather
-with indices known at trace time, the FFT is `jnp.fft.rfft`. Only the mel matrix comes from
-elsewhere: TensorFlow's `tf.signal.linear_to_mel_weight_matrix` (HTK mel scale, triangles
-on the mel axis, DC bin zeroed), computed once per configuration on the host and cached;
-the jitted code sees it as a constant.
+with indices known at trace time, the FFT is `jnp.fft.rfft`. The mel matrix (the one
+`tf.signal.linear_to_mel_weight_matrix` makes: HTK mel scale, triangles on the mel axis, DC
+bin zeroed) is computed once per configuration in NumPy on the host and cached; the jitted
+code sees it as a constant.
 """
 
 from __future__ import annotations
