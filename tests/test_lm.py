@@ -88,7 +88,7 @@ def _stack_layers(params, num_layers):
   return params
 
 
-@pytest.mark.parametrize("remat_policy", ["none", "full", "dots"])
+@pytest.mark.parametrize("remat_policy", ["none", "full", "dots", "dots_no_batch"])
 def test_scanned_and_rematerialised_layers_compute_the_same_function(batch, remat_policy):
   loop = lm_fixtures.tiny_model()
   params = init_params(loop, batch)

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from musiclm_jax.layers import linear, relative_position, transformer
 
 POSITION_EMBEDDINGS = ("relative_bias", "rotary")
-REMAT_POLICIES = ("none", "full", "dots")
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 
 
 def round_up(n: int, multiple: int) -> int:
@@ -55,8 +55,10 @@ class DecoderConfig:
     relpos_num_buckets, relpos_max_distance: T5 relative bias buckets.
     scan_layers: stack the layers with `nn.scan` (fast compiles for deep models; parameter
       leaves gain a leading 'stack' axis).
-    remat_policy: activation rematerialisation per layer: 'none', 'full' or 'dots'
-      (keep matmul outputs, recompute the rest).
+    remat_policy: activation rematerialisation per layer: 'none', 'full', 'dots' (keep
+      every matmul output, recompute the rest) or 'dots_no_batch' (keep the outputs of
+      matmuls with weights, not attention's scores and values, which are batched matmuls of
+      [batch, heads, length, length]: at length 2048 those dominate the saved memory).
     vocab_multiple: embedding/logit tables are padded to a multiple of this.
   """
   target_vocab_size: int
@@ -117,6 +119,8 @@ class DecoderConfig:
 def _remat_policy(name: str):
   if name == "dots":
     return jax.checkpoint_policies.dots_saveable
+  if name == "dots_no_batch":
+    return jax.checkpoint_policies.dots_with_no_batch_dims_saveable
   return None  # 'full': save nothing, recompute the layer in the backward pass
 
 
