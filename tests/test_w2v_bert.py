@@ -220,6 +220,28 @@ def test_quantizer_targets_follow_the_input_from_initialisation():
     fx.tiny_config(quantizer_logit_init_std=0.0)
 
 
+def test_feature_grad_scale_scales_only_the_feature_encoders_gradient():
+  """wav2vec 2.0's feature_grad_mult: the same loss, the feature encoder's gradient times
+  the scale, every other parameter's gradient unchanged."""
+  audio = jnp.asarray(fx.real_clips(2))
+  params = fx.tiny_params()
+  def grads(scale):
+    model = fx.tiny_model(feature_grad_scale=scale)
+    loss_fn = lambda p: model._losses(p, audio, jax.random.key(3), jnp.int32(0))[0]  # pylint: disable=protected-access
+    return jax.value_and_grad(loss_fn)(params)
+  (loss, full), (scaled_loss, scaled) = grads(1.0), grads(0.1)
+  np.testing.assert_allclose(scaled_loss, loss, rtol=1e-6)
+  for name in full:
+    for (path, g), s in zip(jax.tree_util.tree_flatten_with_path(full[name])[0],
+                            jax.tree.leaves(scaled[name])):
+      expected = 0.1 * g if name == "feature_encoder" else g
+      np.testing.assert_allclose(s, expected, rtol=1e-4, atol=1e-7,
+                                 err_msg=f"{name}{jax.tree_util.keystr(path)}")
+  assert float(jnp.abs(full["feature_encoder"]["projection"]["kernel"]).max()) > 0
+  with pytest.raises(ValueError, match="feature_grad_scale"):
+    fx.tiny_config(feature_grad_scale=0.0)
+
+
 def test_learns_the_contrastive_and_masked_prediction_tasks():
   """300 steps on 8 fixed 2 s real clips (new masks every step): both tasks rise far above
   where they start. (With the fan-in quantizer init both stayed at chance here.)"""

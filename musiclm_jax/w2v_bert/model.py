@@ -91,6 +91,10 @@ class W2vBertConfig:
     gumbel_temperature_max, gumbel_temperature_min, gumbel_temperature_decay: the Gumbel
       temperature is max(max * decay^step, min).
     contrastive_weight, mlm_weight, diversity_weight: loss weights.
+    feature_grad_scale: the gradient into the feature encoder is scaled by this
+      (wav2vec 2.0's feature_grad_mult, 0.1 there): the encoder feeds the target quantizer,
+      and left at full speed it can move every frame to one code (a collapse that makes
+      both tasks trivial).
     remat: rematerialise each conformer block in the backward pass.
     dtype: computation dtype; parameters stay float32.
   """
@@ -127,6 +131,7 @@ class W2vBertConfig:
   contrastive_weight: float = 1.0
   mlm_weight: float = 1.0
   diversity_weight: float = 0.1
+  feature_grad_scale: float = 1.0
   remat: bool = False
   dtype: str = "float32"
 
@@ -145,6 +150,8 @@ class W2vBertConfig:
       raise ValueError(f"dtype={self.dtype!r}; expected 'float32' or 'bfloat16'")
     if self.num_negatives < 1:
       raise ValueError(f"num_negatives must be >= 1, got {self.num_negatives}")
+    if not 0.0 < self.feature_grad_scale <= 1.0:
+      raise ValueError(f"feature_grad_scale must be in (0, 1], got {self.feature_grad_scale}")
     if not self.quantizer_logit_init_std > 0:
       raise ValueError("quantizer_logit_init_std must be > 0, got "
                        f"{self.quantizer_logit_init_std}")
@@ -291,6 +298,13 @@ def masked_prediction_loss(logits: jnp.ndarray, targets: jnp.ndarray, mask: jnp.
   weights = mask.astype(jnp.float32)
   count = jnp.maximum(jnp.sum(weights), 1.0)
   return jnp.sum(nll * weights) / count, jnp.sum(correct * weights) / count
+
+
+def scale_gradient(x: jnp.ndarray, scale: float) -> jnp.ndarray:
+  """x in the forward pass; the gradient flowing back through it times `scale`."""
+  if scale == 1.0:
+    return x
+  return scale * x + (1.0 - scale) * jax.lax.stop_gradient(x)
 
 
 def diversity_loss(logits: jnp.ndarray) -> Tuple[jnp.ndarray, jnp.ndarray]:
@@ -472,7 +486,7 @@ class W2vBert(nn.Module):
       float32 [B, frames, G, V], 'mlm_logits' float32 [B, frames, G, V].
     """
     deterministic = not train
-    x = self.feature_encoder(wave, deterministic)
+    x = scale_gradient(self.feature_encoder(wave, deterministic), self.config.feature_grad_scale)
     if mask.shape != x.shape[:2]:
       raise ValueError(f"mask shape {mask.shape} != frames {x.shape[:2]}")
     quantized, codes, quantizer_logits = self.quantizer(x, temperature, sample=train)
