@@ -1,0 +1,277 @@
+r"""Does w2v-BERT learn? A wall-clock-budgeted training run that needs no TensorFlow (issue #4).
+
+  # on the accelerator (jax, flax, optax, gin-config, soundfile, soxr, safetensors only):
+  python benchmarks/w2v_bert_learning.py train --audio_dir DIR --export_dir EXPORT \
+      [--gin_file w2v_bert/small.gin] [--minutes 4] [--max_steps N] [--gin.NAME=VALUE ...]
+  # the training audio it reads, prepared here (the GPU machine has no network):
+  python benchmarks/w2v_bert_learning.py prepare --out .gpu/w2v_train
+  # back here: a standard training run (config.gin + Orbax checkpoint) for fit-kmeans and
+  # benchmarks/semantic_quality.py
+  python benchmarks/w2v_bert_learning.py import EXPORT --model_dir RUN
+
+`train` runs the same model, optimizer, masking and losses as `musiclm_jax.train` with the
+gin size file, on random crops (the size's W2V_BERT_CROP_SAMPLES, batch 16) drawn from the
+audio files under --audio_dir, decoded once into memory: no SeqIO input pipeline, so it runs
+where TensorFlow is not installed (the lent GPU machine). It logs the learning curve (MLM
+and contrastive accuracy against their chance levels, code perplexity) and exports the EMA
+parameters in float16 safetensors shards (only what the tokenizer's layer needs: the MLM
+layers above SEMANTIC_LAYER are left out, so the export fits the machine's return limit).
+`import` turns an export (learning.json, which holds the run's config.gin, and the
+shards) into a run directory that `musiclm-jax semantic fit-kmeans` and
+`benchmarks/semantic_quality.py` read like any other; its optimizer state is a fresh one
+(the export does not carry it), so it is for tokenizing, not for resuming training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+
+SHARD_BYTES = 15 * 2 ** 20
+BATCH_SIZE = 16
+
+
+def _flatten(tree, prefix=""):
+  flat = {}
+  for key, value in tree.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, dict):
+      flat.update(_flatten(value, name + "/"))
+    else:
+      flat[name] = value
+  return flat
+
+
+def _unflatten(flat):
+  tree = {}
+  for name, value in flat.items():
+    *path, leaf = name.split("/")
+    node = tree
+    for key in path:
+      node = node.setdefault(key, {})
+    node[leaf] = value
+  return tree
+
+
+class CropSampler:
+  """Random [batch, crop] float32 crops of tracks held in memory, a track drawn with
+  probability proportional to its length (every second of music equally likely)."""
+
+  def __init__(self, tracks, crop: int, seed: int = 0):
+    self.tracks = [t for t in tracks if len(t) >= crop]
+    if not self.tracks:
+      raise ValueError(f"no track is as long as one crop ({crop} samples)")
+    lengths = np.array([len(t) - crop + 1 for t in self.tracks], np.float64)
+    self.weights = lengths / lengths.sum()
+    self.crop = crop
+    self.rng = np.random.default_rng(seed)
+
+  def __call__(self, batch: int) -> np.ndarray:
+    picks = self.rng.choice(len(self.tracks), size=batch, p=self.weights)
+    out = np.empty((batch, self.crop), np.float32)
+    for row, i in enumerate(picks):
+      start = self.rng.integers(0, len(self.tracks[i]) - self.crop + 1)
+      out[row] = self.tracks[i][start:start + self.crop]
+    return out
+
+
+def _load_tracks(audio_dir: str, sample_rate: int):
+  from musiclm_jax.audio import io as audio_io
+  paths = sorted(os.path.join(root, name) for root, _, names in os.walk(audio_dir)
+                 for name in names if name.lower().endswith((".ogg", ".flac", ".wav", ".mp3")))
+  if not paths:
+    raise FileNotFoundError(f"no audio files under {audio_dir!r}")
+  loaded, tracks, skipped = [], [], audio_io.SkipCounter()
+  for path in paths:
+    try:
+      tracks.append(audio_io.load_audio(path, sample_rate))
+      loaded.append(path)
+    except audio_io.AudioError as e:  # e.g. wesnoth's silence.ogg: reported, not fatal
+      skipped.add(e)
+  if skipped.total:
+    print(skipped.summary(), flush=True)
+  return loaded, tracks
+
+
+def train(args) -> None:
+  import gin
+  import jax
+  import machine
+  from musiclm_jax import gin_utils
+  from musiclm_jax.training import models as models_lib, partitioning, trainer as trainer_lib
+  import musiclm_jax.w2v_bert.model as model_lib  # noqa: F401  (gin configurables)
+  from musiclm_jax.training import optimizers  # noqa: F401
+
+  gin.external_configurable(lambda model=gin.REQUIRED: model, "learning_run_model")
+  gin_utils.parse_gin_flags([args.gin_file], list(args.gin) + [
+      "learning_run_model.model = %MODEL"], finalize=False)
+  model = gin.get_configurable("learning_run_model")()
+  config = model_lib.W2vBertConfig()
+  crop = gin.query_parameter("%W2V_BERT_CROP_SAMPLES")
+  layer = gin.query_parameter("%SEMANTIC_LAYER")
+
+  paths, tracks = _load_tracks(args.audio_dir, config.sample_rate)
+  sampler = CropSampler(tracks, crop, seed=0)
+  hours = sum(len(t) for t in tracks) / config.sample_rate / 3600
+  print(f"{len(paths)} tracks, {hours:.2f} h at {config.sample_rate} Hz; crops of {crop}",
+        flush=True)
+
+  partitioner = partitioning.Partitioner()
+  trainer = trainer_lib.Trainer(model=model, partitioner=partitioner, ema_decay=0.999, seed=0)
+  shapes, types = {"audio": (BATCH_SIZE, crop)}, {"audio": np.float32}
+  state = trainer.create_state(shapes, types)
+  params = sum(x.size for x in jax.tree.leaves(state.params))
+
+  os.makedirs(args.export_dir, exist_ok=True)
+  report = {"benchmark": "w2v_bert_learning", "gin_file": args.gin_file,
+            "gin_bindings": list(args.gin), "parameters": int(params),
+            "train_tracks": len(paths), "train_hours": hours, "batch": BATCH_SIZE,
+            "crop_samples": crop, "semantic_layer": layer, "curve": [],
+            "machine": machine.describe_jax(),
+            "config_gin": gin.config_str()}  # the run's config, for `import`
+
+  def write_report(**values):  # at every log step too: a killed run keeps its curve
+    report.update(values, date=time.strftime("%Y-%m-%d %H:%M:%S"))
+    with open(os.path.join(args.export_dir, "learning.json"), "w", encoding="utf-8") as f:
+      json.dump(report, f, indent=1)
+
+  start, step = None, 0
+  loop_start = time.time()
+  budget_s = args.minutes * 60
+  while step < args.max_steps and (start is None or time.time() - start < budget_s):
+    batch = partitioner.shard_batch({"audio": sampler(BATCH_SIZE)})
+    state, metrics = trainer.train_step(state, batch)
+    step += 1
+    if start is None:  # the first step compiles: the budget counts training only
+      jax.block_until_ready(metrics)
+      report["first_step_seconds"], start = time.time() - loop_start, time.time()
+    if step % args.log_every == 0:
+      scalars = models_lib.metrics_to_scalars(jax.device_get(metrics))
+      row = {"step": step, "seconds": round(time.time() - start, 1),
+             **{k: round(float(v), 4) for k, v in scalars.items()}}
+      report["curve"].append(row)
+      write_report(steps=step, train_seconds=time.time() - start)
+      print(json.dumps(row), flush=True)
+      if not np.isfinite(row["loss"]):
+        print("non-finite loss: stopping", flush=True)
+        break
+  jax.block_until_ready(state)
+  train_s = time.time() - start
+  _export_params(jax.device_get(state.ema_params), jax.device_get(state.flax_mutables),
+                 layer, args.export_dir)
+  write_report(steps=step, train_seconds=train_s, steps_per_second=step / train_s,
+               exported=True)
+  print(f"{step} steps in {train_s:.0f} s ({step / train_s:.2f}/s) -> {args.export_dir}")
+
+
+def _export_params(params, mutables, layer: int, export_dir: str) -> None:
+  """float16 safetensors shards of the params (without MLM layers > `layer`) and the
+  mutable collections, each shard under SHARD_BYTES."""
+  from safetensors.numpy import save_file
+  flat = {f"params/{k}": v for k, v in _flatten(params).items()
+          if not any(k.startswith(f"mlm_module/layers_{i}/") for i in range(layer, 64))}
+  flat.update({f"mutables/{k}": v for k, v in _flatten(mutables).items()})
+  shards, current, size = [], {}, 0
+  for name in sorted(flat):
+    value = np.asarray(flat[name])
+    value = value.astype(np.float16) if value.dtype == np.float32 else value
+    if current and size + value.nbytes > SHARD_BYTES:
+      shards.append(current)
+      current, size = {}, 0
+    current[name], size = value, size + value.nbytes
+  shards.append(current)
+  for i, shard in enumerate(shards):
+    save_file(shard, os.path.join(export_dir, f"params-{i:02d}.safetensors"))
+
+
+def prepare(args) -> None:
+  """The wesnoth-1.16-music training tracks (codec_quality's split: its held-out tracks stay
+  out) as 16 kHz mono Ogg Vorbis: 115 minutes in about 31 MB, small enough to travel."""
+  import soundfile as sf
+  import codec_quality
+  from musiclm_jax.audio import debian_music, io as audio_io
+  train_files, _ = codec_quality.split_tracks(
+      debian_music.audio_files(debian_music.fetch("wesnoth-1.16-music")))
+  os.makedirs(args.out, exist_ok=True)
+  for path in train_files:
+    try:
+      wave = audio_io.load_audio(path, 16000)
+    except audio_io.AudioError as e:
+      print(f"skipped: {e}")
+      continue
+    target = os.path.join(args.out, os.path.basename(path))
+    # Written a second at a time: libsndfile's Vorbis encoder crashes on one large write.
+    with sf.SoundFile(target, "w", 16000, 1, format="OGG", subtype="VORBIS",
+                      compression_level=0.6) as f:
+      for start in range(0, len(wave), 16000):
+        f.write(wave[start:start + 16000])
+  print(f"{len(os.listdir(args.out))} files -> {args.out}")
+
+
+def import_export(args) -> None:
+  """EXPORT -> MODEL_DIR with config.gin and a checkpoint at the export's step."""
+  from safetensors.numpy import load_file
+  from musiclm_jax.training import checkpoints
+  with open(os.path.join(args.export, "learning.json"), encoding="utf-8") as f:
+    report = json.load(f)
+  if not report.get("exported"):
+    raise ValueError(f"{args.export}: the run stopped before exporting its parameters")
+  flat = {}
+  for name in sorted(os.listdir(args.export)):
+    if name.endswith(".safetensors"):
+      flat.update(load_file(os.path.join(args.export, name)))
+  tree = _unflatten({k: v.astype(np.float32) if v.dtype == np.float16 else v
+                     for k, v in flat.items()})
+  params = tree["params"]
+  os.makedirs(args.model_dir, exist_ok=True)
+  with open(os.path.join(args.model_dir, "config.gin"), "w", encoding="utf-8") as f:
+    f.write(report["config_gin"])
+  step = report["steps"]
+  state = {"step": np.int32(step), "params": params, "ema_params": params,
+           "flax_mutables": tree.get("mutables", {})}
+  manager = checkpoints.CheckpointManager(args.model_dir, async_save=False)
+  manager.save(step, state, {}, force=True)
+  manager.close()
+  print(f"step {step}: {sum(v.size for v in flat.values())} values -> {args.model_dir}")
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  sub = parser.add_subparsers(dest="command", required=True)
+  run = sub.add_parser("train")
+  run.add_argument("--audio_dir", required=True)
+  run.add_argument("--export_dir", required=True)
+  run.add_argument("--gin_file", default="w2v_bert/small.gin")
+  run.add_argument("--minutes", type=float, default=4.0, help="training time after compile")
+  run.add_argument("--max_steps", type=int, default=10 ** 9)
+  run.add_argument("--log_every", type=int, default=100)
+  prep = sub.add_parser("prepare")
+  prep.add_argument("--out", required=True)
+  imp = sub.add_parser("import")
+  imp.add_argument("export")
+  imp.add_argument("--model_dir", required=True)
+  args, unknown = parser.parse_known_args()
+  if args.command == "train":
+    # --gin.NAME=VALUE as in musiclm_jax.train
+    args.gin = [u[len("--gin."):] .replace("=", " = ", 1) for u in unknown
+                if u.startswith("--gin.")]
+    if len(args.gin) != len(unknown):
+      parser.error(f"unrecognized arguments: {unknown}")
+    train(args)
+  else:
+    if unknown:
+      parser.error(f"unrecognized arguments: {unknown}")
+    prepare(args) if args.command == "prepare" else import_export(args)
+
+
+if __name__ == "__main__":
+  main()
