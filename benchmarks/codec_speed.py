@@ -12,7 +12,8 @@ Because "this CPU" changes between machines, it also reports the work (XLA's FLO
 the compiled encode and decode, per second of audio), the throughput achieved (GFLOP/s),
 and the same machine's float32 throughput on the codec's own largest convolution shape
 measured alone: their ratio says how much faster code could make the codec here (a
-ratio near 1 leaves only less work or lower precision).
+ratio near 1 leaves only less work or lower precision). On GPU, XLA's count leaves out the
+convolutions (cuDNN library calls): read the work fields on CPU only.
 Writes benchmarks/results/codec_speed_<backend>.json with the machine description.
 """
 

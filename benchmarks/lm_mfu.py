@@ -9,7 +9,8 @@ acoustic codes), unconditioned, on random tokens. Model FLOPs per token are PaLM
 (arXiv 2204.02311, appendix B): 6 N (N: parameters outside the embedding tables, plus the
 logit projection) + 12 L H Q T (attention scores and values, L layers, H heads, Q head
 size, T context); the step's compiled FLOPs (XLA's count, rematerialisation included) are
-reported beside them. MFU = model FLOP/s over the chip's dense bfloat16 peak (datasheet:
+reported beside them (on GPU that count leaves out the cuBLAS and cuDNN library calls,
+i.e. most matmuls: read it on CPU only). MFU = model FLOP/s over the chip's dense bfloat16 peak (datasheet:
 989 TFLOP/s for H100/H200 SXM; --peak_tflops for others).
 Writes benchmarks/results/lm_mfu_<backend>.json with the machine description.
 """
