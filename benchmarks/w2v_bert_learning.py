@@ -40,28 +40,6 @@ SHARD_BYTES = 15 * 2 ** 20
 BATCH_SIZE = 16
 
 
-def _flatten(tree, prefix=""):
-  flat = {}
-  for key, value in tree.items():
-    name = f"{prefix}{key}"
-    if isinstance(value, dict):
-      flat.update(_flatten(value, name + "/"))
-    else:
-      flat[name] = value
-  return flat
-
-
-def _unflatten(flat):
-  tree = {}
-  for name, value in flat.items():
-    *path, leaf = name.split("/")
-    node = tree
-    for key in path:
-      node = node.setdefault(key, {})
-    node[leaf] = value
-  return tree
-
-
 class CropSampler:
   """Random [batch, crop] float32 crops of tracks held in memory, a track drawn with
   probability proportional to its length (every second of music equally likely)."""
@@ -108,8 +86,8 @@ def train(args) -> None:
   import machine
   from musiclm_jax import gin_utils
   from musiclm_jax.training import models as models_lib, partitioning, trainer as trainer_lib
-  import musiclm_jax.w2v_bert.model as model_lib  # noqa: F401  (gin configurables)
-  from musiclm_jax.training import optimizers  # noqa: F401
+  import musiclm_jax.w2v_bert.model as model_lib  # registers the gin configurables too
+  from musiclm_jax.training import optimizers  # noqa: F401  (gin configurables)
 
   gin.external_configurable(lambda model=gin.REQUIRED: model, "learning_run_model")
   gin_utils.parse_gin_flags([args.gin_file], list(args.gin) + [
@@ -176,10 +154,11 @@ def train(args) -> None:
 def _export_params(params, mutables, layer: int, export_dir: str) -> None:
   """float16 safetensors shards of the params (without MLM layers > `layer`) and the
   mutable collections, each shard under SHARD_BYTES."""
+  from flax.traverse_util import flatten_dict
   from safetensors.numpy import save_file
-  flat = {f"params/{k}": v for k, v in _flatten(params).items()
+  flat = {f"params/{k}": v for k, v in flatten_dict(params, sep="/").items()
           if not any(k.startswith(f"mlm_module/layers_{i}/") for i in range(layer, 64))}
-  flat.update({f"mutables/{k}": v for k, v in _flatten(mutables).items()})
+  flat.update({f"mutables/{k}": v for k, v in flatten_dict(mutables, sep="/").items()})
   shards, current, size = [], {}, 0
   for name in sorted(flat):
     value = np.asarray(flat[name])
@@ -219,6 +198,7 @@ def prepare(args) -> None:
 
 def import_export(args) -> None:
   """EXPORT -> MODEL_DIR with config.gin and a checkpoint at the export's step."""
+  from flax.traverse_util import unflatten_dict
   from safetensors.numpy import load_file
   from musiclm_jax.training import checkpoints
   with open(os.path.join(args.export, "learning.json"), encoding="utf-8") as f:
@@ -229,8 +209,8 @@ def import_export(args) -> None:
   for name in sorted(os.listdir(args.export)):
     if name.endswith(".safetensors"):
       flat.update(load_file(os.path.join(args.export, name)))
-  tree = _unflatten({k: v.astype(np.float32) if v.dtype == np.float16 else v
-                     for k, v in flat.items()})
+  tree = unflatten_dict({k: v.astype(np.float32) if v.dtype == np.float16 else v
+                        for k, v in flat.items()}, sep="/")
   params = tree["params"]
   os.makedirs(args.model_dir, exist_ok=True)
   with open(os.path.join(args.model_dir, "config.gin"), "w", encoding="utf-8") as f:
