@@ -2,6 +2,10 @@ r"""SoundStream reconstruction quality against Opus at 6 and 3 kbps (issue #3).
 
   python benchmarks/codec_quality.py [--size cpu|small|paper] [--train_minutes 20]
       [--eval_clips 12] [--batch N] [--crop_seconds S] [--gin 'BINDING' ...] [--out FILE]
+  # train where there is no network or Opus (a GPU machine), evaluate here:
+  python benchmarks/codec_quality.py --size small --train_minutes 6 --eval_clips 0 \
+      --train_audio_dir .gpu/train_24k --bundle_out OUT/codec --bundle_dtype float16
+  python benchmarks/codec_quality.py --bundle OUT/codec [--out FILE]
 
 What it does:
 
@@ -63,6 +67,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import glob
+import json
 import math
 import os
 import re
@@ -82,7 +87,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import machine  # noqa: E402
 from musiclm_jax import gin_utils  # noqa: E402
 from musiclm_jax.audio import debian_music, features, io as audio_io  # noqa: E402
-from musiclm_jax.soundstream import codec as codec_lib, model as model_lib  # noqa: E402
+from musiclm_jax.soundstream import codec as codec_lib, model as model_lib  # noqa: E402,F401
 from musiclm_jax.training import partitioning, trainer as trainer_lib  # noqa: E402
 
 SAMPLE_RATE = 24000
@@ -118,7 +123,9 @@ def _benchmark_model(model=gin.REQUIRED):
 def build_model(size: str, extra_bindings):
   """(SoundStreamModel, description) from the size's gin file and bindings."""
   gin_file, bindings, _, _ = SIZES[size]
-  gin_utils.import_configurables()
+  # The codec's configurables only: import_configurables() would import the SeqIO tasks,
+  # and with them TensorFlow, which a GPU machine may not have.
+  from musiclm_jax.training import optimizers  # noqa: F401  pylint: disable=g-import-not-at-top
   bindings = list(bindings) + list(extra_bindings) + ["_benchmark_model.model = %MODEL"]
   gin_utils.parse_gin_flags([gin_file], bindings, finalize=False)
   model = _benchmark_model()
@@ -479,16 +486,35 @@ def main():
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--log_every", type=int, default=50)
   parser.add_argument("--out", default=None)
+  parser.add_argument("--train_audio_dir", default=None,
+                      help="train on the audio files under this folder instead of the "
+                           "package's training tracks (a machine without network)")
+  parser.add_argument("--bundle_out", default=None,
+                      help="save the trained codec bundle and training.json here")
+  parser.add_argument("--bundle_dtype", choices=("float32", "float16"), default="float32",
+                      help="float16 halves the bundle (evaluation upcasts it)")
+  parser.add_argument("--bundle", default=None,
+                      help="evaluate this saved bundle instead of training")
   args = parser.parse_args()
+  if args.eval_clips < 1 and not args.bundle_out:
+    parser.error("--eval_clips 0 (train only) needs --bundle_out")
+  if args.bundle and (args.bundle_out or args.train_audio_dir or args.eval_clips < 1):
+    parser.error("--bundle evaluates a trained codec: no --bundle_out, --train_audio_dir "
+                 "or --eval_clips 0")
   t0 = time.perf_counter()
   _, _, default_batch, default_crop = SIZES[args.size]
   batch = args.batch or default_batch
   crop = int(round((args.crop_seconds or default_crop) * SAMPLE_RATE))
 
   # Opus first: a missing encoder should fail before the training, not after.
-  opus, opus_failures = find_opus()
-  print(f"opus: {opus.kind} ({opus.version}), {opus.source}", flush=True)
+  opus = opus_failures = None
+  if args.eval_clips > 0:
+    opus, opus_failures = find_opus()
+    print(f"opus: {opus.kind} ({opus.version}), {opus.source}", flush=True)
 
+  if args.bundle:
+    evaluate_bundle(args, t0, opus, opus_failures)
+    return
   model, model_info = build_model(args.size, args.gin)
   config = model.config
   if config.sample_rate != SAMPLE_RATE or config.bitrate(12) != 6000 or (
@@ -498,23 +524,82 @@ def main():
     raise ValueError(f"crop of {crop} samples is not a multiple of the hop "
                      f"{config.hop_length}")
 
-  train_files, held_files = split_tracks(debian_music.audio_files(
-      debian_music.fetch(PACKAGE)))
-  held_tracks, _ = load_tracks(held_files)
-  clips = eval_clips(held_tracks, args.eval_clips, args.clip_seconds)
-  ref = np.stack([w for _, _, w in clips])
+  if args.train_audio_dir:
+    train_files = audio_files_under(args.train_audio_dir)
+  else:
+    train_files, _ = split_tracks(debian_music.audio_files(debian_music.fetch(PACKAGE)))
   train_tracks, skipped = load_tracks(train_files[:args.max_train_tracks])
-  load_s = time.perf_counter() - t0
   print(f"{len(train_tracks)} training tracks "
         f"({sum(w.shape[0] for w in train_tracks.values()) / SAMPLE_RATE / 60:.1f} min, "
-        f"{skipped.summary()}), {len(clips)} eval clips from {len(held_tracks)} held-out "
-        f"tracks; loaded in {load_s:.0f} s", flush=True)
+        f"{skipped.summary()}); loaded in {time.perf_counter() - t0:.0f} s", flush=True)
 
   state, training = train(model, CropSampler(train_tracks, crop, args.seed), batch,
                           args.train_minutes, args.seed, args.log_every)
   print(f"trained {training['steps']} steps in {training['wall_seconds']:.0f} s", flush=True)
-
   codec = codec_lib.Codec.from_train_state(config, state.params, state.flax_mutables)
+  n_params = sum(x.size for x in jax.tree.leaves(state.params["generator"]))
+  trained = {
+      "machine": machine.describe_jax(),
+      "command": " ".join(["python", "benchmarks/codec_quality.py"] + sys.argv[1:]),
+      "model": {**model_info, "config": dataclasses.asdict(config),
+                "generator_parameters": int(n_params),
+                "bitrates_bps": {n: config.bitrate(q) for n, q in LEVELS.items()}},
+      "data": {"package": PACKAGE, "sample_rate": SAMPLE_RATE,
+               "train_audio": args.train_audio_dir or (
+                   f"the package's tracks but every {HOLDOUT_EVERY}th by sorted name "
+                   f"(index % {HOLDOUT_EVERY} == 0)"),
+               "train_tracks": len(train_tracks),
+               "train_minutes_of_audio": sum(w.shape[0] for w in train_tracks.values())
+                                         / SAMPLE_RATE / 60,
+               "skipped": dict(skipped.counts)},
+      "training": training}
+  if args.bundle_out:
+    save_bundle(codec, trained, args.bundle_out, args.bundle_dtype)
+    print(f"-> {args.bundle_out}", flush=True)
+  if args.eval_clips > 0:
+    evaluate(codec, trained, args, t0, opus, opus_failures)
+
+
+def audio_files_under(folder: str):
+  paths = sorted(os.path.join(root, name) for root, _, names in os.walk(folder)
+                 for name in names if name.lower().endswith((".ogg", ".flac", ".wav", ".mp3")))
+  if not paths:
+    raise FileNotFoundError(f"no audio files under {folder!r}")
+  return paths
+
+
+def save_bundle(codec, trained: dict, bundle_dir: str, dtype: str) -> None:
+  """The codec bundle (variables cast to `dtype`) with training.json beside it."""
+  if dtype == "float16":
+    codec = codec_lib.Codec(codec.config, jax.tree.map(
+        lambda x: np.asarray(x, np.float16) if np.asarray(x).dtype == np.float32
+        else np.asarray(x), jax.device_get(codec.variables)))
+  codec.save(bundle_dir)
+  with open(os.path.join(bundle_dir, "training.json"), "w", encoding="utf-8") as f:
+    json.dump({**trained, "bundle_dtype": dtype}, f, indent=1, default=float)
+
+
+def evaluate_bundle(args, t0: float, opus, opus_failures) -> None:
+  """Evaluates a bundle saved by --bundle_out (e.g. trained on a GPU machine)."""
+  codec = codec_lib.Codec.load(args.bundle)
+  codec = codec_lib.Codec(codec.config, jax.tree.map(  # float16 bundles: compute in float32
+      lambda x: np.asarray(x, np.float32) if np.asarray(x).dtype == np.float16
+      else np.asarray(x), codec.variables))
+  with open(os.path.join(args.bundle, "training.json"), encoding="utf-8") as f:
+    trained = json.load(f)
+  trained["bundle"] = {"path": args.bundle, "dtype": trained.pop("bundle_dtype", None),
+                       "evaluation_machine": machine.describe_jax()}
+  evaluate(codec, trained, args, t0, opus, opus_failures)
+
+
+def evaluate(codec, trained: dict, args, t0: float, opus, opus_failures) -> None:
+  """Scores the codec and Opus on the held-out clips; writes and prints the report."""
+  config = codec.config
+  _, held_files = split_tracks(debian_music.audio_files(debian_music.fetch(PACKAGE)))
+  held_tracks, _ = load_tracks(held_files)
+  clips = eval_clips(held_tracks, args.eval_clips, args.clip_seconds)
+  ref = np.stack([w for _, _, w in clips])
+  training = trained["training"]
   codes = np.concatenate([codec.encode(ref[i:i + 4]) for i in range(0, len(ref), 4)])
   results = {"reference_bandwidth_99_9_hz": bandwidth_hz(ref)}
   decoded_at = {}
@@ -534,22 +619,12 @@ def main():
                                    for i in range(codes.shape[-1])],
       "max_abs_difference_6kbps_vs_3kbps": float(np.max(np.abs(
           decoded_at["6kbps"] - decoded_at["3kbps"])))}
-  n_params = sum(x.size for x in jax.tree.leaves(state.params["generator"]))
   report = {
-      "benchmark": "codec_quality", "machine": machine.describe_jax(),
-      "command": " ".join(["python", "benchmarks/codec_quality.py"] + sys.argv[1:]),
-      "model": {**model_info, "config": dataclasses.asdict(config),
-                "generator_parameters": int(n_params),
-                "bitrates_bps": {n: config.bitrate(q) for n, q in LEVELS.items()}},
-      "data": {"package": PACKAGE, "sample_rate": SAMPLE_RATE,
+      "benchmark": "codec_quality", **trained,
+      "data": {**trained["data"],
                "holdout": f"every {HOLDOUT_EVERY}th file by sorted name (index % "
                           f"{HOLDOUT_EVERY} == 0)",
-               "held_out_tracks": [os.path.basename(p) for p in held_files],
-               "train_tracks": len(train_tracks),
-               "train_minutes_of_audio": sum(w.shape[0] for w in train_tracks.values())
-                                         / SAMPLE_RATE / 60,
-               "skipped": dict(skipped.counts)},
-      "training": training,
+               "held_out_tracks": [os.path.basename(p) for p in held_files]},
       "eval_clips": [{"track": t, "start_seconds": round(s, 3),
                       "seconds": args.clip_seconds, "rms_dbfs": rms_dbfs(w)}
                      for t, s, w in clips],
@@ -563,8 +638,8 @@ def main():
       "date": time.strftime("%Y-%m-%d %H:%M:%S")}
   out = machine.save_result(report, "codec_quality", args.out)
 
-  print(f"\n{len(clips)} clips x {args.clip_seconds:g} s; {args.size} codec after "
-        f"{training['steps']} steps ({args.train_minutes:g} min)")
+  print(f"\n{len(clips)} clips x {args.clip_seconds:g} s; {trained['model']['size']} codec "
+        f"after {training['steps']} steps ({training['budget_minutes']:g} min)")
   print(f"{'bitrate':8s} {'system':7s} {'kbps (file/payload)':>20s} {'mel dist':>9s} "
         f"{'SI-SDR dB':>10s} {'lags':>10s} {'99.9% Hz':>9s}")
   for name in LEVELS:

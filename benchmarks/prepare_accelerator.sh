@@ -15,7 +15,7 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
   --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
   "gin-config==$(version gin-config)" "soundfile==$(version soundfile)" \
   "cffi==$(version cffi)" "pycparser==$(version pycparser)" "soxr==$(version soxr)"
-$PY benchmarks/w2v_bert_learning.py prepare --out .gpu/w2v_train
+$PY benchmarks/w2v_bert_learning.py prepare --out .gpu/train_24k
 # codec_speed.py's clip: one wesnoth track in a Debian cache of its own
 music=usr/share/games/wesnoth/1.16/data/core/music
 src=$($PY -c "from musiclm_jax.audio import debian_music as d; print(d.fetch('wesnoth-1.16-music'))")
