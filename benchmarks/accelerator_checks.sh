@@ -14,7 +14,8 @@
 #      $OUT/codec.tar, a float16 codec bundle with training.json, for
 #      `benchmarks/codec_quality.py --bundle` here (Opus is not on that machine).
 #   3. CODEC_SPEED=1: SoundStream `paper` encode + decode speed; LM_MFU=1: paper-size stage
-#      LM train step throughput and MFU. Their JSONs go into $OUT/results.tar.
+#      LM train step throughput and MFU, with einsum attention and with cuDNN's fused one.
+#      Their JSONs go into $OUT/results.tar.
 # Import the w2v-BERT export with `benchmarks/w2v_bert_learning.py import`, then run
 # `musiclm-jax semantic fit-kmeans` and benchmarks/semantic_quality.py on it.
 set -u
@@ -87,9 +88,12 @@ if [ "${CODEC_SPEED:-0}" = 1 ]; then
     --repeats 5 --out "$RESULTS/codec_speed_gpu.json" 2>&1 | grep -v "Path not found"
 fi
 if [ "${LM_MFU:-0}" = 1 ]; then
-  echo "== LM MFU, paper"
+  echo "== LM MFU, paper: einsum attention, then cuDNN's fused attention"
   timeout 150 python3 benchmarks/lm_mfu.py --steps 5 --out "$RESULTS/lm_mfu_gpu.json" 2>&1 \
     | grep -v "Path not found"
+  timeout 150 python3 benchmarks/lm_mfu.py --steps 5 --out "$RESULTS/lm_mfu_cudnn_gpu.json" \
+    --gin "DecoderConfig.attention_implementation = 'cudnn'" \
+    --gin "DecoderConfig.attention_dropout_rate = 0.0" 2>&1 | grep -v "Path not found"
 fi
 tar cf "$OUT/results.tar" -C "$RESULTS" .
 ls -la "$OUT" "$OUT/w2v" 2>&1

@@ -1,7 +1,10 @@
 r"""Training throughput and model FLOPs utilisation (MFU) of a stage LM at `paper` size.
 
   python benchmarks/lm_mfu.py [--gin_file lm/paper.gin] [--batch 16] [--length 2048]
-      [--steps 10] [--peak_tflops N] [--out FILE]
+      [--steps 10] [--peak_tflops N] [--gin BINDING ...] [--out FILE]
+  # fused (cuDNN flash) attention, which has no dropout on the probabilities:
+  python benchmarks/lm_mfu.py --gin "DecoderConfig.attention_implementation = 'cudnn'" \
+      --gin "DecoderConfig.attention_dropout_rate = 0.0"
 
 One train step (forward, backward, AdamW update; the gin size's bfloat16 compute, scanned
 layers and 'dots' rematerialisation) of the coarse stage's target vocabulary (4 x 1024
@@ -47,6 +50,7 @@ def main():
   parser.add_argument("--length", type=int, default=2048)
   parser.add_argument("--steps", type=int, default=10)
   parser.add_argument("--peak_tflops", type=float, default=None)
+  parser.add_argument("--gin", action="append", default=[], help="extra gin binding")
   parser.add_argument("--out", default=None)
   args = parser.parse_args()
 
@@ -57,7 +61,7 @@ def main():
   gin.external_configurable(lambda model=gin.REQUIRED: model, "mfu_model")
   gin_utils.parse_gin_flags([args.gin_file], [
       f"TARGET_VOCAB_SIZE = {COARSE_VOCAB}", "PREFIX_VOCAB_SIZE = 0",
-      "mfu_model.model = %MODEL"], finalize=False)
+      "mfu_model.model = %MODEL"] + args.gin, finalize=False)
   model = gin.get_configurable("mfu_model")()
   config = model.module.config
 
@@ -100,7 +104,9 @@ def main():
              "xla_tflops_per_step": None if xla_flops is None else xla_flops / 1e12,
              "mfu": None if peak is None else model_flops / step_s / 1e12 / peak,
              "first_step_seconds": first_step_s}
-  report = {"benchmark": "lm_mfu", "gin_file": args.gin_file, "parameters": int(params),
+  report = {"benchmark": "lm_mfu", "gin_file": args.gin_file, "gin_bindings": args.gin,
+            "attention_implementation": config.attention_implementation,
+            "parameters": int(params),
             "batch": args.batch,
             "length": args.length, "dtype": config.dtype, "scan_layers": config.scan_layers,
             "remat_policy": config.remat_policy, "peak_bf16_tflops": peak,

@@ -42,6 +42,8 @@ def both_paths(model, params, inputs, **decoder_params):
     ({"position_embedding": "rotary"}, {"temperature": 1.0}),
     ({"num_kv_heads": 1}, {"temperature": 1.0, "guidance_scale": 2.0}),
     ({"scan_layers": True}, {"temperature": 1.0, "guidance_scale": 2.0}),
+    # the cache takes the einsum path; full recomputation the library attention
+    ({"attention_implementation": "xla"}, {"temperature": 1.0}),
 ])
 def test_cached_decoding_equals_full_recomputation(batch, model_kw, decoder_params):
   model = lm_fixtures.tiny_model(**model_kw)

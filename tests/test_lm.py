@@ -120,6 +120,30 @@ def test_grouped_query_attention_equals_multi_head_with_shared_key_values(batch)
   assert params["layers_0"]["self_attention"]["key"]["kernel"].shape[1] == 1
 
 
+@pytest.mark.parametrize("overrides", [{}, {"num_kv_heads": 1},
+                                       {"position_embedding": "rotary"}])
+def test_library_attention_computes_the_same_function(batch, overrides):
+  """jax.nn.dot_product_attention ('xla' here; 'cudnn', its fused kernel, on GPUs) with the
+  T5 bias, grouped-query heads or rotary positions: the einsum path's loss and gradients."""
+  einsum = lm_fixtures.tiny_model(**overrides)
+  library = lm_fixtures.tiny_model(attention_implementation="xla", **overrides)
+  params = init_params(einsum, batch)
+  grad = lambda m: jax.value_and_grad(lambda q: m.loss_fn(q, batch, None)[0])(params)
+  (loss_a, grads_a), (loss_b, grads_b) = grad(einsum), grad(library)
+  np.testing.assert_allclose(float(loss_b), float(loss_a), rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(grads_a), jax.tree.leaves(grads_b)):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
+
+
+def test_library_attention_needs_no_attention_dropout():
+  with pytest.raises(ValueError, match="attention_dropout_rate"):
+    lm_fixtures.tiny_config(attention_implementation="cudnn", dropout_rate=0.1)
+  lm_fixtures.tiny_config(attention_implementation="cudnn", dropout_rate=0.1,
+                          attention_dropout_rate=0.0)  # residual dropout stays
+  with pytest.raises(ValueError, match="attention_implementation"):
+    lm_fixtures.tiny_config(attention_implementation="flash")
+
+
 def test_scanned_parameters_carry_a_stack_axis(batch):
   scanned = lm_fixtures.tiny_model(scan_layers=True)
   boxed = scanned.get_initial_variables(jax.random.key(0), lm_fixtures.input_shapes(batch))

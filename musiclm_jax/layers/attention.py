@@ -18,6 +18,7 @@ import numpy as np
 from musiclm_jax.layers import linear, rotary
 
 NEG_INF = -1e10
+IMPLEMENTATIONS = ("einsum", "xla", "cudnn")
 
 
 class MultiHeadAttention(nn.Module):
@@ -34,6 +35,11 @@ class MultiHeadAttention(nn.Module):
     use_rotary: rotate q and k by position (RoPE); otherwise positions come from `bias`.
     cache_length: size of the key/value cache (decode mode only).
     use_bias: biases on the query/key/value/output projections (BERT has them; T5 not).
+    implementation: 'einsum' (written out here: float32 scores, any dropout) or one of
+      `jax.nn.dot_product_attention`'s, 'xla' or 'cudnn' (fused flash attention on NVIDIA
+      GPUs, bfloat16/float16 only: the [batch, heads, length, keys] scores never reach
+      memory). The library calls have no dropout on the probabilities, so they need
+      dropout_rate 0 in training; decoding (the cache) always takes the einsum path.
   """
   num_heads: int
   head_dim: int
@@ -44,6 +50,7 @@ class MultiHeadAttention(nn.Module):
   cache_length: Optional[int] = None
   num_kv_heads: Optional[int] = None
   use_bias: bool = False
+  implementation: str = "einsum"
 
   @property
   def kv_heads(self) -> int:
@@ -80,6 +87,10 @@ class MultiHeadAttention(nn.Module):
       q = rotary.apply_rotary(q, positions)
       k = rotary.apply_rotary(k, positions)
 
+    if self.implementation != "einsum" and not decode:
+      out = self._library_attention(q, k, v, bias, deterministic)
+      return linear.DenseGeneral(x.shape[-1], ("heads", "kv", "embed"), contract_dims=2,
+                                 dtype=self.dtype, use_bias=self.use_bias, name="out")(out)
     q = q * jnp.asarray(1.0 / np.sqrt(self.head_dim), q.dtype)
     # Query heads as [kv_heads, groups]: head h = kv_head * groups + group.
     q = q.reshape(q.shape[:2] + (kv_heads, groups, self.head_dim))
@@ -109,6 +120,22 @@ class MultiHeadAttention(nn.Module):
     out = nn.with_logical_constraint(out, qkv_axes)
     return linear.DenseGeneral(x.shape[-1], ("heads", "kv", "embed"), contract_dims=2,
                                dtype=self.dtype, use_bias=self.use_bias, name="out")(out)
+
+  def _library_attention(self, q, k, v, bias, deterministic: bool) -> jnp.ndarray:
+    """q [batch, length, heads, head_dim], k, v [batch, length, kv_heads, head_dim] ->
+    [batch, length, heads, head_dim] through `jax.nn.dot_product_attention`."""
+    if self.implementation not in IMPLEMENTATIONS:
+      raise ValueError(f"implementation={self.implementation!r}; expected one of "
+                       f"{IMPLEMENTATIONS}")
+    if not deterministic and self.dropout_rate > 0:
+      raise ValueError(f"implementation={self.implementation!r} has no dropout on the "
+                       f"attention probabilities; dropout_rate is {self.dropout_rate}")
+    if bias is not None:  # [1 or batch, heads, length, keys], in the inputs' dtype (cuDNN)
+      bias = jnp.broadcast_to(bias, bias.shape[:1] + (self.num_heads,) + bias.shape[2:])
+      bias = bias.astype(q.dtype)
+    out = jax.nn.dot_product_attention(q, k, v, bias=bias, is_causal=self.causal,
+                                       implementation=self.implementation)
+    return nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
 
   def _update_cache(self, k: jnp.ndarray, v: jnp.ndarray, cache_start: jnp.ndarray,
                     kv_name: str):

@@ -47,15 +47,20 @@ class TransformerLayer(nn.Module):
   decode: bool = False
   cache_length: Optional[int] = None
   num_kv_heads: Optional[int] = None
+  attention_dropout_rate: Optional[float] = None   # None: dropout_rate
+  attention_implementation: str = "einsum"         # see attention.MultiHeadAttention
 
   @nn.compact
   def __call__(self, x, positions, bias, cache_start):
     """x [batch, length, embed]; positions [length]; bias [1, heads, length, keys] | None."""
     h = linear.RMSNorm(dtype=self.dtype, name="pre_attention_norm")(x)
+    attention_dropout = (self.dropout_rate if self.attention_dropout_rate is None
+                         else self.attention_dropout_rate)
     h = attention.MultiHeadAttention(
-        self.num_heads, self.head_dim, dtype=self.dtype, dropout_rate=self.dropout_rate,
+        self.num_heads, self.head_dim, dtype=self.dtype, dropout_rate=attention_dropout,
         causal=self.causal, use_rotary=self.use_rotary, cache_length=self.cache_length,
-        num_kv_heads=self.num_kv_heads, name="self_attention")(h, positions, bias, cache_start, self.deterministic,
+        num_kv_heads=self.num_kv_heads, implementation=self.attention_implementation,
+        name="self_attention")(h, positions, bias, cache_start, self.deterministic,
                                self.decode)
     x = x + nn.Dropout(self.dropout_rate)(h, deterministic=self.deterministic)
     h = linear.RMSNorm(dtype=self.dtype, name="pre_mlp_norm")(x)

@@ -25,7 +25,7 @@ import gin
 import jax
 import jax.numpy as jnp
 
-from musiclm_jax.layers import linear, relative_position, transformer
+from musiclm_jax.layers import attention, linear, relative_position, transformer
 
 POSITION_EMBEDDINGS = ("relative_bias", "rotary")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
@@ -48,6 +48,10 @@ class DecoderConfig:
     num_kv_heads: key/value heads; None = num_heads (multi-head), fewer = grouped-query
       attention (1 = multi-query): a smaller cache and faster decoding.
     dropout_rate: dropout on residual branches, MLP and attention probabilities.
+    attention_dropout_rate: dropout on the attention probabilities alone (None: dropout_rate).
+    attention_implementation: 'einsum' (float32 scores in memory), or 'xla' / 'cudnn'
+      through `jax.nn.dot_product_attention` ('cudnn': fused flash attention on NVIDIA GPUs,
+      bfloat16 only); the library ones need attention_dropout_rate 0.
     max_length: longest prefix + target sequence the model is meant for (decoding caches
       are sized per call; this bounds them and documents the model).
     dtype: computation dtype ('float32' or 'bfloat16'); parameters are always float32.
@@ -70,6 +74,8 @@ class DecoderConfig:
   mlp_dim: int = 2048
   num_kv_heads: Optional[int] = None
   dropout_rate: float = 0.0
+  attention_dropout_rate: Optional[float] = None
+  attention_implementation: str = "einsum"
   max_length: int = 2048
   dtype: str = "float32"
   position_embedding: str = "relative_bias"
@@ -94,6 +100,18 @@ class DecoderConfig:
                        f"{REMAT_POLICIES}")
     if self.dtype not in ("float32", "bfloat16"):
       raise ValueError(f"dtype={self.dtype!r}; expected 'float32' or 'bfloat16'")
+    if self.attention_implementation not in attention.IMPLEMENTATIONS:
+      raise ValueError(f"attention_implementation={self.attention_implementation!r}; "
+                       f"expected one of {attention.IMPLEMENTATIONS}")
+    if self.attention_implementation != "einsum" and self.attention_dropout > 0:
+      raise ValueError(f"attention_implementation={self.attention_implementation!r} has no "
+                       f"dropout on the attention probabilities: set attention_dropout_rate "
+                       f"to 0 (it is {self.attention_dropout})")
+
+  @property
+  def attention_dropout(self) -> float:
+    return (self.dropout_rate if self.attention_dropout_rate is None
+            else self.attention_dropout_rate)
 
   @property
   def bos_id(self) -> int:
@@ -187,7 +205,9 @@ class DecoderOnlyLM(nn.Module):
                         dtype=dtype, dropout_rate=cfg.dropout_rate, causal=True,
                         use_rotary=cfg.position_embedding == "rotary",
                         deterministic=deterministic, decode=decode,
-                        cache_length=cache_length, num_kv_heads=cfg.num_kv_heads)
+                        cache_length=cache_length, num_kv_heads=cfg.num_kv_heads,
+                        attention_dropout_rate=cfg.attention_dropout,
+                        attention_implementation=cfg.attention_implementation)
     layer_cls = transformer.TransformerLayer
     if cfg.remat_policy != "none":
       layer_cls = nn.remat(layer_cls, policy=_remat_policy(cfg.remat_policy),
