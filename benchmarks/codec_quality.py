@@ -588,7 +588,9 @@ def evaluate_bundle(args, t0: float, opus, opus_failures) -> None:
   with open(os.path.join(args.bundle, "training.json"), encoding="utf-8") as f:
     trained = json.load(f)
   trained["bundle"] = {"path": args.bundle, "dtype": trained.pop("bundle_dtype", None),
-                       "evaluation_machine": machine.describe_jax()}
+                       "evaluation_machine": machine.describe_jax(),
+                       "evaluation_command": " ".join(
+                           ["python", "benchmarks/codec_quality.py"] + sys.argv[1:])}
   evaluate(codec, trained, args, t0, opus, opus_failures)
 
 
