@@ -228,7 +228,7 @@ def test_feature_grad_scale_scales_only_the_feature_encoders_gradient():
   def grads(scale):
     model = fx.tiny_model(feature_grad_scale=scale)
     loss_fn = lambda p: model._losses(p, audio, jax.random.key(3), jnp.int32(0))[0]  # pylint: disable=protected-access
-    return jax.value_and_grad(loss_fn)(params)
+    return jax.jit(jax.value_and_grad(loss_fn))(params)
   (loss, full), (scaled_loss, scaled) = grads(1.0), grads(0.1)
   np.testing.assert_allclose(scaled_loss, loss, rtol=1e-6)
   for name in full:
