@@ -145,12 +145,12 @@ def split_tracks(files):
   return [f for f in files if f not in held], held
 
 
-def load_tracks(paths):
-  """{path: [samples] at 24 kHz}, unusable files (e.g. silence.ogg) skipped and counted."""
+def load_tracks(paths, sample_rate: int = SAMPLE_RATE):
+  """{path: [samples] at sample_rate}, unusable files (e.g. silence.ogg) skipped, counted."""
   tracks, skipped = {}, audio_io.SkipCounter()
   for path in paths:
     try:
-      tracks[path] = audio_io.load_audio(path, SAMPLE_RATE)
+      tracks[path] = audio_io.load_audio(path, sample_rate)
     except audio_io.AudioError as e:
       skipped.add(e)
   return tracks, skipped
@@ -175,6 +175,8 @@ class CropSampler:
 
   def __init__(self, tracks, crop: int, seed: int):
     self.waves = [w for w in tracks.values() if w.shape[0] >= crop]
+    if not self.waves:
+      raise ValueError(f"no track is as long as one crop ({crop} samples)")
     lengths = np.array([w.shape[0] - crop + 1 for w in self.waves], np.float64)
     self.p = lengths / lengths.sum()
     self.crop, self.rng = crop, np.random.default_rng(seed)

@@ -36,48 +36,19 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
+import codec_quality  # noqa: E402  (its track loading and crop sampling, shared)
+
 SHARD_BYTES = 15 * 2 ** 20
 BATCH_SIZE = 16
 
 
-class CropSampler:
-  """Random [batch, crop] float32 crops of tracks held in memory, a track drawn with
-  probability proportional to its length (every second of music equally likely)."""
-
-  def __init__(self, tracks, crop: int, seed: int = 0):
-    self.tracks = [t for t in tracks if len(t) >= crop]
-    if not self.tracks:
-      raise ValueError(f"no track is as long as one crop ({crop} samples)")
-    lengths = np.array([len(t) - crop + 1 for t in self.tracks], np.float64)
-    self.weights = lengths / lengths.sum()
-    self.crop = crop
-    self.rng = np.random.default_rng(seed)
-
-  def __call__(self, batch: int) -> np.ndarray:
-    picks = self.rng.choice(len(self.tracks), size=batch, p=self.weights)
-    out = np.empty((batch, self.crop), np.float32)
-    for row, i in enumerate(picks):
-      start = self.rng.integers(0, len(self.tracks[i]) - self.crop + 1)
-      out[row] = self.tracks[i][start:start + self.crop]
-    return out
-
-
 def _load_tracks(audio_dir: str, sample_rate: int):
-  from musiclm_jax.audio import io as audio_io
-  paths = sorted(os.path.join(root, name) for root, _, names in os.walk(audio_dir)
-                 for name in names if name.lower().endswith((".ogg", ".flac", ".wav", ".mp3")))
-  if not paths:
-    raise FileNotFoundError(f"no audio files under {audio_dir!r}")
-  loaded, tracks, skipped = [], [], audio_io.SkipCounter()
-  for path in paths:
-    try:
-      tracks.append(audio_io.load_audio(path, sample_rate))
-      loaded.append(path)
-    except audio_io.AudioError as e:  # e.g. wesnoth's silence.ogg: reported, not fatal
-      skipped.add(e)
-  if skipped.total:
+  """(paths loaded, {path: wave}); codec_quality's loaders, at w2v-BERT's rate."""
+  tracks, skipped = codec_quality.load_tracks(codec_quality.audio_files_under(audio_dir),
+                                              sample_rate)
+  if skipped.total:  # e.g. wesnoth's silence.ogg: reported, not fatal
     print(skipped.summary(), flush=True)
-  return loaded, tracks
+  return list(tracks), tracks
 
 
 def train(args) -> None:
@@ -98,8 +69,8 @@ def train(args) -> None:
   layer = gin.query_parameter("%SEMANTIC_LAYER")
 
   paths, tracks = _load_tracks(args.audio_dir, config.sample_rate)
-  sampler = CropSampler(tracks, crop, seed=0)
-  hours = sum(len(t) for t in tracks) / config.sample_rate / 3600
+  sampler = codec_quality.CropSampler(tracks, crop, seed=0)
+  hours = sum(len(t) for t in tracks.values()) / config.sample_rate / 3600
   print(f"{len(paths)} tracks, {hours:.2f} h at {config.sample_rate} Hz; crops of {crop}",
         flush=True)
 
@@ -178,7 +149,6 @@ def prepare(args) -> None:
   enough to travel, for the codec (24 kHz) and w2v-BERT (resampled to 16 kHz on loading).
   Vorbis at this quality keeps the band up to 12 kHz (8% RMS error on battle-epic.ogg)."""
   import soundfile as sf
-  import codec_quality
   from musiclm_jax.audio import debian_music, io as audio_io
   train_files, _ = codec_quality.split_tracks(
       debian_music.audio_files(debian_music.fetch("wesnoth-1.16-music")))

@@ -227,7 +227,8 @@ def test_feature_grad_scale_scales_only_the_feature_encoders_gradient():
   params = fx.tiny_params()
   def grads(scale):
     model = fx.tiny_model(feature_grad_scale=scale)
-    loss_fn = lambda p: model._losses(p, audio, jax.random.key(3), jnp.int32(0))[0]  # pylint: disable=protected-access
+    losses = model._losses  # pylint: disable=protected-access
+    loss_fn = lambda p: losses(p, audio, jax.random.key(3), jnp.int32(0))[0]
     return jax.jit(jax.value_and_grad(loss_fn))(params)
   (loss, full), (scaled_loss, scaled) = grads(1.0), grads(0.1)
   np.testing.assert_allclose(scaled_loss, loss, rtol=1e-6)
