@@ -20,7 +20,9 @@ FAST_BINDINGS = ("BATCH_SIZE=8", "train.eval_period=0", "CheckpointManager.save_
 
 def env_with_devices(devices: int) -> dict:
   env = dict(os.environ)
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  flags = [f for f in env.get("XLA_FLAGS", "").split()
+           if not f.startswith("--xla_force_host_platform_device_count")]
+  env["XLA_FLAGS"] = " ".join([f"--xla_force_host_platform_device_count={devices}", *flags])
   env["TF_CPP_MIN_LOG_LEVEL"] = "2"
   env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
   return env

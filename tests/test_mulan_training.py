@@ -137,7 +137,7 @@ def captioned_data(tmp_path_factory):
                           f"--manual_dir={music}", f"--data_dir={data_dir}",
                           "--config=16khz_2s"], cwd=harness.REPO, capture_output=True,
                          text=True, timeout=300, env=harness.env_with_devices(1))
-  assert built.returncode == 0, built.stderr[-2000:]
+  assert built.returncode == 0 and "train" in built.stdout, built.stderr[-2000:]
   return str(music), data_dir
 
 
@@ -168,13 +168,12 @@ def test_caption_task_tokenizes_what_python_tokenizes(captioned_data):
   assert seen == expected
 
 
-def test_a_mixture_of_two_captioned_datasets(captioned_data, tmp_path):
+def test_a_mixture_of_two_captioned_datasets(captioned_data, music_captions_tiny):
   """MuLan pairs from a folder of captioned samples and from the rendered captioned set, 1:1."""
-  from musiclm_jax.tasks import audio as audio_tasks, builders, mixtures
+  from musiclm_jax.tasks import audio as audio_tasks, mixtures
   from musiclm_jax.training import data as data_lib
   _, folder_data = captioned_data
-  rendered_data = str(tmp_path / "rendered")
-  builders.build("music_captions", rendered_data, "tiny_16khz")
+  rendered_data = music_captions_tiny
   tasks = [audio_tasks.register_audio_crop_task(
       f"mix_part_{i}", tfds_name, data_dir, sample_rate=16000, crop_samples=8000,
       short_clips="pad", captions=True, text_length=48)

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from musiclm_jax.tasks import builders, stages, tokenize_job
+from musiclm_jax.tasks import stages, tokenize_job
 from musiclm_jax.training import metrics
 from tests import harness, tokenize_fixtures
 
@@ -17,13 +17,10 @@ COARSE_LEVELS = 2
 
 
 @pytest.fixture(scope="module")
-def tokens_dir(tmp_path_factory):
-  root = tmp_path_factory.mktemp("stage_tokens")
-  data_dir = str(root / "tfds")
-  builders.build("music_captions", data_dir, "tiny_16khz")
-  out = str(root / "tokens")
-  tokenize_job.run(tokenize_fixtures.tiny_tokenizers(), tokenize_fixtures.DATASET, data_dir,
-                   ["train", "validation"], out, 2, show_progress=False)
+def tokens_dir(tmp_path_factory, music_captions_tiny):
+  out = str(tmp_path_factory.mktemp("stage_tokens") / "tokens")
+  tokenize_job.run(tokenize_fixtures.tiny_tokenizers(), tokenize_fixtures.DATASET,
+                   music_captions_tiny, ["train", "validation"], out, 2, show_progress=False)
   return out
 
 
@@ -63,15 +60,14 @@ def test_each_stage_trains_from_token_shards(stage, stage_runs):
   assert metrics.read_metrics(runs[stage], "eval")[-1]["step"] == 3
 
 
-def test_export_from_training_runs_then_generate(stage_runs, tokens_dir, tmp_path):
+def test_export_from_training_runs_then_generate(stage_runs, music_captions_tiny, tmp_path):
   """Tiny MuLan and w2v-BERT runs (one step on the rendered set), the tiny codec, the three
   stage runs -> `musiclm-jax export` -> a bundle that `generate` uses."""
   from musiclm_jax.generation import cli as generate_cli, export
   from musiclm_jax.mulan import tokenizer as mulan_tokenizer
   from musiclm_jax.w2v_bert import tokenizer as semantic_tokenizer
   runs, _ = stage_runs
-  data_dir = os.path.join(os.path.dirname(tokens_dir), "tfds")
-  data = [f"AUDIO_DATA_DIR='{data_dir}'", "AUDIO_DATASET='music_captions/tiny_16khz:1.0.0'",
+  data = [f"AUDIO_DATA_DIR='{music_captions_tiny}'", "AUDIO_DATASET='music_captions/tiny_16khz:1.0.0'",
           "BATCH_SIZE=4", "train.eval_period=0"]
   mulan_run, w2v_run = str(tmp_path / "mulan"), str(tmp_path / "w2v")
   harness.run_train(mulan_run, 1, bindings=data, gin_files=("mulan/tiny.gin", "runs/mulan.gin"))

@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 
 from musiclm_jax.mulan import tokenizer as mulan_tokenizer
-from musiclm_jax.tasks import builders, stages, tokenize_job
+from musiclm_jax.tasks import stages, tokenize_job
 from tests import harness, tokenize_fixtures
 
 DATASET = tokenize_fixtures.DATASET
@@ -29,10 +29,8 @@ def tokenizers():
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  path = str(tmp_path_factory.mktemp("tokenize_data"))
-  builders.build("music_captions", path, "tiny_16khz")
-  return path
+def data_dir(music_captions_tiny):
+  return music_captions_tiny
 
 
 def _read(path):
@@ -102,7 +100,8 @@ def test_rerun_skips_finished_shards_and_redoes_broken_ones(tokenizers, data_dir
 
 def test_a_killed_job_restarted_writes_what_an_uninterrupted_one_writes(data_dir, tmp_path):
   """SIGKILL a job (its own process) once its first shard is done; the restarted job keeps
-  that shard, redoes the rest, and every shard equals an uninterrupted run's byte for byte."""
+  that shard, redoes the rest, and every shard equals an uninterrupted run's (this process's)
+  byte for byte."""
   killed, whole = str(tmp_path / "killed"), str(tmp_path / "whole")
   worker = [sys.executable, "-c", "import sys; from tests import tokenize_fixtures as t; "
             "t.run_job(sys.argv[1], sys.argv[2], int(sys.argv[3]))"]
@@ -117,9 +116,9 @@ def test_a_killed_job_restarted_writes_what_an_uninterrupted_one_writes(data_dir
   proc.wait()
   done_before = sorted(f for f in os.listdir(killed) if f.endswith(".json"))
   assert "layout.json" in done_before and len(done_before) < 1 + 6   # killed part-way
-  for args in ([killed, data_dir, "6"], [whole, data_dir, "6"]):
-    subprocess.run(worker + args, cwd=harness.REPO, env=env, check=True, timeout=600,
-                   capture_output=True)
+  subprocess.run(worker + [killed, data_dir, "6"], cwd=harness.REPO, env=env, check=True,
+                 timeout=600, capture_output=True)
+  tokenize_fixtures.run_job(whole, data_dir, 6)   # uninterrupted, in this process
   shards = sorted(f for f in os.listdir(whole) if f.endswith(".tfrecord"))
   assert len(shards) == 6
   assert sorted(f for f in os.listdir(killed) if f.endswith(".tfrecord")) == shards
