@@ -80,10 +80,10 @@ def test_captions_say_what_was_rendered(soundfont):
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-  data_dir = str(tmp_path_factory.mktemp("music_captions"))
-  builder = builders.build("music_captions", data_dir, "tiny_16khz")
-  return data_dir, builder
+def built(music_captions_tiny):
+  """The test run's build of the set (conftest.py) and its builder, which reads it back."""
+  return music_captions_tiny, builders.build("music_captions", music_captions_tiny,
+                                             "tiny_16khz")
 
 
 def test_builder_writes_what_the_generator_makes(built, soundfont):
@@ -92,7 +92,8 @@ def test_builder_writes_what_the_generator_makes(built, soundfont):
   assert report["planned"] == 48 and sum(report["written"].values()) == 48
   examples = {}
   for split in ("train", "validation", "test"):
-    for ex in tfds.load("music_captions/tiny_16khz", split=split, data_dir=data_dir).as_numpy_iterator():
+    ds = tfds.load("music_captions/tiny_16khz", split=split, data_dir=data_dir)
+    for ex in ds.as_numpy_iterator():
       examples[ex["id"].decode()] = (split, ex)
   assert len(examples) == 48
   split, ex = examples["0:5"]

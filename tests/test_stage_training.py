@@ -67,8 +67,8 @@ def test_export_from_training_runs_then_generate(stage_runs, music_captions_tiny
   from musiclm_jax.mulan import tokenizer as mulan_tokenizer
   from musiclm_jax.w2v_bert import tokenizer as semantic_tokenizer
   runs, _ = stage_runs
-  data = [f"AUDIO_DATA_DIR='{music_captions_tiny}'", "AUDIO_DATASET='music_captions/tiny_16khz:1.0.0'",
-          "BATCH_SIZE=4", "train.eval_period=0"]
+  data = [f"AUDIO_DATA_DIR='{music_captions_tiny}'",
+          "AUDIO_DATASET='music_captions/tiny_16khz:1.0.0'", "BATCH_SIZE=4", "train.eval_period=0"]
   mulan_run, w2v_run = str(tmp_path / "mulan"), str(tmp_path / "w2v")
   harness.run_train(mulan_run, 1, bindings=data, gin_files=("mulan/tiny.gin", "runs/mulan.gin"))
   harness.run_train(w2v_run, 1, bindings=data,
