@@ -117,6 +117,14 @@ def test_contrastive_negatives_and_losses():
   assert abs(float(diversity)) < 1e-6 and abs(float(perplexity) - 32) < 1e-3
   peaked = jnp.zeros((2, 5, 1, 16)).at[..., 3].set(50.0)
   assert float(model_lib.diversity_loss(peaked)[0]) > 0.9
+  # Flat logits and confident, diverse codes both keep the diversity loss near 0; the
+  # per-frame and argmax perplexities tell them apart.
+  argmax_flat, frame_flat = model_lib.code_perplexities(uniform.at[..., 0].add(1e-3))
+  assert abs(float(frame_flat) - 32) < 0.1 and abs(float(argmax_flat) - 2) < 1e-3
+  diverse = 50.0 * jax.nn.one_hot(jnp.arange(16).reshape(2, 8, 1) % 16, 16)
+  argmax_diverse, frame_diverse = model_lib.code_perplexities(diverse)
+  assert abs(float(argmax_diverse) - 16) < 1e-3 and float(frame_diverse) < 1.01
+  assert np.allclose([float(v) for v in model_lib.code_perplexities(peaked)], 1.0)
   logits = jnp.zeros((1, 6, 1, 4)).at[..., 2].set(10.0)
   mlm, mlm_accuracy = model_lib.masked_prediction_loss(logits, jnp.full((1, 6, 1), 2), mask)
   assert float(mlm) < 1e-3 and float(mlm_accuracy) == 1.0

@@ -321,6 +321,26 @@ def diversity_loss(logits: jnp.ndarray) -> Tuple[jnp.ndarray, jnp.ndarray]:
   return (total - perplexity) / total, perplexity
 
 
+def code_perplexities(logits: jnp.ndarray) -> Tuple[jnp.ndarray, jnp.ndarray]:
+  """Two views of the quantizer's codes from its logits [B, T, G, V], each summed over groups.
+
+  Returns (argmax_perplexity, frame_perplexity):
+    argmax_perplexity: exp(entropy) of the histogram of the frames' argmax codes, the codes
+      actually used as targets (1: every frame has the same code).
+    frame_perplexity: exp(mean entropy of each frame's own softmax): 1 when each frame's
+      code is certain, V when its logits are flat. The diversity loss's perplexity (of the
+      *mean* softmax) is high both for confident, diverse codes and for flat logits that
+      choose nothing; these two tell the cases apart (targets that follow the input have a
+      high argmax and a low frame perplexity).
+  """
+  groups, entries = logits.shape[-2:]
+  logits = logits.astype(jnp.float32).reshape(-1, groups, entries)
+  entropy = lambda p: -jnp.sum(p * jnp.log(jnp.maximum(p, 1e-10)), axis=-1)
+  histogram = jnp.mean(jax.nn.one_hot(jnp.argmax(logits, axis=-1), entries), axis=0)
+  frame_entropy = jnp.mean(entropy(jax.nn.softmax(logits, axis=-1)), axis=0)
+  return jnp.sum(jnp.exp(entropy(histogram))), jnp.sum(jnp.exp(frame_entropy))
+
+
 # ---------------------------------------------------------------------------------------
 # The network.
 
@@ -570,12 +590,15 @@ class W2vBertModel(models_lib.BaseModel):
     target_ids = jax.lax.stop_gradient(jnp.argmax(out["quantizer_logits"], axis=-1))
     mlm, mlm_accuracy = masked_prediction_loss(out["mlm_logits"], target_ids, mask)
     diversity, perplexity = diversity_loss(out["quantizer_logits"])
+    argmax_perplexity, frame_perplexity = code_perplexities(out["quantizer_logits"])
     loss = (cfg.contrastive_weight * contrastive + cfg.mlm_weight * mlm
             + cfg.diversity_weight * diversity)
     batch_size = jnp.asarray(wave.shape[0], jnp.float32)
     values = {"loss": loss, "contrastive_loss": contrastive, "mlm_loss": mlm,
               "diversity_loss": diversity, "contrastive_accuracy": contrastive_accuracy,
               "mlm_accuracy": mlm_accuracy, "code_perplexity": perplexity,
+              "argmax_code_perplexity": argmax_perplexity,
+              "frame_code_perplexity": frame_perplexity,
               "masked_fraction": jnp.mean(mask.astype(jnp.float32)),
               "gumbel_temperature": temperature}
     metrics = {f"{name}_sum": value * batch_size for name, value in values.items()}
