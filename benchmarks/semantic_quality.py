@@ -1,7 +1,8 @@
 r"""Do semantic tokens carry musical content? (issue #4)
 
   python benchmarks/semantic_quality.py --model_dir W2V_RUN --centroids CENTROIDS.npz
-      [--data_dir DIR --dataset small_16khz] [--step N] [--no_ema] [--out FILE]
+      [--data_dir DIR --dataset small_16khz] [--step N] [--no_ema] [--layer_sweep]
+      [--out FILE]
 
 1. Robustness: the tokens of held-out music (`music_captions/<dataset>` test split) against
    the tokens of the same clips with white noise at 20 dB SNR, and at half the gain (-6 dB):
@@ -99,6 +100,19 @@ def _pitch_probes(tokenizer, audio, labels, programs) -> dict:
           "embeddings": _probe(embeddings, labels, programs)}
 
 
+def _layer_sweep(tokenizer, audio, labels, programs) -> dict:
+  """The embedding probe at every MLM layer the parameters hold (0 = the contrastive
+  module's output; an export keeps the layers up to the tokenizer's): where in the network
+  the pitch class is linearly readable."""
+  from musiclm_jax.w2v_bert import tokenizer as tokenizer_lib
+  config = tokenizer.config
+  held = sum(name.startswith("layers_") for name in tokenizer.params["mlm_module"])
+  no_centroids = np.zeros((1, config.emb_dim), np.float32)
+  return {layer: _probe(_pooled(np.asarray(tokenizer_lib.SemanticTokenizer(
+      config, tokenizer.params, layer, no_centroids).embed(audio))), labels, programs)
+          for layer in range(held + 1)}
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--model_dir", required=True, help="w2v-BERT training run")
@@ -108,6 +122,8 @@ def main() -> None:
   parser.add_argument("--max_clips", type=int, default=64)
   parser.add_argument("--step", type=int, default=None, help="checkpoint step (default newest)")
   parser.add_argument("--no_ema", action="store_true", help="raw params even if EMA is saved")
+  parser.add_argument("--layer_sweep", action="store_true",
+                      help="also probe the pitch class at every MLM layer's embeddings")
   parser.add_argument("--out", default=None)
   args = parser.parse_args()
 
@@ -129,6 +145,8 @@ def main() -> None:
   for name, tokenizer in (("trained", trained), ("random_init", random_init)):
     results[name] = {"agreement": _agreement(tokenizer, clips),
                      "pitch_class_probe_accuracy": _pitch_probes(tokenizer, *notes)}
+    if args.layer_sweep:
+      results[name]["pitch_class_probe_by_layer"] = _layer_sweep(tokenizer, *notes)
     print(name, results[name], flush=True)
   results["pitch_class_probe_on_input_log_mel"] = _probe(
       _pooled(np.asarray(model_lib.normalized_log_mel(notes[0], trained.config))), *notes[1:])

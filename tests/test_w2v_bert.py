@@ -228,6 +228,34 @@ def test_quantizer_targets_follow_the_input_from_initialisation():
     fx.tiny_config(quantizer_logit_init_std=0.0)
 
 
+def test_random_projection_targets_are_frozen_functions_of_the_input():
+  """BEST-RQ targets: the same codes under any parameters (nothing to train or collapse),
+  varying with the music, nearly unchanged at half the gain (the log-mel is normalised per
+  clip), and no quantizer parameters in the network."""
+  cfg = fx.tiny_config(target_quantizer="random_projection")
+  model = fx.tiny_model(target_quantizer="random_projection")
+  audio = fx.real_clips(4)
+  shapes = {"audio": audio.shape}
+  variables = [model.get_initial_variables(jax.random.key(seed), shapes) for seed in (0, 1)]
+  params = [nn.meta.unbox(v["params"]) for v in variables]
+  assert "quantizer" not in params[0]
+  codes = [np.asarray(model.predict_batch(p, {"audio": audio})) for p in params]
+  np.testing.assert_array_equal(codes[0], codes[1])
+  assert codes[0].shape == (4, cfg.num_frames(audio.shape[1]), 1)
+  assert len(np.unique(codes[0])) >= 8
+  quiet = np.asarray(model.predict_batch(params[0], {"audio": 0.5 * audio}))
+  assert np.mean(quiet == codes[0]) > 0.9
+  mutables = {model_lib.STATE: variables[0][model_lib.STATE]}
+  loss = model.loss_fn_with_mutables(params[0], mutables, {"audio": audio},
+                                     jax.random.key(2))[0]
+  assert np.isfinite(float(loss))
+  with pytest.raises(ValueError, match="codebook_groups"):
+    fx.tiny_config(target_quantizer="random_projection", codebook_groups=2,
+                   codevector_dim=16)
+  with pytest.raises(ValueError, match="target_quantizer"):
+    fx.tiny_config(target_quantizer="kmeans")
+
+
 def test_feature_grad_scale_scales_only_the_feature_encoders_gradient():
   """wav2vec 2.0's feature_grad_mult: the same loss, the feature encoder's gradient times
   the scale, every other parameter's gradient unchanged."""

@@ -21,6 +21,9 @@ group of 1024). In training each frame picks a code by a hard straight-through G
 sample at an annealed temperature (2 -> 0.5); the MLM targets are the noise-free argmax ids,
 one id per group (the MLM head predicts every group). The temperature's step counter is the
 model's only non-parameter state ('w2v_bert_state' collection, in flax_mutables).
+`W2vBertConfig.target_quantizer = 'random_projection'` replaces it with BEST-RQ's frozen
+random-projection quantizer of the log-mel (`random_projection_quantize`): targets that
+cannot collapse, for runs too short or batches too small for the Gumbel one to settle.
 
 Deviations from the paper, and why: masked frames take a learned mask embedding (w2v-BERT
 uses random vectors); pre-norms are RMSNorm and the conformer's BatchNorm a layer norm
@@ -57,6 +60,8 @@ STATE = "w2v_bert_state"
 SUBSAMPLING = 4  # two stride-2 convolutions over time
 NEG_INF = -1e9
 POSITION_EMBEDDINGS = ("relative_bias", "rotary")
+TARGET_QUANTIZERS = ("gumbel", "random_projection")
+RANDOM_PROJECTION_SEED = 1234  # the frozen BEST-RQ matrices: fixed, so never checkpointed
 
 
 @gin.configurable
@@ -83,6 +88,14 @@ class W2vBertConfig:
       so a Gumbel sample is nearly the argmax and the targets follow the input from step
       0. With unit-scale logits the samples are close to uniform noise, the contrastive
       task has nothing to predict, and the diversity loss flattens the logits further.
+    target_quantizer: 'gumbel' (w2v-BERT's learned Gumbel-softmax quantizer, trained with
+      the diversity term) or 'random_projection' (BEST-RQ, Chiu et al. 2022, w2v-BERT's
+      successor at Google: a frozen random projection of the normalised log-mel, stacked to
+      the frame rate, to `random_projection_dim`, and the nearest of `codebook_size` frozen
+      random unit vectors by cosine; stationary targets that cannot collapse, no Gumbel
+      noise; the diversity term has nothing to train, and its logits are the cosines, so
+      only `argmax_code_perplexity` of the code metrics means anything). One group.
+    random_projection_dim: the projection's width ('random_projection' only; 16 in BEST-RQ).
     contrastive_dim: space of the contrastive task (context and targets projected to it).
     mask_prob: probability that a frame starts a masked span.
     mask_length: frames per masked span (spans may overlap).
@@ -120,6 +133,8 @@ class W2vBertConfig:
   codebook_size: int = 1024
   codevector_dim: int = 768
   quantizer_logit_init_std: float = 1.0
+  target_quantizer: str = "gumbel"
+  random_projection_dim: int = 16
   contrastive_dim: int = 768
   mask_prob: float = 0.065
   mask_length: int = 10
@@ -146,6 +161,12 @@ class W2vBertConfig:
     if self.position_embedding not in POSITION_EMBEDDINGS:
       raise ValueError(f"position_embedding={self.position_embedding!r}; expected one of "
                        f"{POSITION_EMBEDDINGS}")
+    if self.target_quantizer not in TARGET_QUANTIZERS:
+      raise ValueError(f"target_quantizer={self.target_quantizer!r}; expected one of "
+                       f"{TARGET_QUANTIZERS}")
+    if self.target_quantizer == "random_projection" and self.codebook_groups != 1:
+      raise ValueError("target_quantizer='random_projection' has one group; got "
+                       f"codebook_groups={self.codebook_groups}")
     if self.dtype not in ("float32", "bfloat16"):
       raise ValueError(f"dtype={self.dtype!r}; expected 'float32' or 'bfloat16'")
     if self.num_negatives < 1:
@@ -447,6 +468,33 @@ class GumbelQuantizer(nn.Module):
     return quantized, codes.astype(jnp.int32), logits
 
 
+def random_projection_quantize(wave: jnp.ndarray, config: W2vBertConfig
+                               ) -> Tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+  """BEST-RQ's frozen target quantizer: audio [B, samples] -> (codevectors [B, T,
+  codevector_dim], codes int32 [B, T, 1], cosine logits float32 [B, T, 1, V]).
+
+  Each frame's SUBSAMPLING normalised log-mel frames, stacked ([4 * num_mels]), go through a
+  fixed Gaussian projection to `random_projection_dim`, are l2-normalised, and pick the
+  nearest of `codebook_size` fixed random unit vectors (the largest cosine). The frame's
+  codevector is a fixed random vector of that code. Nothing here is trained (no gradient
+  flows); the matrices come from RANDOM_PROJECTION_SEED, so every run and host has the same.
+  """
+  cfg = config
+  log_mel = normalized_log_mel(wave, cfg)
+  stacked = log_mel.reshape(log_mel.shape[0], -1, SUBSAMPLING * cfg.num_mels)
+  projection_key, codebook_key, vector_key = jax.random.split(
+      jax.random.key(RANDOM_PROJECTION_SEED), 3)
+  projection = jax.random.normal(projection_key, (stacked.shape[-1], cfg.random_projection_dim)
+                                 ) * np.sqrt(2.0 / (stacked.shape[-1] + cfg.random_projection_dim))
+  codebook = _l2_normalize(jax.random.normal(
+      codebook_key, (cfg.codebook_size, cfg.random_projection_dim)))
+  logits = jnp.einsum("btd,vd->btv", _l2_normalize(stacked @ projection), codebook)
+  codes = jnp.argmax(logits, axis=-1)
+  codevectors = jax.random.normal(vector_key, (cfg.codebook_size, cfg.codevector_dim))
+  return (jax.lax.stop_gradient(codevectors[codes]), codes[..., None].astype(jnp.int32),
+          jax.lax.stop_gradient(logits[:, :, None, :]))
+
+
 class W2vBert(nn.Module):
   """The w2v-BERT network (module docstring). Parameters:
 
@@ -460,9 +508,10 @@ class W2vBert(nn.Module):
     cfg = self.config
     dtype = cfg.jnp_dtype
     self.feature_encoder = FeatureEncoder(cfg)
-    self.quantizer = GumbelQuantizer(cfg.codebook_groups, cfg.codebook_size,
-                                     cfg.codevector_dim, cfg.quantizer_logit_init_std,
-                                     dtype=dtype)
+    if cfg.target_quantizer == "gumbel":
+      self.quantizer = GumbelQuantizer(cfg.codebook_groups, cfg.codebook_size,
+                                       cfg.codevector_dim, cfg.quantizer_logit_init_std,
+                                       dtype=dtype)
     self.mask_embedding = self.param(
         "mask_embedding", nn.with_logical_partitioning(nn.initializers.normal(1.0),
                                                        ("embed",)),
@@ -509,7 +558,7 @@ class W2vBert(nn.Module):
     x = scale_gradient(self.feature_encoder(wave, deterministic), self.config.feature_grad_scale)
     if mask.shape != x.shape[:2]:
       raise ValueError(f"mask shape {mask.shape} != frames {x.shape[:2]}")
-    quantized, codes, quantizer_logits = self.quantizer(x, temperature, sample=train)
+    quantized, codes, quantizer_logits = self._quantize(wave, x, temperature, train)
     x = jnp.where(mask[..., None], self.mask_embedding.astype(x.dtype), x)
     positions, bias = self._positions(x.shape[1])
     context = self.contrastive_module(x, positions, bias, deterministic)
@@ -520,6 +569,12 @@ class W2vBert(nn.Module):
             "codes": codes, "quantizer_logits": quantizer_logits,
             "mlm_logits": nn.with_logical_constraint(
                 mlm_logits, ("batch", "length", None, "codebook"))}
+
+  def _quantize(self, wave: jnp.ndarray, features: jnp.ndarray, temperature, sample: bool):
+    """(quantized targets, codes, logits) of the unmasked frames (`GumbelQuantizer`)."""
+    if self.config.target_quantizer == "random_projection":
+      return random_projection_quantize(wave, self.config)
+    return self.quantizer(features, temperature, sample=sample)
 
   def embed(self, wave: jnp.ndarray, layer: int) -> jnp.ndarray:
     """Unmasked audio [B, samples] -> [B, frames, emb_dim], the output of MLM layer `layer`.
@@ -534,7 +589,7 @@ class W2vBert(nn.Module):
 
   def quantize(self, wave: jnp.ndarray) -> jnp.ndarray:
     """Audio [B, samples] -> the quantizer's (argmax) code ids int32 [B, frames, G]."""
-    return self.quantizer(self.feature_encoder(wave, True), 1.0, sample=False)[1]
+    return self._quantize(wave, self.feature_encoder(wave, True), 1.0, False)[1]
 
 
 @gin.configurable
