@@ -254,6 +254,8 @@ def test_random_projection_targets_are_frozen_functions_of_the_input():
                    codevector_dim=16)
   with pytest.raises(ValueError, match="target_quantizer"):
     fx.tiny_config(target_quantizer="kmeans")
+  with pytest.raises(ValueError, match="random_projection_dim"):
+    fx.tiny_config(target_quantizer="random_projection", random_projection_dim=0)
 
 
 def test_feature_grad_scale_scales_only_the_feature_encoders_gradient():

@@ -167,6 +167,8 @@ class W2vBertConfig:
     if self.target_quantizer == "random_projection" and self.codebook_groups != 1:
       raise ValueError("target_quantizer='random_projection' has one group; got "
                        f"codebook_groups={self.codebook_groups}")
+    if self.random_projection_dim < 1:
+      raise ValueError(f"random_projection_dim must be >= 1, got {self.random_projection_dim}")
     if self.dtype not in ("float32", "bfloat16"):
       raise ValueError(f"dtype={self.dtype!r}; expected 'float32' or 'bfloat16'")
     if self.num_negatives < 1:
@@ -484,10 +486,9 @@ def random_projection_quantize(wave: jnp.ndarray, config: W2vBertConfig
   stacked = log_mel.reshape(log_mel.shape[0], -1, SUBSAMPLING * cfg.num_mels)
   projection_key, codebook_key, vector_key = jax.random.split(
       jax.random.key(RANDOM_PROJECTION_SEED), 3)
-  projection = jax.random.normal(projection_key, (stacked.shape[-1], cfg.random_projection_dim)
-                                 ) * np.sqrt(2.0 / (stacked.shape[-1] + cfg.random_projection_dim))
-  codebook = _l2_normalize(jax.random.normal(
-      codebook_key, (cfg.codebook_size, cfg.random_projection_dim)))
+  width, dim = stacked.shape[-1], cfg.random_projection_dim
+  projection = jax.random.normal(projection_key, (width, dim)) * np.sqrt(2.0 / (width + dim))
+  codebook = _l2_normalize(jax.random.normal(codebook_key, (cfg.codebook_size, dim)))
   logits = jnp.einsum("btd,vd->btv", _l2_normalize(stacked @ projection), codebook)
   codes = jnp.argmax(logits, axis=-1)
   codevectors = jax.random.normal(vector_key, (cfg.codebook_size, cfg.codevector_dim))
@@ -571,7 +572,8 @@ class W2vBert(nn.Module):
                 mlm_logits, ("batch", "length", None, "codebook"))}
 
   def _quantize(self, wave: jnp.ndarray, features: jnp.ndarray, temperature, sample: bool):
-    """(quantized targets, codes, logits) of the unmasked frames (`GumbelQuantizer`)."""
+    """(quantized targets, codes, logits) of the unmasked frames: `GumbelQuantizer` on the
+    features, or `random_projection_quantize` on the audio."""
     if self.config.target_quantizer == "random_projection":
       return random_projection_quantize(wave, self.config)
     return self.quantizer(features, temperature, sample=sample)
