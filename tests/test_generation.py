@@ -89,6 +89,24 @@ def test_first_stage_alone_gives_the_tokens_the_coarse_stage_reads(musiclm, monk
   assert not np.array_equal(musiclm.generate_semantic_tokens(prompts, 0.5, seed=1), semantic)
 
 
+def test_acoustic_stages_alone_render_given_semantic_tokens(musiclm):
+  """The acoustic half on its own (e.g. a real clip's semantic tokens): on the first
+  stage's tokens it is generate_tokens; other semantic tokens give other acoustic ones."""
+  prompts = ["calm piano", "fast drums"]
+  semantic = musiclm.generate_semantic_tokens(prompts, 0.5, seed=0)
+  whole = musiclm.generate_tokens(prompts, 0.5, seed=0)
+  np.testing.assert_array_equal(musiclm.generate_acoustic_tokens(prompts, semantic, seed=0),
+                                whole)
+  given = (semantic + 5) % musiclm.layout.semantic_codes
+  assert not np.array_equal(musiclm.generate_acoustic_tokens(prompts, given, seed=0), whole)
+  with pytest.raises(ValueError, match=r"\[batch=2, frames >= 1\], got shape \(13,\)"):
+    musiclm.generate_acoustic_tokens(prompts, semantic[0], seed=0)
+  out_of_range = semantic.copy()
+  out_of_range[1, 3] = 16
+  with pytest.raises(ValueError, match=r"cluster ids in \[0, 16\), got \[\d+, 16\]"):
+    musiclm.generate_acoustic_tokens(prompts, out_of_range, seed=0)
+
+
 def test_story_mode_switches_the_conditioning_at_window_starts(musiclm):
   story = [pipeline.TimedPrompt("calm piano", 0.0, 0.2),
            pipeline.TimedPrompt("fast drums", 0.2, 1.0)]

@@ -253,20 +253,39 @@ class MusicLM:
     With `audio_prompt` (B rows, from `tokenize_prompt`) the tokens start with the prompt's
     and continue it; a prompt None is conditioned on the audio prompt's MuLan tokens.
     """
+    semantic = self.generate_semantic_tokens(prompts, seconds, seed, sampling, show_progress,
+                                             audio_prompt)
+    return self.generate_acoustic_tokens(prompts, semantic, seed, sampling, show_progress,
+                                         audio_prompt)
+
+  def generate_acoustic_tokens(self, prompts: Sequence[str | None | Sequence[TimedPrompt]],
+                               semantic: np.ndarray, seed: int = 0,
+                               sampling: Optional[dict] = None, show_progress: bool = False,
+                               audio_prompt: Optional[PromptTokens] = None) -> np.ndarray:
+    """The acoustic stages alone: acoustic tokens [B, S * ratio, levels] (level ids, no
+    offsets) for given semantic tokens int32 [B, S] (cluster ids), e.g. a real clip's from
+    the semantic tokenizer: what the coarse and fine stages make of them. For the semantic
+    tokens `generate_semantic_tokens` gives with the same arguments, the result is
+    `generate_tokens`'."""
     from tqdm import tqdm  # pylint: disable=g-import-not-at-top
     lay, win = self.layout, self.windows
     sampling = DEFAULT_SAMPLING | dict(sampling or {})
     timelines = self._timelines(prompts)
     batch = len(timelines)
+    semantic = np.asarray(semantic)
+    if semantic.ndim != 2 or semantic.shape[0] != batch or semantic.shape[1] < 1:
+      raise ValueError(f"semantic tokens must be [batch={batch}, frames >= 1], got shape "
+                       f"{semantic.shape}")
+    if semantic.min() < 0 or semantic.max() >= lay.semantic_codes:
+      raise ValueError(f"semantic tokens must be cluster ids in [0, {lay.semantic_codes}), got "
+                       f"[{semantic.min()}, {semantic.max()}]")
     ratio = lay.acoustic_rate // lay.semantic_rate
     qc, qf = lay.coarse_levels, lay.acoustic_levels - lay.coarse_levels
-    semantic_total = self._semantic_total(seconds)
+    semantic_total = semantic.shape[1]
     acoustic_total = semantic_total * ratio
     initial = {name: None for name in token_layout.STAGES}
     if audio_prompt is not None:
       initial = self._initial_tokens(audio_prompt, batch, semantic_total)
-    semantic = self.generate_semantic_tokens(prompts, seconds, seed, sampling, show_progress,
-                                             audio_prompt)
     # The acoustic stages draw from their own stream (the semantic stage's is fold_in 0).
     rngs = iter(jax.random.split(jax.random.fold_in(jax.random.key(seed), 1), 10_000))
     bar = lambda name, total: tqdm(total=total, desc=name, unit="frame",
