@@ -39,7 +39,7 @@ test: setup
 
 # The main job: builds the captioned music set, trains SoundStream, w2v-BERT + k-means, MuLan
 # + RVQ, tokenizes, trains the three stages, exports, generates, evaluates, and writes
-# $(DEMO_DIR)/report/summary.md (about 40 minutes on a 2-core CPU at pipeline/tiny.gin).
+# $(DEMO_DIR)/report/summary.md (40-50 minutes on a 2-core CPU at pipeline/tiny.gin).
 # Re-running skips finished steps. DEMO_CONFIG=pipeline/small.gin for a longer GPU run.
 demo: setup
 	$(PY) -m musiclm_jax.cli pipeline --gin_file=$(DEMO_CONFIG) \

@@ -25,6 +25,12 @@ From a finished `musiclm-jax pipeline` run (its bundle, MuLan run and dataset):
    stage's output for the prompts, the shuffled prompts and without guidance. These links
    skip the acoustic stages, so they use a larger prompt set (--chain_prompts, 240), and
    report the probability the probe gives the named class next to its accuracy.
+6. The acoustic half, link by link, on held-out real clips (--prompts of them), each scored
+   by the MuLan-audio probes against its own ensemble and tempo word: the clips themselves;
+   SoundStream's resynthesis of them (the most the final audio can show); and the coarse
+   and fine stages rendering the clips' real semantic tokens, prompted with the clips' own
+   attributes (what the acoustic stages keep of perfect semantic tokens). Where the final
+   audio's recognition falls between links says which part the longer run must improve.
 Writes benchmarks/results/proof_of_learning_<backend>.json.
 """
 
@@ -119,14 +125,16 @@ def main() -> None:
                                    guidance_scale=0.0) for s in ("semantic", "coarse")}
   unconditioned = generated(prompts, sampling=guidance)
 
-  def recognised(audio):
-    emb = mulan.embed_audio(at(audio, musiclm.sample_rate, mulan.config.sample_rate))
+  def recognised(audio, named=pairs, audio_rate=musiclm.sample_rate):
+    """How often the probes (and the beat tracker) find each clip's named (ensemble,
+    tempo word) in audio [N, samples] at audio_rate."""
+    emb = mulan.embed_audio(at(audio, audio_rate, mulan.config.sample_rate))
     out = {}
     for attr, index in (("ensemble", 0), ("tempo", 1)):
       predicted = probes[attr].predict(emb)
-      out[attr] = float(np.mean([p == pair[index] for p, pair in zip(predicted, pairs)]))
-    beat = [_estimated_tempo_word(w, musiclm.sample_rate) for w in audio]
-    out["tempo_beat_tracker"] = float(np.mean([b == t for b, (_, t) in zip(beat, pairs)]))
+      out[attr] = float(np.mean([p == pair[index] for p, pair in zip(predicted, named)]))
+    beat = [_estimated_tempo_word(w, audio_rate) for w in audio]
+    out["tempo_beat_tracker"] = float(np.mean([b == t for b, (_, t) in zip(beat, named)]))
     return out
 
   # The chain, link by link (docstring, point 5), on its own larger prompt set. Row i is
@@ -194,6 +202,20 @@ def main() -> None:
   heldout = at(test_audio, rate, codec_rate)
   resynth = np.concatenate([musiclm.codec.decode(musiclm.codec.encode(heldout[i:i + 16]))
                             for i in range(0, len(heldout), 16)])
+  # The acoustic half, link by link (docstring, point 6), on the first --prompts held-out
+  # clips, each scored against its own ensemble and tempo word.
+  count = min(args.prompts, len(test_audio))
+  own = list(zip(test_ens[:count], test_tempo[:count]))
+  real_semantic = tokenizer.tokenize(at(test_audio[:count], rate,
+                                        tokenizer.config.sample_rate))
+  real_semantic = real_semantic[:, :max(1, round(args.seconds * musiclm.layout.semantic_rate))]
+  own_prompts = [f"{e} playing {t} music" for e, t in own]
+  rendered = musiclm.codec.decode(musiclm.generate_acoustic_tokens(
+      own_prompts, real_semantic, seed=args.seed).astype(np.int32))
+  acoustic_chain = {
+      "real_heldout": recognised(test_audio[:count], own, rate),
+      "codec_resynthesis": recognised(resynth[:count], own, codec_rate),
+      "acoustic_stages_on_real_semantic_tokens": recognised(rendered, own, codec_rate)}
   fads = {name: fad.fad(musicnn.embed(at(x, r, 16000)), real, bootstrap=100)
           for name, x, r in (("generated", conditioned, musiclm.sample_rate),
                              ("unconditioned", unconditioned, musiclm.sample_rate),
@@ -204,12 +226,13 @@ def main() -> None:
                                                        "mulan_steps", "stage_steps")},
             "prompts": prompts, "seconds": args.seconds, "recognition": recognition,
             "chain": chain, "chain_prompts": len(chain_prompts),
+            "acoustic_chain": acoustic_chain, "acoustic_chain_clips": count,
             "fad_musicnn_to_heldout_real": fads, "wall_seconds": time.time() - start,
             "machine": machine.describe_jax()}
   out = machine.save_result(report, "proof_of_learning", args.out)
   for name, values in recognition.items():
     print(f"{name:24s} " + "  ".join(f"{k}={v:.3f}" for k, v in values.items()))
-  for name, values in chain.items():
+  for name, values in (chain | acoustic_chain).items():
     print(f"{name:34s} " + "  ".join(f"{k}={v:.3f}" for k, v in values.items()))
   for name, r in fads.items():
     print(f"FAD {name:24s} {r['fad']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]")
