@@ -264,9 +264,9 @@ class MusicLM:
                                audio_prompt: Optional[PromptTokens] = None) -> np.ndarray:
     """The acoustic stages alone: acoustic tokens [B, S * ratio, levels] (level ids, no
     offsets) for given semantic tokens int32 [B, S] (cluster ids), e.g. a real clip's from
-    the semantic tokenizer: what the coarse and fine stages make of them. For the semantic
-    tokens `generate_semantic_tokens` gives with the same arguments, the result is
-    `generate_tokens`'."""
+    the semantic tokenizer: what the coarse and fine stages make of them. Given the tokens
+    `generate_semantic_tokens` returns for the same arguments, it returns what
+    `generate_tokens` does."""
     from tqdm import tqdm  # pylint: disable=g-import-not-at-top
     lay, win = self.layout, self.windows
     sampling = DEFAULT_SAMPLING | dict(sampling or {})
