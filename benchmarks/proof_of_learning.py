@@ -1,7 +1,7 @@
 r"""Proof of learning (issue #9): does the text steer the music a pipeline run generates?
 
   python benchmarks/proof_of_learning.py --work_dir runs/demo [--prompts 24]
-      [--chain_prompts 240] [--seconds 8] [--out FILE]
+      [--chain_prompts 240] [--chain_clips 0] [--seconds 8] [--out FILE]
 
 From a finished `musiclm-jax pipeline` run (its bundle, MuLan run and dataset):
 1. Probes: logistic regressions on MuLan audio embeddings of the real training renderings
@@ -13,7 +13,8 @@ From a finished `musiclm-jax pipeline` run (its bundle, MuLan run and dataset):
    against the attributes of a prompt it was not given): how often the probe recognises
    the named ensemble and tempo, against chance (one over the classes, and the majority
    class's share) and the shuffled baseline. Also the tempo librosa's beat tracker
-   estimates, checked against the tempo word's BPM range.
+   estimates, checked against the tempo word's BPM range. A one-sided Fisher exact test
+   says whether the prompts are recognised more often than the shuffled ones.
 4. FAD (musicnn MTT) to held-out real renderings of: the generated clips; SoundStream's own
    resynthesis of held-out clips (the floor: what the codec allows); and unconditioned
    generation (classifier-free guidance scale 0: the stages' unconditional model).
@@ -25,7 +26,8 @@ From a finished `musiclm-jax pipeline` run (its bundle, MuLan run and dataset):
    stage's output for the prompts, the shuffled prompts and without guidance. These links
    skip the acoustic stages, so they use a larger prompt set (--chain_prompts, 240), and
    report the probability the probe gives the named class next to its accuracy.
-6. The acoustic half, link by link, on held-out real clips (--prompts of them), each scored
+6. The acoustic half, link by link, on held-out real clips (--chain_clips of them, all by
+   default), each scored
    by the MuLan-audio probes against its own ensemble and tempo word: the clips themselves;
    SoundStream's resynthesis of them (the most the final audio can show); and the coarse
    and fine stages rendering the clips' real semantic tokens, prompted with the clips' own
@@ -71,6 +73,17 @@ def _estimated_tempo_word(wave: np.ndarray, rate: int) -> str:
   return next(w for w, (lo, hi) in TEMPO_BPM.items() if lo <= bpm < hi)
 
 
+def _add_p_vs_shuffled(conditioned: dict, shuffled: dict, count: int) -> None:
+  """Adds '<attr>_p_vs_shuffled' to `conditioned`: a one-sided Fisher exact test that its
+  recognition rate over `count` prompts beats the shuffled prompts' rate."""
+  from scipy import stats
+  for attr in ("ensemble", "tempo"):
+    table = [[round(rates[attr] * count), count - round(rates[attr] * count)]
+             for rates in (conditioned, shuffled)]
+    conditioned[f"{attr}_p_vs_shuffled"] = float(
+        stats.fisher_exact(table, alternative="greater").pvalue)
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--work_dir", required=True, help="a finished pipeline run")
@@ -78,6 +91,8 @@ def main() -> None:
   parser.add_argument("--chain_prompts", type=int, default=240,
                       help="prompts for the chain's text and semantic-stage links (cheap: "
                            "no acoustic stages), for a finer reading than --prompts gives")
+  parser.add_argument("--chain_clips", type=int, default=0,
+                      help="held-out clips for the acoustic half's links (0: all of them)")
   parser.add_argument("--seconds", type=float, default=8.0)
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--out", default=None)
@@ -177,15 +192,8 @@ def main() -> None:
         musiclm.generate_semantic_tokens(texts[i:i + 48], args.seconds, seed=args.seed + i,
                                          **kw) for i in range(0, len(texts), 48)])
     chain[name] = hits(semantic_probes, histogram(tokens))
-  # Is the conditioned stage recognised more often than with shuffled prompts? One-sided
-  # Fisher exact test on the hit counts.
-  from scipy import stats
-  for attr in ("ensemble", "tempo"):
-    counts = [[round(chain[name][attr] * len(chain_prompts)),
-               len(chain_prompts) - round(chain[name][attr] * len(chain_prompts))]
-              for name in ("semantic_stage_conditioned", "semantic_stage_shuffled_prompts")]
-    chain["semantic_stage_conditioned"][f"{attr}_p_vs_shuffled"] = float(
-        stats.fisher_exact(counts, alternative="greater").pvalue)
+  _add_p_vs_shuffled(chain["semantic_stage_conditioned"],
+                     chain["semantic_stage_shuffled_prompts"], len(chain_prompts))
 
   majority = {"ensemble": max(np.mean(np.array(train_ens) == e) for e in set(train_ens)),
               "tempo": max(np.mean(np.array(train_tempo) == t) for t in TEMPO_BPM)}
@@ -195,6 +203,7 @@ def main() -> None:
                  "chance_uniform": {"ensemble": 1 / len(ensembles), "tempo": 1 / 3},
                  "chance_majority": {k: float(v) for k, v in majority.items()},
                  "probe_on_real_heldout": ceiling}
+  _add_p_vs_shuffled(recognition["conditioned"], recognition["shuffled_prompts"], len(prompts))
 
   musicnn = embedders.get("musicnn_mtt")
   real = musicnn.embed(at(test_audio, rate, 16000))
@@ -202,16 +211,17 @@ def main() -> None:
   heldout = at(test_audio, rate, codec_rate)
   resynth = np.concatenate([musiclm.codec.decode(musiclm.codec.encode(heldout[i:i + 16]))
                             for i in range(0, len(heldout), 16)])
-  # The acoustic half, link by link (docstring, point 6), on the first --prompts held-out
+  # The acoustic half, link by link (docstring, point 6), on the first --chain_clips held-out
   # clips, each scored against its own ensemble and tempo word.
-  count = min(args.prompts, len(test_audio))
+  count = min(args.chain_clips or len(test_audio), len(test_audio))
   own = list(zip(test_ens[:count], test_tempo[:count]))
   real_semantic = tokenizer.tokenize(at(test_audio[:count], rate,
                                         tokenizer.config.sample_rate))
   real_semantic = real_semantic[:, :max(1, round(args.seconds * musiclm.layout.semantic_rate))]
   own_prompts = [f"{e} playing {t} music" for e, t in own]
-  rendered = musiclm.codec.decode(musiclm.generate_acoustic_tokens(
-      own_prompts, real_semantic, seed=args.seed).astype(np.int32))
+  rendered = np.concatenate([musiclm.codec.decode(musiclm.generate_acoustic_tokens(
+      own_prompts[i:i + 48], real_semantic[i:i + 48], seed=args.seed + i).astype(np.int32))
+      for i in range(0, count, 48)])
   acoustic_chain = {
       "real_heldout": recognised(test_audio[:count], own, rate),
       "codec_resynthesis": recognised(resynth[:count], own, codec_rate),
@@ -223,7 +233,8 @@ def main() -> None:
   report = {"benchmark": "proof_of_learning", "work_dir": args.work_dir,
             "recipe": {k: getattr(recipe, k) for k in ("dataset", "dataset_config", "size",
                                                        "codec_steps", "w2v_bert_steps",
-                                                       "mulan_steps", "stage_steps")},
+                                                       "mulan_steps", "stage_steps",
+                                                       "extra_bindings")},
             "prompts": prompts, "seconds": args.seconds, "recognition": recognition,
             "chain": chain, "chain_prompts": len(chain_prompts),
             "acoustic_chain": acoustic_chain, "acoustic_chain_clips": count,
