@@ -10,6 +10,7 @@ import gin
 from absl import app, flags, logging
 
 from musiclm_jax import gin_utils
+from musiclm_jax.training import data
 from musiclm_jax.training import distributed
 
 FLAGS = flags.FLAGS
@@ -33,6 +34,7 @@ def run(main: Callable[[], None]) -> None:
     if not FLAGS["verbosity"].present:
       # Orbax and SeqIO log every file at INFO; keep the console to progress and results.
       logging.set_verbosity(logging.WARNING)
+    data.keep_tensorflow_off_accelerators()
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                            FLAGS.cpu_collectives, auto=FLAGS.multiprocess_auto)
     gin_utils.import_configurables()

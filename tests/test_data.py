@@ -1,5 +1,8 @@
 """SeqIO glue: feature conversion, host sharding, resumable iteration."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -72,3 +75,22 @@ def test_bad_dataset_configs_are_clear_errors():
     data_lib.get_dataset(_config(mixture_or_task_name="no_such_task"), _converter(), 0, 1)
   with pytest.raises(ValueError, match="not divisible"):
     data_lib.get_dataset(_config(batch_size=6, num_data_shards=4), _converter(), 0, 1)
+
+
+def test_tensorflow_is_kept_off_gpus_before_and_after_it_starts():
+  """The entry points hide GPUs from TensorFlow before its first op (so it cannot reserve
+  the memory JAX needs); called again once TF has started, it neither raises nor warns
+  when nothing is visible. A fresh interpreter: this one's TF has long started."""
+  code = ("import tensorflow as tf\n"
+          "from musiclm_jax.training import data\n"
+          "data.keep_tensorflow_off_accelerators()\n"
+          "assert tf.config.get_visible_devices('GPU') == []\n"
+          "assert int(tf.constant(2) + 1) == 3\n"
+          "data.keep_tensorflow_off_accelerators()\n"
+          "assert tf.config.get_visible_devices('GPU') == []\n"
+          "print('ok')\n")
+  done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                        timeout=300)
+  assert done.returncode == 0, done.stderr
+  assert done.stdout.strip() == "ok"
+  assert "may hold GPU memory" not in done.stderr

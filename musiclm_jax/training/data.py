@@ -24,6 +24,19 @@ import jax
 import numpy as np
 import seqio
 import tensorflow as tf
+from absl import logging
+
+
+def keep_tensorflow_off_accelerators() -> None:
+  """Hides GPUs from TensorFlow, which here only feeds input pipelines: a CUDA-enabled
+  TensorFlow otherwise reserves most of each GPU's memory on its first op, and JAX then
+  runs out of memory (what T5X and big_vision do at start-up too). Call before any TF op."""
+  try:
+    tf.config.set_visible_devices([], "GPU")
+  except RuntimeError:  # TF has already started its devices: too late to hide them.
+    if tf.config.get_visible_devices("GPU"):
+      logging.warning("TensorFlow already uses %s; it may hold GPU memory JAX needs",
+                      tf.config.get_visible_devices("GPU"))
 
 
 @gin.configurable
