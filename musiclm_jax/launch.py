@@ -10,7 +10,6 @@ import gin
 from absl import app, flags, logging
 
 from musiclm_jax import gin_utils
-from musiclm_jax.training import data
 from musiclm_jax.training import distributed
 
 FLAGS = flags.FLAGS
@@ -34,7 +33,8 @@ def run(main: Callable[[], None]) -> None:
     if not FLAGS["verbosity"].present:
       # Orbax and SeqIO log every file at INFO; keep the console to progress and results.
       logging.set_verbosity(logging.WARNING)
-    data.keep_tensorflow_off_accelerators()
+    from musiclm_jax.training import data  # pylint: disable=g-import-not-at-top
+    data.keep_tensorflow_off_accelerators()  # before TF's first op: the GPUs are JAX's
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                            FLAGS.cpu_collectives, auto=FLAGS.multiprocess_auto)
     gin_utils.import_configurables()
