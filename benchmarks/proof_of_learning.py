@@ -27,12 +27,12 @@ From a finished `musiclm-jax pipeline` run (its bundle, MuLan run and dataset):
    skip the acoustic stages, so they use a larger prompt set (--chain_prompts, 240), and
    report the probability the probe gives the named class next to its accuracy.
 6. The acoustic half, link by link, on held-out real clips (--chain_clips of them, all by
-   default), each scored
-   by the MuLan-audio probes against its own ensemble and tempo word: the clips themselves;
-   SoundStream's resynthesis of them (the most the final audio can show); and the coarse
-   and fine stages rendering the clips' real semantic tokens, prompted with the clips' own
-   attributes (what the acoustic stages keep of perfect semantic tokens). Where the final
-   audio's recognition falls between links says which part the longer run must improve.
+   default), each scored by the MuLan-audio probes against its own ensemble and tempo word:
+   the clips themselves; SoundStream's resynthesis of them (the most the final audio can
+   show); and the coarse and fine stages rendering the clips' real semantic tokens,
+   prompted with the clips' own attributes (what the acoustic stages keep of perfect
+   semantic tokens). Where the final audio's recognition falls between links says which
+   part the longer run must improve.
 Writes benchmarks/results/proof_of_learning_<backend>.json.
 """
 
