@@ -97,6 +97,11 @@ def main() -> None:
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--out", default=None)
   args = parser.parse_args()
+  for name, least in (("prompts", 1), ("chain_prompts", 1), ("chain_clips", 0)):
+    if getattr(args, name) < least:
+      parser.error(f"--{name} must be at least {least}, got {getattr(args, name)}")
+  if args.seconds <= 0:
+    parser.error(f"--seconds must be positive, got {args.seconds}")
 
   import machine
   from musiclm_jax.audio import io as audio_io

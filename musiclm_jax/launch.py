@@ -34,7 +34,7 @@ def run(main: Callable[[], None]) -> None:
       # Orbax and SeqIO log every file at INFO; keep the console to progress and results.
       logging.set_verbosity(logging.WARNING)
     from musiclm_jax.training import data  # pylint: disable=g-import-not-at-top
-    data.keep_tensorflow_off_accelerators()  # before TF's first op: the GPUs are JAX's
+    data.hide_gpus_from_tensorflow()  # before TF's first op: the GPUs are JAX's
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                            FLAGS.cpu_collectives, auto=FLAGS.multiprocess_auto)
     gin_utils.import_configurables()

@@ -83,10 +83,10 @@ def test_tensorflow_is_kept_off_gpus_before_and_after_it_starts():
   when nothing is visible. A fresh interpreter: this one's TF has long started."""
   code = ("import tensorflow as tf\n"
           "from musiclm_jax.training import data\n"
-          "data.keep_tensorflow_off_accelerators()\n"
+          "data.hide_gpus_from_tensorflow()\n"
           "assert tf.config.get_visible_devices('GPU') == []\n"
           "assert int(tf.constant(2) + 1) == 3\n"
-          "data.keep_tensorflow_off_accelerators()\n"
+          "data.hide_gpus_from_tensorflow()\n"
           "assert tf.config.get_visible_devices('GPU') == []\n"
           "print('ok')\n")
   done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -192,7 +192,7 @@ def main(argv=None) -> None:
 
   def go(args):
     from musiclm_jax.training import data  # pylint: disable=g-import-not-at-top
-    data.keep_tensorflow_off_accelerators()  # TF reads the clips; the tokenizers are JAX's
+    data.hide_gpus_from_tensorflow()  # TF reads the clips; the tokenizers are JAX's
     tokenizers = Tokenizers.load(args.codec, args.semantic_model_dir, args.centroids,
                                  args.mulan_model_dir, args.mulan_rvq)
     summary = run(tokenizers, args.dataset, args.data_dir, args.splits.split(","), args.out,

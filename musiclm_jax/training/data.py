@@ -27,7 +27,7 @@ import tensorflow as tf
 from absl import logging
 
 
-def keep_tensorflow_off_accelerators() -> None:
+def hide_gpus_from_tensorflow() -> None:
   """Hides GPUs from TensorFlow, which here only feeds input pipelines: a CUDA-enabled
   TensorFlow otherwise reserves most of each GPU's memory on its first op, and JAX then
   runs out of memory (what T5X and big_vision do at start-up too). Call before any TF op."""
