@@ -14,7 +14,9 @@ From a finished `musiclm-jax pipeline` run (its bundle, MuLan run and dataset):
    the named ensemble and tempo, against chance (one over the classes, and the majority
    class's share) and the shuffled baseline. Also the tempo librosa's beat tracker
    estimates, checked against the tempo word's BPM range. A one-sided Fisher exact test
-   says whether the prompts are recognised more often than the shuffled ones.
+   says whether the prompts are recognised more often than the shuffled ones (the primary
+   test); a one-sided Mann-Whitney U test whether the probe gives the named class more
+   probability (finer where few clips are recognised; per-clip values in the JSON).
 4. FAD (musicnn MTT) to held-out real renderings of: the generated clips; SoundStream's own
    resynthesis of held-out clips (the floor: what the codec allows); and unconditioned
    generation (classifier-free guidance scale 0: the stages' unconditional model).
@@ -73,15 +75,42 @@ def _estimated_tempo_word(wave: np.ndarray, rate: int) -> str:
   return next(w for w, (lo, hi) in TEMPO_BPM.items() if lo <= bpm < hi)
 
 
+def _named_probability(probe, features: np.ndarray, named) -> np.ndarray:
+  """[N]: the probability `probe` gives row i's named class (0 for a class it never saw)."""
+  column = {c: j for j, c in enumerate(probe.classes_)}
+  probabilities = probe.predict_proba(features)
+  return np.array([probabilities[i, column[n]] if n in column else 0.0
+                   for i, n in enumerate(named)])
+
+
+def _scores(probe_set, features: np.ndarray, named_pairs) -> dict:
+  """The probes' reading of rows `features` [N, D] against (ensemble, tempo) `named_pairs`:
+  per attribute the accuracy, the mean probability given the named class, and (under
+  'per_clip_probability') those probabilities row by row, for the rank test."""
+  out, per_clip = {}, {}
+  for attr, index in (("ensemble", 0), ("tempo", 1)):
+    probe, named = probe_set[attr], [pair[index] for pair in named_pairs]
+    out[attr] = float(np.mean(probe.predict(features) == np.array(named)))
+    per_clip[attr] = _named_probability(probe, features, named)
+    out[f"{attr}_probability"] = float(np.mean(per_clip[attr]))
+  out["per_clip_probability"] = {k: v.round(5).tolist() for k, v in per_clip.items()}
+  return out
+
+
 def _add_p_vs_shuffled(conditioned: dict, shuffled: dict, count: int) -> None:
-  """Adds '<attr>_p_vs_shuffled' to `conditioned`: a one-sided Fisher exact test that its
-  recognition rate over `count` prompts beats the shuffled prompts' rate."""
+  """Adds to `conditioned`, per attribute, one-sided tests that its `count` prompts beat the
+  shuffled prompts: '<attr>_p_vs_shuffled', a Fisher exact test on the recognition rates
+  (the primary test), and '<attr>_probability_p_vs_shuffled', a Mann-Whitney U test on the
+  probabilities the probe gives the named class (finer where few clips are recognised)."""
   from scipy import stats
   for attr in ("ensemble", "tempo"):
     table = [[round(rates[attr] * count), count - round(rates[attr] * count)]
              for rates in (conditioned, shuffled)]
     conditioned[f"{attr}_p_vs_shuffled"] = float(
         stats.fisher_exact(table, alternative="greater").pvalue)
+    conditioned[f"{attr}_probability_p_vs_shuffled"] = float(stats.mannwhitneyu(
+        conditioned["per_clip_probability"][attr], shuffled["per_clip_probability"][attr],
+        alternative="greater").pvalue)
 
 
 def main() -> None:
@@ -149,10 +178,7 @@ def main() -> None:
     """How often the probes (and the beat tracker) find each clip's named (ensemble,
     tempo word) in audio [N, samples] at audio_rate."""
     emb = mulan.embed_audio(at(audio, audio_rate, mulan.config.sample_rate))
-    out = {}
-    for attr, index in (("ensemble", 0), ("tempo", 1)):
-      predicted = probes[attr].predict(emb)
-      out[attr] = float(np.mean([p == pair[index] for p, pair in zip(predicted, named)]))
+    out = _scores(probes, emb, named)
     beat = [_estimated_tempo_word(w, audio_rate) for w in audio]
     out["tempo_beat_tracker"] = float(np.mean([b == t for b, (_, t) in zip(beat, named)]))
     return out
@@ -164,15 +190,7 @@ def main() -> None:
   chain_pairs, chain_prompts, chain_shuffled = draw_prompts(args.chain_prompts)
 
   def hits(probe_set, features):
-    out = {}
-    for attr, index in (("ensemble", 0), ("tempo", 1)):
-      probe, named = probe_set[attr], [pair[index] for pair in chain_pairs]
-      out[attr] = float(np.mean(probe.predict(features) == np.array(named)))
-      column = {c: j for j, c in enumerate(probe.classes_)}
-      probabilities = probe.predict_proba(features)
-      out[f"{attr}_probability"] = float(np.mean(
-          [probabilities[i, column[n]] if n in column else 0.0 for i, n in enumerate(named)]))
-    return out
+    return _scores(probe_set, features, chain_pairs)
 
   unit = lambda x: x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
   chain = {"mulan_text_embedding": hits(probes, mulan.embed_text(chain_prompts)),
@@ -246,10 +264,9 @@ def main() -> None:
             "fad_musicnn_to_heldout_real": fads, "wall_seconds": time.time() - start,
             "machine": machine.describe_jax()}
   out = machine.save_result(report, "proof_of_learning", args.out)
-  for name, values in recognition.items():
-    print(f"{name:24s} " + "  ".join(f"{k}={v:.3f}" for k, v in values.items()))
-  for name, values in (chain | acoustic_chain).items():
-    print(f"{name:34s} " + "  ".join(f"{k}={v:.3f}" for k, v in values.items()))
+  for name, values in (recognition | chain | acoustic_chain).items():
+    print(f"{name:34s} " + "  ".join(f"{k}={v:.3g}" for k, v in values.items()
+                                     if isinstance(v, float)))
   for name, r in fads.items():
     print(f"FAD {name:24s} {r['fad']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]")
   print(f"-> {out}")
