@@ -11,11 +11,13 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from musiclm_jax.mulan import tokenizer as mulan_tokenizer
+from musiclm_jax.soundstream import codec as codec_lib
 from musiclm_jax.tasks import stages, tokenize_job
 from tests import harness, tokenize_fixtures
 
@@ -60,6 +62,7 @@ def test_two_processes_write_disjoint_shards_that_cover_the_split(tokenizers, da
   # Streams are aligned (acoustic frames = semantic frames x the rate ratio) and in range.
   layout = json.load(open(os.path.join(out, "layout.json")))
   assert layout == tokenizers.layout()
+  assert json.load(open(os.path.join(out, "tokenizers.json"))) == tokenizers.fingerprints()
   ratio = layout["acoustic_rate"] // layout["semantic_rate"]   # tiny codec: 400 Hz / 25 Hz
   example = _read(os.path.join(out, files[0]))[0].features.feature
   semantic = np.array(example["semantic_tokens"].int64_list.value)
@@ -96,6 +99,54 @@ def test_rerun_skips_finished_shards_and_redoes_broken_ones(tokenizers, data_dir
       tokenizers.mulan.config, tokenizers.mulan.params, np.zeros((2, 8, 16), np.float32))
   with pytest.raises(ValueError, match="layout.json records other tokenizers"):
     tokenize_job.run(other, DATASET, data_dir, ["train"], out, SHARDS, show_progress=False)
+  # So are shards of another count, which the stages would read beside these.
+  with pytest.raises(ValueError, match="another --num_shards"):
+    tokenize_job.run(tokenizers, DATASET, data_dir, ["train"], out, SHARDS + 1,
+                     show_progress=False)
+
+
+def test_a_retrained_tokenizer_is_refused_or_its_stale_shards_redone(tokenizers, data_dir,
+                                                                     tmp_path):
+  """A retrained codec has the same layout and other weights: its tokens must not be mixed
+  with, or silently replaced by, the old ones."""
+  run = lambda t, out, **kw: tokenize_job.run(t, DATASET, data_dir, ["validation"], out, 2,
+                                              show_progress=False, **kw)
+  out = str(tmp_path / "tokens")
+  run(tokenizers, out)
+  codec = tokenizers.codec
+  retrained = tokenize_job.Tokenizers(
+      codec_lib.Codec(codec.config, {**codec.variables, "params": jax.tree_util.tree_map(
+          lambda x: x * 1.5, codec.variables["params"])}), tokenizers.semantic, tokenizers.mulan)
+  assert retrained.layout() == tokenizers.layout()
+  new = retrained.fingerprints()
+  assert new["codec"] != tokenizers.fingerprints()["codec"] and new["semantic"] == (
+      tokenizers.fingerprints()["semantic"])
+  with pytest.raises(ValueError, match=r"other tokenizers \(codec weights\).*--replace_stale"):
+    run(retrained, out)
+  assert run(retrained, out, replace_stale=True)["written_now"] == 2
+  paths = [tokenize_job.shard_path(out, "validation", i, 2) for i in range(2)]
+  fresh = str(tmp_path / "fresh")
+  run(retrained, fresh)
+  for path in paths:
+    assert json.load(open(path + ".json"))["tokenizers"] == new
+    again = os.path.join(fresh, os.path.basename(path))
+    assert [r.SerializeToString() for r in _read(path)] == [
+        r.SerializeToString() for r in _read(again)]
+  # Killed between a redone shard and its .json: the stale .json makes it redone again.
+  counts = json.load(open(paths[1] + ".json"))
+  json.dump({**counts, "tokenizers": tokenizers.fingerprints()}, open(paths[1] + ".json", "w"))
+  with pytest.raises(ValueError, match="was made by other tokenizers"):
+    run(retrained, out)
+  summary = run(retrained, out, replace_stale=True)
+  assert (summary["written_now"], summary["already_done"]) == (1, 1)
+  # A folder from before fingerprints: kept as it was; under replace_stale, redone.
+  os.remove(os.path.join(out, "tokenizers.json"))
+  for path in paths:
+    counts = json.load(open(path + ".json"))
+    del counts["tokenizers"]
+    json.dump(counts, open(path + ".json", "w"))
+  assert run(retrained, out)["already_done"] == 2
+  assert run(retrained, out, replace_stale=True)["written_now"] == 2
 
 
 def test_a_killed_job_restarted_writes_what_an_uninterrupted_one_writes(data_dir, tmp_path):
@@ -166,7 +217,7 @@ def test_stage_tasks_read_the_shards(tokenizers, data_dir, tmp_path):
   assert batch["decoder_target_tokens"].max() < target_vocab
 
 
-def test_corrupt_layout_file_is_named_and_kept(tmp_path):
+def test_corrupt_layout_files_are_named_and_kept(tmp_path):
   """A truncated layout.json stops both the stage task and a resumed tokenize job with an
   error naming the file; neither overwrites it."""
   path = tmp_path / "layout.json"
@@ -174,11 +225,20 @@ def test_corrupt_layout_file_is_named_and_kept(tmp_path):
   with pytest.raises(ValueError, match=r"layout.json is not valid JSON"):
     stages.check_tokens_layout(str(tmp_path), stages.TokenLayout())
   with pytest.raises(ValueError, match=r"layout.json is not valid JSON"):
-    tokenize_job._check_layout(str(tmp_path), {"acoustic_rate": 400})
+    tokenize_job._check_layout(str(tmp_path), {"acoustic_rate": 400}, {}, False)
   path.write_text("[1, 2]")
   with pytest.raises(ValueError, match=r"layout.json should hold a JSON object"):
     stages.check_tokens_layout(str(tmp_path), stages.TokenLayout())
   assert path.read_text() == "[1, 2]"
+  # The same for a truncated tokenizers.json (the fingerprints), with or without
+  # replace_stale.
+  path.write_text('{"acoustic_rate": 400}')
+  (tmp_path / "tokenizers.json").write_text('{"codec": "0a')
+  for replace_stale in (False, True):
+    with pytest.raises(ValueError, match=r"tokenizers.json is not valid JSON"):
+      tokenize_job._check_layout(str(tmp_path), {"acoustic_rate": 400}, {"codec": "0a"},
+                                 replace_stale)
+  assert (tmp_path / "tokenizers.json").read_text() == '{"codec": "0a'
 
 
 def test_cli_reports_bad_arguments(tmp_path, capsys):

@@ -8,7 +8,9 @@
   ... --redo generate   run a finished step again
 
 Re-running the command skips finished steps (`<work_dir>/.done/`), so an interrupted job
-continues where it stopped; training steps resume from their checkpoints.
+continues where it stopped; training steps resume from their checkpoints, also when
+redone: after retraining a tokenizer, delete the stages' runs/<stage> folders before
+redoing them (the tokenize step remakes the tokens itself).
 """
 
 from __future__ import annotations

@@ -180,7 +180,8 @@ def build_steps(recipe: Recipe, sizes: dict) -> List[steps_lib.Step]:
                           "--splits", "train,validation", "--out", tokens, "--codec", codec_dir,
                           "--semantic_model_dir", r.path("runs", "w2v_bert"), "--centroids",
                           centroids, "--mulan_model_dir", r.path("runs", "mulan"),
-                          "--mulan_rvq", rvq),
+                          # redone after a tokenizer changed: its shards are remade
+                          "--mulan_rvq", rvq, "--replace_stale"),
                      [os.path.join(tokens, "layout.json")]),
   ]
   steps += [_train_step(r, stage, f"the {stage} stage",

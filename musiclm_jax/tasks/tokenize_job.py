@@ -12,7 +12,12 @@ then `<shard>.json` (its counts). Process p of N takes the parts i with i % N ==
 same command runs on one machine or on many (every host with its --process_index). A shard
 with its .json is finished and skipped when the job runs again; anything else (a temporary
 file of a killed run, a shard without its .json) is redone. `layout.json` records the token
-vocabularies and rates; a later run with other tokenizers into the same folder is refused.
+vocabularies and rates (`TokenLayout`'s fields), and `tokenizers.json`, like each shard's
+.json, a content fingerprint of each tokenizer's weights: a later run with other tokenizers
+(a retrained codec, say) into the same folder is refused, or with --replace_stale redoes
+every shard they did not make (each replaced atomically, so an interrupted run still
+resumes). A folder holding shards of another --num_shards is refused: the stages would
+read both.
 
 Per clip (any rate; resampled with soxr): SoundStream codes at the codec's rate, semantic
 tokens at 16 kHz, MuLan tokens of the clip's window-averaged audio embedding. Semantic and
@@ -31,7 +36,7 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-from musiclm_jax import atomic
+from musiclm_jax import atomic, fingerprint
 from musiclm_jax.audio import io as audio_io
 from musiclm_jax.tasks import stages
 
@@ -65,6 +70,17 @@ class Tokenizers:
             "acoustic_codes": int(codec.codebook_size),
             "acoustic_rate": int(round(codec.sample_rate / codec.hop_length))}
 
+  def fingerprints(self) -> Dict[str, str]:
+    """Which weights make these tokens: a content hash per tokenizer, of everything its
+    tokens depend on (`fingerprint.pytree_fingerprint`)."""
+    semantic, mulan = self.semantic, self.mulan
+    return {"codec": fingerprint.pytree_fingerprint(self.codec.variables),
+            "semantic": fingerprint.pytree_fingerprint(
+                {"params": semantic.params, "centroids": semantic.state,
+                 "layer": np.int32(semantic.layer)}),
+            "mulan": fingerprint.pytree_fingerprint(
+                {"params": mulan.params, "codebooks": mulan.codebooks})}
+
   def tokenize(self, wave: np.ndarray, sample_rate: int):
     """Mono float32 [samples] -> (mulan [levels], semantic [S], acoustic [S * r, Q])."""
     layout = self.layout()
@@ -85,14 +101,70 @@ def _write_json(path: str, value) -> None:
   atomic.atomic_write_text(path, json.dumps(value, indent=1, sort_keys=True))
 
 
-def _check_layout(out_dir: str, layout: Dict[str, int]) -> None:
+TOKENIZERS_FILE = "tokenizers.json"
+
+
+def _check_layout(out_dir: str, layout: Dict[str, int], fingerprints: Dict[str, str],
+                  replace_stale: bool) -> None:
+  """Writes layout.json (the token layout: `TokenLayout`'s fields) and tokenizers.json (the
+  tokenizers' fingerprints), or checks the ones there: another layout or other tokenizers
+  are refused unless `replace_stale`. A folder written before fingerprints were recorded
+  passes on its layout alone."""
   path = os.path.join(out_dir, stages.TOKENS_LAYOUT_FILE)
+  prints_path = os.path.join(out_dir, TOKENIZERS_FILE)
   existing = stages.read_tokens_layout(out_dir)
-  if existing is None:
-    _write_json(path, layout)
-  elif existing != layout:
-    raise ValueError(f"{path} records other tokenizers ({existing}); these give {layout}. "
-                     "Write to another folder.")
+  old_prints = None
+  if os.path.exists(prints_path):
+    with open(prints_path, encoding="utf-8") as f:
+      try:
+        old_prints = json.load(f)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{prints_path} is not valid JSON ({e}): delete it and pass "
+                         "--replace_stale to tokenize into this folder again") from e
+  legacy = old_prints is None and not replace_stale   # written before fingerprints
+  if existing == layout and (old_prints == fingerprints or legacy):
+    return
+  if existing is not None and not replace_stale:
+    differing = ([f"layout {existing} vs {layout}"] if existing != layout else []) + [
+        f"{part} weights" for part in sorted(fingerprints)
+        if old_prints is not None and old_prints.get(part) != fingerprints[part]]
+    raise ValueError(f"{path} records other tokenizers ({', '.join(differing)}). Write to "
+                     "another folder, or pass --replace_stale to tokenize into this one "
+                     "again.")
+  _write_json(prints_path, fingerprints)
+  _write_json(path, layout)
+
+
+def _finished_shard(path: str, fingerprints: Dict[str, str],
+                    replace_stale: bool) -> Optional[Dict[str, object]]:
+  """The counts of a finished shard at `path`, or None when it is to be (re)done: missing,
+  without its .json, or made by other tokenizers under `replace_stale` (without it, such a
+  shard is an error)."""
+  if not (os.path.exists(path) and os.path.exists(path + ".json")):
+    return None
+  with open(path + ".json", encoding="utf-8") as f:
+    counts = json.load(f)
+  made_by = counts.get("tokenizers")
+  if made_by == fingerprints:
+    return counts
+  if replace_stale:
+    return None   # made by other tokenizers, or (no fingerprint) by an older version
+  if made_by is not None:
+    raise ValueError(f"{path} was made by other tokenizers ({made_by}, now {fingerprints}): "
+                     "pass --replace_stale to redo it")
+  return counts
+
+
+def _check_shard_count(out_dir: str, split: str, num_shards: int) -> None:
+  """Refuses a folder holding `split` shards of another count: the stages read
+  `<split>-*.tfrecord`, so both sets would be trained on."""
+  ours = f"-of-{num_shards:05d}.tfrecord"
+  others = sorted(os.path.basename(f) for f in glob.glob(
+      os.path.join(out_dir, f"{split}-*-of-*.tfrecord")) if not f.endswith(ours))
+  if others:
+    raise ValueError(f"{out_dir} holds {split} shards of another --num_shards ({others[0]}, "
+                     f"now {num_shards}): the stages would read both. Use the same "
+                     "--num_shards or another folder.")
 
 
 def tokenize_shard(tokenizers: Tokenizers, dataset: str, data_dir: Optional[str], split,
@@ -126,9 +198,11 @@ def tokenize_shard(tokenizers: Tokenizers, dataset: str, data_dir: Optional[str]
 
 def run(tokenizers: Tokenizers, dataset: str, data_dir: Optional[str], splits: Sequence[str],
         out_dir: str, num_shards: int, process_index: int = 0, process_count: int = 1,
-        min_seconds: float = 1.0, show_progress: bool = True) -> Dict[str, object]:
+        min_seconds: float = 1.0, show_progress: bool = True,
+        replace_stale: bool = False) -> Dict[str, object]:
   """Tokenizes this process's shards of every split; returns the job summary (over the
-  shards this process owns, finished now or before)."""
+  shards this process owns, finished now or before). replace_stale: redo shards other
+  tokenizers made (module docstring) instead of refusing the folder."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   if not 0 <= process_index < process_count:
@@ -136,13 +210,15 @@ def run(tokenizers: Tokenizers, dataset: str, data_dir: Optional[str], splits: S
   if num_shards < 1:
     raise ValueError(f"num_shards must be >= 1, got {num_shards}")
   os.makedirs(out_dir, exist_ok=True)
-  _check_layout(out_dir, tokenizers.layout())
+  fingerprints = tokenizers.fingerprints()
+  _check_layout(out_dir, tokenizers.layout(), fingerprints, replace_stale)
   builder = tfds.builder(dataset, data_dir=data_dir)
   summary = {"written_now": 0, "already_done": 0, "examples": 0,
              "skipped": collections.Counter()}
   for split in splits:
     if split not in builder.info.splits:
       raise ValueError(f"{dataset} has no split {split!r} (has {sorted(builder.info.splits)})")
+    _check_shard_count(out_dir, split, num_shards)
     parts = tfds.even_splits(split, n=num_shards)
     mine = list(range(process_index, num_shards, process_count))
     total = builder.info.splits[split].num_examples * len(mine) // num_shards
@@ -150,9 +226,8 @@ def run(tokenizers: Tokenizers, dataset: str, data_dir: Optional[str], splits: S
                unit="clip")
     for i in mine:
       path = shard_path(out_dir, split, i, num_shards)
-      if os.path.exists(path) and os.path.exists(path + ".json"):
-        with open(path + ".json", encoding="utf-8") as f:
-          counts = json.load(f)
+      counts = _finished_shard(path, fingerprints, replace_stale)
+      if counts is not None:
         summary["already_done"] += 1
         bar.update(counts["examples"] + sum(counts["skipped"].values()))
       else:
@@ -161,6 +236,7 @@ def run(tokenizers: Tokenizers, dataset: str, data_dir: Optional[str], splits: S
           os.remove(stale)  # a killed run's partial file for this shard
         counts = tokenize_shard(tokenizers, dataset, data_dir, parts[i], path, min_seconds,
                                 bar)
+        counts["tokenizers"] = fingerprints
         _write_json(path + ".json", counts)
         summary["written_now"] += 1
       summary["examples"] += counts["examples"]
@@ -189,6 +265,9 @@ def main(argv=None) -> None:
   parser.add_argument("--process_count", type=int, default=1)
   parser.add_argument("--min_seconds", type=float, default=1.0)
   parser.add_argument("--no_progress", action="store_true")
+  parser.add_argument("--replace_stale", action="store_true",
+                      help="redo the shards in --out that other tokenizers made (a retrained "
+                           "codec, say) instead of refusing the folder")
 
   def go(args):
     from musiclm_jax.training import data  # pylint: disable=g-import-not-at-top
@@ -197,7 +276,7 @@ def main(argv=None) -> None:
                                  args.mulan_model_dir, args.mulan_rvq)
     summary = run(tokenizers, args.dataset, args.data_dir, args.splits.split(","), args.out,
                   args.num_shards, args.process_index, args.process_count,
-                  args.min_seconds, not args.no_progress)
+                  args.min_seconds, not args.no_progress, args.replace_stale)
     print(f"process {args.process_index}/{args.process_count}: {summary['examples']} clips in "
           f"{summary['written_now']} new + {summary['already_done']} finished shards; "
           f"skipped {summary['skipped'] or 'none'} -> {args.out}")
