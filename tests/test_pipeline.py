@@ -3,6 +3,7 @@ are checked) and its recipe at every size (gin/pipeline/*.gin parse, and every s
 gin files and settings that exist)."""
 
 import glob
+import json
 import os
 import sys
 
@@ -47,6 +48,94 @@ def test_steps_run_once_and_a_failed_step_is_redone(tmp_path):
                         work, log=lambda *_: None)
   with pytest.raises(ValueError, match="unknown step 'z'"):
     steps_lib.run_steps(steps, work, only=["z"], log=lambda *_: None)
+
+
+def test_a_redone_step_makes_the_steps_reading_it_stale_and_their_runs_start_afresh(tmp_path):
+  work = str(tmp_path)
+  calls = []
+  run_dir = os.path.join(work, "runs", "stage")
+
+  def make(name):
+    def run():
+      calls.append(name)
+      open(os.path.join(work, f"{name}.out"), "w").close()
+    return run
+
+  def train():                 # resumes: counts its steps in its run folder
+    calls.append("stage")
+    path = os.path.join(run_dir, "steps")
+    done = int(open(path).read()) if os.path.exists(path) else 0
+    with open(path, "w") as f:
+      f.write(str(done + 1))
+
+  def step(name, inputs=(), run=None, **kw):
+    return steps_lib.Step(name, name, run or make(name), inputs=inputs, **kw)
+
+  steps = [step("data"), step("tok", ["data"]), step("side", ["data"]),
+           step("stage", ["tok"], train, outputs=[run_dir], run_dir=run_dir),
+           step("export", ["stage", "side"])]
+  quiet = lambda *_: None
+  steps_lib.run_steps(steps, work, log=quiet)
+  assert calls == ["data", "tok", "side", "stage", "export"]
+  # Redone on the same inputs: the run resumes, and its time adds to the first run's.
+  first = json.load(open(steps_lib.marker_path(work, "stage")))["seconds"]
+  steps_lib.run_steps(steps, work, redo=["stage"], log=quiet)
+  assert calls[5:] == ["stage", "export"]
+  assert open(os.path.join(run_dir, "steps")).read() == "2"
+  second = json.load(open(steps_lib.marker_path(work, "stage")))
+  assert steps_lib.recorded_seconds(work, steps)["stage"] == first + second["seconds"]
+  # An input redone: what reads it, directly or not, is redone; the rest is skipped; the
+  # run trained on the old input is kept aside and a fresh one starts.
+  assert steps_lib.is_done(work, steps[3])
+  timings = steps_lib.run_steps(steps, work, redo=["tok"], log=quiet)
+  assert calls[7:] == ["tok", "stage", "export"] and timings["side"] == "skipped"
+  assert open(os.path.join(run_dir, "steps")).read() == "1"
+  aside = glob.glob(run_dir + ".stale-*")
+  assert len(aside) == 1 and open(os.path.join(aside[0], "steps")).read() == "2"
+  steps_lib.run_steps(steps, work, log=quiet)
+  assert len(calls) == 10                      # everything current
+  # `only` refuses to run a step behind a stale one.
+  steps_lib.run_steps(steps, work, only=["tok"], redo=["tok"], log=quiet)
+  assert steps_lib.changed_inputs(work, steps[3]) == ["tok"]
+  with pytest.raises(steps_lib.StepFailed, match=r"comes after \['stage'\]"):
+    steps_lib.run_steps(steps, work, only=["export"], redo=["export"], log=quiet)
+  # A folder from before inputs were recorded: finish times tell, and a stale run with no
+  # record in its folder is set aside too.
+  steps_lib.run_steps(steps, work, log=quiet)          # catches up: the stage afresh again
+  assert len(glob.glob(run_dir + ".stale-*")) == 2
+  for name, finished in (("tok", "2026-01-01 10:00:00"), ("stage", "2026-01-01 11:00:00")):
+    marker = json.load(open(steps_lib.marker_path(work, name)))
+    del marker["inputs"], marker["run_id"]
+    marker["finished"] = finished
+    json.dump(marker, open(steps_lib.marker_path(work, name), "w"))
+  os.remove(os.path.join(run_dir, steps_lib.RUN_INPUTS_FILE))
+  assert steps_lib.is_done(work, steps[3])
+  steps_lib.run_steps(steps, work, redo=["tok"], log=quiet)
+  assert calls[-3:] == ["tok", "stage", "export"] and len(glob.glob(run_dir + ".stale-*")) == 3
+  with pytest.raises(ValueError, match="not earlier steps"):
+    steps_lib.run_steps([step("a", ["b"]), step("b")], work, log=quiet)
+
+
+def test_the_recipe_steps_read_only_earlier_steps_and_a_new_codec_leaves_the_semantic_stage(
+    tmp_path):
+  recipe = recipe_lib.Recipe(work_dir=str(tmp_path))
+  steps = recipe_lib.build_steps(recipe, recipe_lib.size_settings("tiny"))
+  names = [s.name for s in steps]
+  for i, step in enumerate(steps):
+    assert set(step.inputs) <= set(names[:i]), step.name
+  readers = {s.name: set(s.inputs) for s in steps}
+
+  def downstream(name):
+    out, frontier = set(), {name}
+    while frontier:
+      frontier = {s for s, ins in readers.items() if ins & frontier} - out
+      out |= frontier
+    return out
+
+  assert downstream("codec") == {"codec_export", "tokenize", "coarse", "fine", "export",
+                                 "generate", "evaluate", "report"}
+  assert "semantic" in downstream("kmeans") and "semantic" in downstream("mulan")
+  assert {s.name for s in steps if s.run_dir} == {"codec", "w2v_bert", "mulan", *recipe_lib.STAGES}
 
 
 RECIPE_FILES = sorted(os.path.basename(f) for f in glob.glob(

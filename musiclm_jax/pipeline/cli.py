@@ -8,9 +8,12 @@
   ... --redo generate   run a finished step again
 
 Re-running the command skips finished steps (`<work_dir>/.done/`), so an interrupted job
-continues where it stopped; training steps resume from their checkpoints, also when
-redone: after retraining a tokenizer, delete the stages' runs/<stage> folders before
-redoing them (the tokenize step remakes the tokens itself).
+continues where it stopped. A redone step makes the steps that read it stale, and they are
+redone too: `--redo codec` (after raising Recipe.codec_steps) continues the codec's training,
+then remakes its export, the tokens, the coarse and fine stages, the bundle, the clips and
+the report, and leaves the semantic stage and the other tokenizers be. Training steps resume
+from their checkpoints when redone on the same inputs; on new ones their runs/<part> folder
+is kept aside as runs/<part>.stale-<time> and they train afresh.
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ def parser() -> argparse.ArgumentParser:
               "the old value (--redo them to apply it)")
     if args.list:
       for i, step in enumerate(steps):
-        done = "done" if steps_lib.is_done(recipe.work_dir, step) else "to do"
+        done = ("stale" if steps_lib.changed_inputs(recipe.work_dir, step) else
+                "done" if steps_lib.is_done(recipe.work_dir, step) else "to do")
         print(f"{i + 1:2d}. {step.name:14s} {done:6s} {step.description}")
       return
     try:

@@ -29,6 +29,11 @@ import gin
 from musiclm_jax.pipeline import steps as steps_lib
 
 STAGES = ("semantic", "coarse", "fine")
+# The steps whose tokens each stage reads (the tokenize step must be done before it; the
+# tokens are a deterministic function of these): a new codec leaves the semantic stage be.
+STAGE_INPUTS = {"semantic": ["kmeans", "rvq"],
+                "coarse": ["kmeans", "rvq", "codec_export"],
+                "fine": ["codec_export"]}
 
 
 @gin.configurable
@@ -116,8 +121,9 @@ def _cli(*args) -> List[str]:
 
 
 def _train_step(recipe: Recipe, part: str, what: str, gin_files: Sequence[str], steps: int,
-                bindings: Sequence[str]) -> steps_lib.Step:
-  """A training run of `part` into runs/<part> (with the recipe's extra bindings for it)."""
+                bindings: Sequence[str], inputs: Sequence[str]) -> steps_lib.Step:
+  """A training run of `part` into runs/<part> (with the recipe's extra bindings for it),
+  reading the outputs of the steps named in `inputs`."""
   extra = [b.split(":", 1)[1] for b in recipe.extra_bindings if b.split(":", 1)[0] == part]
   model_dir = recipe.path("runs", part)
   flags = [f"--gin_file={f}" for f in gin_files]
@@ -125,7 +131,8 @@ def _train_step(recipe: Recipe, part: str, what: str, gin_files: Sequence[str], 
   flags += [f"--gin.{b}" for b in list(bindings) + extra]
   # config.gin is written when the run starts: the step's marker says it finished.
   return steps_lib.Step(part, f"train {what} ({recipe.size}, {steps} steps)",
-                        _cli("train", *flags), [os.path.join(model_dir, "config.gin")])
+                        _cli("train", *flags), [os.path.join(model_dir, "config.gin")],
+                        inputs=inputs, run_dir=model_dir)
 
 
 def size_settings(size: str) -> dict:
@@ -154,27 +161,28 @@ def build_steps(recipe: Recipe, sizes: dict) -> List[steps_lib.Step]:
                      [os.path.join(r.tfds_dir, r.dataset, r.dataset_config)]),
       steps_lib.Step("clips", "write the train split as WAV files",
                      lambda: report.export_split(r.tfds_name, r.tfds_dir, "train", train_clips),
-                     [train_clips]),
+                     [train_clips], inputs=["data"]),
       _train_step(r, "codec", "SoundStream", [f"soundstream/{size}.gin", "runs/soundstream.gin"],
-                  r.codec_steps, [dataset, data_dir, f"BATCH_SIZE={r.codec_batch}"]),
+                  r.codec_steps, [dataset, data_dir, f"BATCH_SIZE={r.codec_batch}"], ["data"]),
       steps_lib.Step("codec_export", "export the codec",
                      _cli("codec", "export", codec_dir, "--model_dir", r.path("runs", "codec")),
-                     [codec_dir]),
+                     [codec_dir], inputs=["codec"]),
       _train_step(r, "w2v_bert", "w2v-BERT", [f"w2v_bert/{size}.gin", "runs/w2v_bert.gin"],
-                  r.w2v_bert_steps, [dataset, data_dir, f"BATCH_SIZE={r.w2v_bert_batch}"]),
+                  r.w2v_bert_steps, [dataset, data_dir, f"BATCH_SIZE={r.w2v_bert_batch}"],
+                  ["data"]),
       steps_lib.Step("kmeans", "fit k-means on w2v-BERT embeddings (semantic tokens)",
                      _cli("semantic", "fit-kmeans", "--output", centroids, "--layer",
                           sizes["SEMANTIC_LAYER"], "--clusters", sizes["SEMANTIC_CLUSTERS"],
                           "--steps", r.kmeans_steps, "--crop_seconds", r.kmeans_crop_seconds,
                           "--model_dir", r.path("runs", "w2v_bert"), train_clips),
-                     [centroids]),
+                     [centroids], inputs=["clips", "w2v_bert"]),
       _train_step(r, "mulan", "MuLan", [f"mulan/{size}.gin", "runs/mulan.gin"],
-                  r.mulan_steps, [dataset, data_dir, f"BATCH_SIZE={r.mulan_batch}"]),
+                  r.mulan_steps, [dataset, data_dir, f"BATCH_SIZE={r.mulan_batch}"], ["data"]),
       steps_lib.Step("rvq", "fit MuLan's residual quantizer (MuLan tokens)",
                      _cli("mulan", "fit-rvq", "--model_dir", r.path("runs", "mulan"), "--output",
                           rvq, "--levels", sizes["MULAN_RVQ_LEVELS"], "--codes",
                           sizes["MULAN_RVQ_CODES"], "--steps", r.rvq_steps, train_clips),
-                     [rvq]),
+                     [rvq], inputs=["clips", "mulan"]),
       steps_lib.Step("tokenize", "tokenize train and validation for the stages",
                      _cli("tokenize", "--dataset", r.tfds_name, "--data_dir", r.tfds_dir,
                           "--splits", "train,validation", "--out", tokens, "--codec", codec_dir,
@@ -182,11 +190,13 @@ def build_steps(recipe: Recipe, sizes: dict) -> List[steps_lib.Step]:
                           centroids, "--mulan_model_dir", r.path("runs", "mulan"),
                           # redone after a tokenizer changed: its shards are remade
                           "--mulan_rvq", rvq, "--replace_stale"),
-                     [os.path.join(tokens, "layout.json")]),
+                     [os.path.join(tokens, "layout.json")],
+                     inputs=["data", "codec_export", "w2v_bert", "kmeans", "mulan", "rvq"]),
   ]
   steps += [_train_step(r, stage, f"the {stage} stage",
                         [f"stages/{size}/{stage}.gin", "runs/pretrain.gin"], count,
-                        [f"TOKENS_DIR='{tokens}'", f"BATCH_SIZE={r.stage_batch}"])
+                        [f"TOKENS_DIR='{tokens}'", f"BATCH_SIZE={r.stage_batch}"],
+                        STAGE_INPUTS[stage])
             for stage, count in zip(STAGES, r.stage_steps)]
   steps += [
       steps_lib.Step("export", "export the MusicLM bundle",
@@ -194,18 +204,21 @@ def build_steps(recipe: Recipe, sizes: dict) -> List[steps_lib.Step]:
                           "--mulan_rvq", rvq, "--semantic_model_dir", r.path("runs", "w2v_bert"),
                           "--centroids", centroids, "--codec", codec_dir,
                           *[a for s in STAGES for a in (f"--{s}_stage_dir", r.path("runs", s))]),
-                     [os.path.join(bundle, "manifest.json")]),
+                     [os.path.join(bundle, "manifest.json")],
+                     inputs=["codec_export", "w2v_bert", "kmeans", "mulan", "rvq", *STAGES]),
       steps_lib.Step("generate", f"generate {len(r.prompts)} prompts and "
                      f"{r.reference_prompts} held-out captions, {r.seconds:g} s each",
-                     lambda: report.generate(r), [r.path("generated", "prompts.csv")]),
+                     lambda: report.generate(r), [r.path("generated", "prompts.csv")],
+                     inputs=["data", "export"]),
       steps_lib.Step("evaluate", "FAD, KLD, MCC against held-out music",
                      _cli("evaluate", "--generated", r.path("generated"), "--reference",
                           f"tfds:{r.tfds_name}:{r.reference_split}", "--data_dir", r.tfds_dir,
                           "--prompts", r.path("generated", "prompts.csv"),
                           "--mulan_model_dir", r.path("runs", "mulan"), "--bootstrap", "100",
                           "--out", r.path("report", "metrics.json")),
-                     [r.path("report", "metrics.json")]),
+                     [r.path("report", "metrics.json")], inputs=["data", "mulan", "generate"]),
       steps_lib.Step("report", "write the report folder",
-                     lambda: report.write_report(r, steps), [r.path("report", "summary.md")]),
+                     lambda: report.write_report(r, steps), [r.path("report", "summary.md")],
+                     inputs=["generate", "evaluate"]),
   ]
   return steps
