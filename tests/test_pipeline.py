@@ -114,6 +114,11 @@ def test_a_redone_step_makes_the_steps_reading_it_stale_and_their_runs_start_afr
   assert calls[-3:] == ["tok", "stage", "export"] and len(glob.glob(run_dir + ".stale-*")) == 3
   with pytest.raises(ValueError, match="not earlier steps"):
     steps_lib.run_steps([step("a", ["b"]), step("b")], work, log=quiet)
+  # A truncated marker is named, not taken as done or silently redone.
+  with open(steps_lib.marker_path(work, "tok"), "w") as f:
+    f.write('{"seconds": 1.0, "outp')
+  with pytest.raises(steps_lib.StepFailed, match=r"tok\.json is unreadable"):
+    steps_lib.run_steps(steps, work, log=quiet)
 
 
 def test_the_recipe_steps_read_only_earlier_steps_and_a_new_codec_leaves_the_semantic_stage(
