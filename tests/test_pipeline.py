@@ -8,9 +8,10 @@ import os
 import sys
 
 import gin
+import numpy as np
 import pytest
 
-from musiclm_jax import gin_utils
+from musiclm_jax import fingerprint, gin_utils
 from musiclm_jax.pipeline import recipe as recipe_lib, steps as steps_lib
 
 
@@ -119,6 +120,50 @@ def test_a_redone_step_makes_the_steps_reading_it_stale_and_their_runs_start_afr
     f.write('{"seconds": 1.0, "outp')
   with pytest.raises(steps_lib.StepFailed, match=r"tok\.json is unreadable"):
     steps_lib.run_steps(steps, work, log=quiet)
+
+
+def test_a_step_identified_by_content_redone_unchanged_leaves_its_readers_current(tmp_path):
+  work = str(tmp_path)
+  export = os.path.join(work, "export")
+  calls, weights = [], {"w": np.arange(4.0)}
+
+  def export_weights():        # a folder with an .npz, its zip written another way each time
+    calls.append("export")
+    os.makedirs(export, exist_ok=True)
+    save = np.savez_compressed if calls.count("export") % 2 else np.savez
+    save(os.path.join(export, "weights.npz"), **weights)
+
+  def read():
+    calls.append("reader")
+
+  steps = [steps_lib.Step("export", "export", export_weights, [export],
+                          identified_by_content=True),
+           steps_lib.Step("reader", "reader", read, inputs=["export"])]
+  quiet = lambda *_: None
+  steps_lib.run_steps(steps, work, log=quiet)
+  first = open(os.path.join(export, "weights.npz"), "rb").read()
+  steps_lib.run_steps(steps, work, redo=["export"], log=quiet)
+  assert open(os.path.join(export, "weights.npz"), "rb").read() != first
+  assert calls == ["export", "reader", "export"]
+  weights["w"] = weights["w"] + 1                 # changed weights: the reader is redone
+  steps_lib.run_steps(steps, work, redo=["export"], log=quiet)
+  assert calls[3:] == ["export", "reader"]
+
+
+def test_files_fingerprint_follows_contents_and_names(tmp_path):
+  first, second = tmp_path / "a", tmp_path / "b"
+  for folder in (first, second):
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "config.json").write_text('{"k": 1}')
+    np.savez(folder / "c.npz", x=np.ones(3), y=np.zeros(2))
+  assert fingerprint.files_fingerprint([str(first)]) == fingerprint.files_fingerprint(
+      [str(second)])
+  (second / "sub" / "config.json").rename(second / "sub" / "other.json")
+  assert fingerprint.files_fingerprint([str(first)]) != fingerprint.files_fingerprint(
+      [str(second)])
+  np.savez(first / "c.npz", x=np.ones(3), y=np.ones(2))
+  assert fingerprint.files_fingerprint([str(first / "c.npz")]) != (
+      fingerprint.files_fingerprint([str(second / "c.npz")]))
 
 
 def test_the_recipe_steps_read_only_earlier_steps_and_a_new_codec_leaves_the_semantic_stage(

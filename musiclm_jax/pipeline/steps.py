@@ -1,14 +1,16 @@
 """Resumable multi-step jobs: an ordered list of steps, each done once, redone when its inputs
 change.
 
-A step's completion is recorded as `<work_dir>/.done/<name>.json` (its wall time, outputs, a
-fresh id, and the ids of the steps it read) only after it succeeded, so re-running the job
-skips finished steps and redoes an interrupted one. A finished step is stale, and redone,
-once a step it reads (`Step.inputs`) has been redone since: `--redo codec` remakes the
-codec's export, the tokens, the stages that read acoustic tokens, the bundle and what follows,
-and nothing else. Training steps resume from their own checkpoints when redone, unless their
-inputs changed: then their run folder is set aside (renamed, never deleted) and they train
-afresh on the new inputs. The other steps write their outputs atomically or from scratch.
+A step's completion is recorded as `<work_dir>/.done/<name>.json` (its wall time, outputs, an
+id, and the ids of the steps it read) only after it succeeded, so re-running the job skips
+finished steps and redoes an interrupted one. A finished step is stale, and redone, once a
+step it reads (`Step.inputs`) has been redone since: `--redo codec` remakes the codec's
+export, the tokens, the stages that read acoustic tokens, the bundle and what follows, and
+nothing else. A step's id is fresh each run, or for steps with small outputs a fingerprint
+of them, so a redo that changes nothing (a codec trained no further) stops there. Training
+steps resume from their own checkpoints when redone, unless their inputs changed: then their
+run folder is set aside (renamed, never deleted) and they train afresh on the new inputs.
+The other steps write their outputs atomically or from scratch.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import time
 import uuid
 from typing import Callable, Dict, List, Optional, Sequence, Union
 
-from musiclm_jax import atomic
+from musiclm_jax import atomic, fingerprint
 
 # In a training step's run folder: the ids of the inputs it is training on.
 RUN_INPUTS_FILE = "pipeline_inputs.json"
@@ -41,6 +43,9 @@ class Step:
     inputs: names of earlier steps whose outputs it reads; it is stale once one is redone.
     run_dir: a training step's run folder (checkpoints): resumed when the step is redone on
       the same inputs, set aside when they changed.
+    identified_by_content: its run id is a fingerprint of its outputs, so a redo that
+      remakes them identical (a codec export of unchanged weights) leaves its readers
+      current. For small outputs: they are read in full.
   """
   name: str
   description: str
@@ -48,6 +53,7 @@ class Step:
   outputs: Sequence[str] = ()
   inputs: Sequence[str] = ()
   run_dir: Optional[str] = None
+  identified_by_content: bool = False
 
 
 class StepFailed(RuntimeError):
@@ -191,9 +197,11 @@ def run_steps(steps: List[Step], work_dir: str, only: Optional[Sequence[str]] = 
     if missing:
       raise StepFailed(f"step {step.name!r} finished without writing {missing}")
     seconds = time.time() - start
+    run_id = (fingerprint.files_fingerprint(step.outputs) if step.identified_by_content
+              else uuid.uuid4().hex)
     atomic.atomic_write_text(marker_path(work_dir, step.name), json.dumps(
         {"seconds": seconds, "total_seconds": earlier + seconds, "outputs": list(step.outputs),
-         "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "run_id": uuid.uuid4().hex,
+         "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "run_id": run_id,
          "inputs": input_ids}, indent=1))
     log(f"[{i + 1}/{len(steps)}] {step.name} done in {seconds:.0f} s")
     timings[step.name] = seconds
