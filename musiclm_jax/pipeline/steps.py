@@ -71,7 +71,8 @@ def _read_json(path: str) -> Optional[dict]:
     with open(path, encoding="utf-8") as f:
       return json.load(f)
   except (OSError, ValueError) as e:
-    raise StepFailed(f"{path} is unreadable ({e}); delete it to redo that step") from e
+    raise StepFailed(f"{path} is unreadable ({e}); delete it to go on (a step's marker: the "
+                     "step is redone)") from e
 
 
 def _marker(work_dir: str, name: str) -> Optional[dict]:
