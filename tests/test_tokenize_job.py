@@ -146,7 +146,17 @@ def test_a_retrained_tokenizer_is_refused_or_its_stale_shards_redone(tokenizers,
     del counts["tokenizers"]
     json.dump(counts, open(path + ".json", "w"))
   assert run(retrained, out)["already_done"] == 2
+  # Under replace_stale the folder gets fingerprints; killed after one shard, the other
+  # (unmarked) one is no longer taken as current without replace_stale.
+  counts = json.load(open(paths[1] + ".json"))
   assert run(retrained, out, replace_stale=True)["written_now"] == 2
+  json.dump(counts, open(paths[1] + ".json", "w"))
+  with pytest.raises(ValueError, match="not recorded"):
+    run(retrained, out)
+  # A truncated shard .json is named.
+  open(paths[1] + ".json", "w").write('{"examples": 3')
+  with pytest.raises(ValueError, match=r"validation.*\.json is not valid JSON"):
+    run(retrained, out)
 
 
 def test_a_killed_job_restarted_writes_what_an_uninterrupted_one_writes(data_dir, tmp_path):

@@ -105,11 +105,12 @@ TOKENIZERS_FILE = "tokenizers.json"
 
 
 def _check_layout(out_dir: str, layout: Dict[str, int], fingerprints: Dict[str, str],
-                  replace_stale: bool) -> None:
+                  replace_stale: bool) -> bool:
   """Writes layout.json (the token layout: `TokenLayout`'s fields) and tokenizers.json (the
   tokenizers' fingerprints), or checks the ones there: another layout or other tokenizers
   are refused unless `replace_stale`. A folder written before fingerprints were recorded
-  passes on its layout alone."""
+  passes on its layout alone. Returns whether it is such a folder (its shards carry no
+  fingerprints either)."""
   path = os.path.join(out_dir, stages.TOKENS_LAYOUT_FILE)
   prints_path = os.path.join(out_dir, TOKENIZERS_FILE)
   existing = stages.read_tokens_layout(out_dir)
@@ -123,7 +124,7 @@ def _check_layout(out_dir: str, layout: Dict[str, int], fingerprints: Dict[str, 
                          "--replace_stale to tokenize into this folder again") from e
   legacy = old_prints is None and not replace_stale   # written before fingerprints
   if existing == layout and (old_prints == fingerprints or legacy):
-    return
+    return legacy
   if existing is not None and not replace_stale:
     differing = ([f"layout {existing} vs {layout}"] if existing != layout else []) + [
         f"{part} weights" for part in sorted(fingerprints)
@@ -133,26 +134,29 @@ def _check_layout(out_dir: str, layout: Dict[str, int], fingerprints: Dict[str, 
                      "again.")
   _write_json(prints_path, fingerprints)
   _write_json(path, layout)
+  return False
 
 
-def _finished_shard(path: str, fingerprints: Dict[str, str],
-                    replace_stale: bool) -> Optional[Dict[str, object]]:
+def _finished_shard(path: str, fingerprints: Dict[str, str], replace_stale: bool,
+                    legacy_folder: bool) -> Optional[Dict[str, object]]:
   """The counts of a finished shard at `path`, or None when it is to be (re)done: missing,
   without its .json, or made by other tokenizers under `replace_stale` (without it, such a
-  shard is an error)."""
+  shard is an error). A shard without a fingerprint passes only in a `legacy_folder`."""
   if not (os.path.exists(path) and os.path.exists(path + ".json")):
     return None
   with open(path + ".json", encoding="utf-8") as f:
-    counts = json.load(f)
+    try:
+      counts = json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path}.json is not valid JSON ({e}): delete it and the shard is "
+                       "redone") from e
   made_by = counts.get("tokenizers")
-  if made_by == fingerprints:
+  if made_by == fingerprints or (made_by is None and legacy_folder):
     return counts
   if replace_stale:
     return None   # made by other tokenizers, or (no fingerprint) by an older version
-  if made_by is not None:
-    raise ValueError(f"{path} was made by other tokenizers ({made_by}, now {fingerprints}): "
-                     "pass --replace_stale to redo it")
-  return counts
+  raise ValueError(f"{path} was made by other tokenizers ({made_by or 'not recorded'}, now "
+                   f"{fingerprints}): pass --replace_stale to redo it")
 
 
 def _check_shard_count(out_dir: str, split: str, num_shards: int) -> None:
@@ -211,7 +215,7 @@ def run(tokenizers: Tokenizers, dataset: str, data_dir: Optional[str], splits: S
     raise ValueError(f"num_shards must be >= 1, got {num_shards}")
   os.makedirs(out_dir, exist_ok=True)
   fingerprints = tokenizers.fingerprints()
-  _check_layout(out_dir, tokenizers.layout(), fingerprints, replace_stale)
+  legacy_folder = _check_layout(out_dir, tokenizers.layout(), fingerprints, replace_stale)
   builder = tfds.builder(dataset, data_dir=data_dir)
   summary = {"written_now": 0, "already_done": 0, "examples": 0,
              "skipped": collections.Counter()}
@@ -226,7 +230,7 @@ def run(tokenizers: Tokenizers, dataset: str, data_dir: Optional[str], splits: S
                unit="clip")
     for i in mine:
       path = shard_path(out_dir, split, i, num_shards)
-      counts = _finished_shard(path, fingerprints, replace_stale)
+      counts = _finished_shard(path, fingerprints, replace_stale, legacy_folder)
       if counts is not None:
         summary["already_done"] += 1
         bar.update(counts["examples"] + sum(counts["skipped"].values()))
