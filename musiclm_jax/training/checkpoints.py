@@ -14,7 +14,10 @@ files) is moved aside -- never deleted -- and the next older step is used, with 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
+import logging as std_logging
 import os
 import time
 from typing import Any, Optional, Tuple
@@ -108,7 +111,8 @@ class CheckpointManager:
     errors = []
     for candidate in reversed(steps):
       try:
-        return self._restore_step(candidate, abstract_state)
+        with _orphaned_reads_silenced():
+          return self._restore_step(candidate, abstract_state)
       except Exception as e:  # pylint: disable=broad-except  # any unreadable step
         moved = self._move_aside(candidate)
         message = (f"Checkpoint at step {candidate} in {self.directory} is unreadable "
@@ -141,6 +145,22 @@ class CheckpointManager:
       os.rename(source, target)
     self._manager.reload()
     return target
+
+
+@contextlib.contextmanager
+def _orphaned_reads_silenced():
+  """Orbax reads a step's arrays concurrently; when one read fails, the other reads' futures
+  are dropped holding the same error, and asyncio logs each when it is collected ("exception
+  was never retrieved": pages of tensorstore specs). The one warning `restore` prints says
+  it all, so collect them here, with that message filtered out."""
+  logger = std_logging.getLogger("asyncio")
+  never_retrieved = lambda record: "exception was never retrieved" not in record.getMessage()
+  logger.addFilter(never_retrieved)
+  try:
+    yield
+  finally:
+    gc.collect()
+    logger.removeFilter(never_retrieved)
 
 
 def restore_state(model_dir: str, abstract_state: PyTree,
