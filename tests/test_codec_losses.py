@@ -81,6 +81,19 @@ def test_log_mel_of_a_sine_peaks_at_its_band(freq):
   assert abs(int(peak) - int(expected)) <= 1, (peak, expected)
 
 
+@pytest.mark.parametrize("midi", [40, 57, 69, 81, 100])
+def test_log_semitone_spectrogram_of_a_sine_peaks_at_its_semitone(midi):
+  """Band k is MIDI note 36 + k (fmin = C2); every band, even the lowest, sees a bin."""
+  freq = 440.0 * 2 ** ((midi - 69) / 12)
+  matrix = features.semitone_filterbank(84, 4096, RATE, 65.41)
+  assert matrix.shape == (2049, 84) and np.all(matrix.sum(0) > 0)
+  spectrum = features.log_semitone_spectrogram(sine(freq, RATE), RATE, 4096, 640)
+  assert spectrum.shape == (1, 1 + RATE // 640, 84)
+  assert int(np.argmax(np.asarray(spectrum[0, 12]))) == midi - 36
+  with pytest.raises(ValueError, match="Nyquist"):
+    features.semitone_filterbank(96, 4096, RATE, 65.41)
+
+
 def test_features_jit_and_differentiate():
   wave = noise((1, 2000))
   fn = jax.jit(lambda w: jnp.sum(features.log_mel_spectrogram(w, RATE, 256, 64, num_mels=16)))

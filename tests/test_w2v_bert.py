@@ -295,6 +295,25 @@ def test_learns_the_contrastive_and_masked_prediction_tasks():
     assert mean_of(name, last) > 2 * mean_of(name, first), (name, mean_of(name, first))
 
 
+def test_semitone_reconstruction_is_optional_and_learned():
+  """reconstruction_weight 0 (the paper's objective) builds no head, so its checkpoints keep
+  their parameters; > 0 adds the head and a loss at masked frames that falls in training."""
+  clips = fx.real_clips(4, 32000)
+  targets = np.asarray(model_lib.semitone_targets(clips, fx.tiny_config()))
+  assert targets.shape == (4, 50, 84)
+  np.testing.assert_allclose(np.sqrt(np.mean(targets ** 2, axis=(1, 2))), 1.0, rtol=1e-3)
+  shapes = lambda model: jax.eval_shape(lambda: model.get_initial_variables(
+      jax.random.key(0), {"audio": (1, 32000)}))["params"]
+  assert "reconstruction_head" not in shapes(fx.tiny_model())
+  model = fx.tiny_model(reconstruction_weight=1.0)
+  assert "reconstruction_head" in shapes(model)
+  _, _, history = harness.train_on_batch(model, clips, 40)
+  losses = [h["reconstruction_loss_sum"] / h["weight_sum"] for h in history]
+  assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:5]), losses
+  with pytest.raises(ValueError, match="Nyquist"):
+    fx.tiny_config(reconstruction_weight=1.0, reconstruction_bins=96)
+
+
 def test_every_parameter_has_logical_axes():
   model = fx.tiny_model()
   boxed = jax.eval_shape(lambda: model.get_initial_variables(

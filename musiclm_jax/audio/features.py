@@ -1,4 +1,4 @@
-"""Spectral features in jnp: STFT, magnitudes, log-mel spectrograms.
+"""Spectral features in jnp: STFT, magnitudes, log-mel and semitone spectrograms.
 
 They run inside jitted model code (the codec's spectral loss, the STFT discriminator, the
 MuLan audio tower), so they are pure functions of static-shaped arrays: framing is a gather
@@ -123,3 +123,41 @@ def log_mel_spectrogram(wave: jnp.ndarray, sample_rate: int, frame_length: int =
   """log(mel magnitudes + eps): [batch, samples] -> [batch, frames, num_mels]."""
   return jnp.log(mel_spectrogram(wave, sample_rate, frame_length, frame_step, fft_length,
                                  num_mels, fmin, fmax, center) + eps)
+
+
+@functools.lru_cache(maxsize=16)
+def semitone_filterbank(num_bins: int, fft_length: int, sample_rate: int,
+                        fmin: float) -> np.ndarray:
+  """Semitone weight matrix float32 [fft_length // 2 + 1, num_bins] (read-only, cached).
+
+  Band k is a triangle on the log-frequency axis centred on fmin * 2^(k / 12) with its
+  feet on the neighbouring semitones (a constant-Q approximation from the STFT, as a CQT
+  with 12 bins per octave). A band too narrow to hold an FFT bin's centre takes its nearest
+  bin, so no band is silent.
+  """
+  top = fmin * 2.0 ** ((num_bins - 1) / 12)
+  if not 0 < fmin or top >= sample_rate / 2:
+    raise ValueError(f"semitone_filterbank: {num_bins} semitones from {fmin} Hz reach "
+                     f"{top:.0f} Hz, past the Nyquist frequency {sample_rate / 2}")
+  hertz = np.linspace(0.0, sample_rate / 2, fft_length // 2 + 1)
+  semitones = 12.0 * np.log2(np.maximum(hertz, 1e-3) / fmin)[:, None]
+  centre = np.arange(num_bins)[None, :]
+  matrix = np.maximum(0.0, 1.0 - np.abs(semitones - centre)).astype(np.float32)
+  for band in np.flatnonzero(matrix.sum(axis=0) == 0):
+    matrix[np.argmin(np.abs(semitones[:, 0] - band)), band] = 1.0
+  matrix.setflags(write=False)
+  return matrix
+
+
+def log_semitone_spectrogram(wave: jnp.ndarray, sample_rate: int, frame_length: int,
+                             frame_step: int, num_bins: int = 84, fmin: float = 65.41,
+                             center: bool = True, eps: float = 1e-5) -> jnp.ndarray:
+  """log(semitone-band magnitudes + eps): [batch, samples] -> [batch, frames, num_bins].
+
+  Defaults: 7 octaves from C2. Resolving a semitone at fmin needs frame_length well above
+  sample_rate / (fmin * (2^(1/12) - 1)) samples (4096 at 16 kHz from C2).
+  """
+  fft_length = _default_fft_length(frame_length)
+  spectrum = magnitude(stft(wave, frame_length, frame_step, fft_length, center))
+  return jnp.log(spectrum @ semitone_filterbank(num_bins, fft_length, sample_rate, fmin)
+                 + eps)

@@ -9,11 +9,17 @@
            -> MLM conformer stack -> MLM head: logits over the codebook per masked frame
 
   loss = contrastive_weight * L_contrastive + diversity_weight * L_diversity
-         + mlm_weight * L_mlm
+         + mlm_weight * L_mlm [+ reconstruction_weight * L_reconstruction]
   L_contrastive  InfoNCE at masked frames: cos(c_t, q_t) / kappa against K distractors q_s
                  drawn from other masked frames of the same clip (wav2vec 2.0)
   L_mlm          cross-entropy of the MLM head against z_t at masked frames
   L_diversity    (G V - sum_g perplexity(mean softmax of group g)) / (G V): uses the codebook
+  L_reconstruction  (optional, off by default) MERT's "musical teacher": mean squared error
+                 of a linear head on the MLM module's output against the per-clip normalised
+                 log semitone spectrogram (a CQT from the STFT, 12 bins per octave) of each
+                 masked frame. The paper's objectives carry no pitch target: their codes
+                 may follow loudness and timbre alone; this one makes the network keep the
+                 pitch a music tokenizer needs (Li et al. 2023, MERT).
 
 The target quantizer (a documented simplification of w2v-BERT's): wav2vec 2.0's Gumbel-softmax
 product quantizer with `codebook_groups` groups of `codebook_size` entries each (default one
@@ -104,6 +110,10 @@ class W2vBertConfig:
     gumbel_temperature_max, gumbel_temperature_min, gumbel_temperature_decay: the Gumbel
       temperature is max(max * decay^step, min).
     contrastive_weight, mlm_weight, diversity_weight: loss weights.
+    reconstruction_weight: weight of the semitone-spectrogram reconstruction loss at masked
+      frames (module docstring); 0 (the paper's w2v-BERT) builds no reconstruction head.
+    reconstruction_bins, reconstruction_fmin, reconstruction_frame_length: its target: that
+      many semitones from fmin Hz, STFT windows of frame_length samples at the frame rate.
     feature_grad_scale: the gradient into the feature encoder is scaled by this
       (wav2vec 2.0's feature_grad_mult, 0.1 there): the encoder feeds the target quantizer,
       and left at full speed it can move every frame to one code (a collapse that makes
@@ -146,6 +156,10 @@ class W2vBertConfig:
   contrastive_weight: float = 1.0
   mlm_weight: float = 1.0
   diversity_weight: float = 0.1
+  reconstruction_weight: float = 0.0
+  reconstruction_bins: int = 84
+  reconstruction_fmin: float = 65.41
+  reconstruction_frame_length: int = 4096
   feature_grad_scale: float = 1.0
   remat: bool = False
   dtype: str = "float32"
@@ -175,6 +189,13 @@ class W2vBertConfig:
       raise ValueError(f"num_negatives must be >= 1, got {self.num_negatives}")
     if not 0.0 < self.feature_grad_scale <= 1.0:
       raise ValueError(f"feature_grad_scale must be in (0, 1], got {self.feature_grad_scale}")
+    if self.reconstruction_weight < 0:
+      raise ValueError(f"reconstruction_weight must be >= 0, got {self.reconstruction_weight}")
+    if self.reconstruction_weight and self.reconstruction_fmin * 2.0 ** (
+        (self.reconstruction_bins - 1) / 12) >= self.sample_rate / 2:
+      raise ValueError(f"reconstruction_bins={self.reconstruction_bins} semitones from "
+                       f"reconstruction_fmin={self.reconstruction_fmin} Hz pass the Nyquist "
+                       f"frequency of sample_rate={self.sample_rate}")
     if not self.quantizer_logit_init_std > 0:
       raise ValueError("quantizer_logit_init_std must be > 0, got "
                        f"{self.quantizer_logit_init_std}")
@@ -388,6 +409,30 @@ def normalized_log_mel(wave: jnp.ndarray, config: W2vBertConfig) -> jnp.ndarray:
                                  + 1e-5)
 
 
+def semitone_targets(wave: jnp.ndarray, config: W2vBertConfig) -> jnp.ndarray:
+  """Audio [B, samples] -> the reconstruction targets [B, frames, reconstruction_bins].
+
+  The log semitone spectrogram, one frame per token frame (windows centred on multiples
+  of hop_length), normalised per clip as the log-mel input is (`normalized_log_mel`).
+  """
+  cfg = config
+  frames = cfg.num_frames(wave.shape[-1])
+  spectrum = features.log_semitone_spectrogram(
+      wave, cfg.sample_rate, cfg.reconstruction_frame_length, cfg.hop_length,
+      cfg.reconstruction_bins, cfg.reconstruction_fmin)[:, :frames]
+  spectrum = spectrum - jnp.mean(spectrum, axis=(1, 2), keepdims=True)
+  return spectrum * jax.lax.rsqrt(jnp.mean(jnp.square(spectrum), axis=(1, 2), keepdims=True)
+                                  + 1e-5)
+
+
+def reconstruction_loss(predicted: jnp.ndarray, targets: jnp.ndarray, mask: jnp.ndarray
+                        ) -> jnp.ndarray:
+  """Mean squared error over bins and masked frames: predicted, targets [B, T, bins]."""
+  error = jnp.mean(jnp.square(predicted.astype(jnp.float32) - targets), axis=-1)
+  weights = mask.astype(jnp.float32)
+  return jnp.sum(error * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
 class FeatureEncoder(nn.Module):
   """Audio [B, samples] -> frames [B, samples // hop_length, emb_dim].
 
@@ -501,7 +546,8 @@ class W2vBert(nn.Module):
 
     feature_encoder, quantizer, mask_embedding [emb_dim], relpos_bias,
     contrastive_module (ConformerStack), mlm_module (ConformerStack),
-    context_projection, target_projection (to the contrastive space), mlm_head.
+    context_projection, target_projection (to the contrastive space), mlm_head,
+    reconstruction_head (only with reconstruction_weight > 0).
   """
   config: W2vBertConfig
 
@@ -533,6 +579,9 @@ class W2vBert(nn.Module):
                                                  dtype=dtype)
     self.mlm_head = linear.DenseGeneral((cfg.codebook_groups, cfg.codebook_size),
                                         ("embed", None, "codebook"), dtype=dtype)
+    if cfg.reconstruction_weight:
+      self.reconstruction_head = linear.DenseGeneral(cfg.reconstruction_bins,
+                                                     ("embed", None), dtype=dtype)
 
   def _positions(self, length: int):
     positions = jnp.arange(length, dtype=jnp.int32)
@@ -553,7 +602,8 @@ class W2vBert(nn.Module):
     Returns:
       'context' [B, frames, contrastive_dim], 'targets' [B, frames, contrastive_dim],
       'codes' int32 [B, frames, G] (the codes behind 'targets'), 'quantizer_logits'
-      float32 [B, frames, G, V], 'mlm_logits' float32 [B, frames, G, V].
+      float32 [B, frames, G, V], 'mlm_logits' float32 [B, frames, G, V]; with
+      reconstruction_weight > 0 also 'reconstruction' float32 [B, frames, bins].
     """
     deterministic = not train
     x = scale_gradient(self.feature_encoder(wave, deterministic), self.config.feature_grad_scale)
@@ -565,11 +615,14 @@ class W2vBert(nn.Module):
     context = self.contrastive_module(x, positions, bias, deterministic)
     hidden = self.mlm_module(context, positions, bias, deterministic)
     mlm_logits = self.mlm_head(hidden).astype(jnp.float32)
-    return {"context": self.context_projection(context),
-            "targets": self.target_projection(quantized),
-            "codes": codes, "quantizer_logits": quantizer_logits,
-            "mlm_logits": nn.with_logical_constraint(
-                mlm_logits, ("batch", "length", None, "codebook"))}
+    out = {"context": self.context_projection(context),
+           "targets": self.target_projection(quantized),
+           "codes": codes, "quantizer_logits": quantizer_logits,
+           "mlm_logits": nn.with_logical_constraint(
+               mlm_logits, ("batch", "length", None, "codebook"))}
+    if self.config.reconstruction_weight:
+      out["reconstruction"] = self.reconstruction_head(hidden).astype(jnp.float32)
+    return out
 
   def _quantize(self, wave: jnp.ndarray, features: jnp.ndarray, temperature, sample: bool):
     """(quantized targets, codes, logits) of the unmasked frames: `GumbelQuantizer` on the
@@ -650,8 +703,13 @@ class W2vBertModel(models_lib.BaseModel):
     argmax_perplexity, frame_perplexity = code_perplexities(out["quantizer_logits"])
     loss = (cfg.contrastive_weight * contrastive + cfg.mlm_weight * mlm
             + cfg.diversity_weight * diversity)
+    extra = {}
+    if cfg.reconstruction_weight:
+      extra["reconstruction_loss"] = reconstruction_loss(
+          out["reconstruction"], semitone_targets(wave, cfg), mask)
+      loss = loss + cfg.reconstruction_weight * extra["reconstruction_loss"]
     batch_size = jnp.asarray(wave.shape[0], jnp.float32)
-    values = {"loss": loss, "contrastive_loss": contrastive, "mlm_loss": mlm,
+    values = {**extra, "loss": loss, "contrastive_loss": contrastive, "mlm_loss": mlm,
               "diversity_loss": diversity, "contrastive_accuracy": contrastive_accuracy,
               "mlm_accuracy": mlm_accuracy, "code_perplexity": perplexity,
               "argmax_code_perplexity": argmax_perplexity,
