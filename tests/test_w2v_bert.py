@@ -70,6 +70,25 @@ def test_conformer_block_is_bidirectional_with_named_params():
   np.testing.assert_allclose(np.mean(y, -1), 0.0, atol=1e-4)
 
 
+def test_layer_scale_lets_a_random_stack_keep_its_input():
+  """Each block ends in a layer norm over the input plus four unit-scale branches: six
+  random blocks leave an output nearly orthogonal to the input. LayerScale 0.1 starts them
+  near the identity (and adds a per-channel scale per branch; None adds nothing)."""
+  x = jax.random.normal(jax.random.key(1), (2, 50, 64))
+  positions = jnp.arange(50)
+  normed = (x - x.mean(-1, keepdims=True)) / x.std(-1, keepdims=True)
+  cosines = {}
+  for layer_scale in (None, 0.1):
+    stack = conformer.ConformerStack(6, 2, 32, 128, 7, layer_scale_init=layer_scale)
+    variables = stack.init(jax.random.key(0), x, positions, None)
+    y = stack.apply(variables, x, positions, None)
+    cosines[layer_scale] = float(jnp.mean(jnp.sum(normed * y, -1) / jnp.linalg.norm(
+        normed, axis=-1) / jnp.linalg.norm(y, axis=-1)))
+    scales = [k for k in nn.meta.unbox(variables["params"])["layers_0"] if "layer_scale" in k]
+    assert len(scales) == (0 if layer_scale is None else 4), scales
+  assert cosines[None] < 0.3 and cosines[0.1] > 0.95, cosines
+
+
 @pytest.mark.parametrize("taps", [15, 4, 1])
 def test_depthwise_conv_matches_grouped_lax_conv(taps):
   """The conformer's depthwise conv (shifted sums) is XLA's grouped conv with the centred

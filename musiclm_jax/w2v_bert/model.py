@@ -118,6 +118,10 @@ class W2vBertConfig:
       (wav2vec 2.0's feature_grad_mult, 0.1 there): the encoder feeds the target quantizer,
       and left at full speed it can move every frame to one code (a collapse that makes
       both tasks trivial).
+    layer_scale_init: None (the paper's blocks), or each conformer block's residual
+      branches start scaled by this learned per-channel factor (LayerScale; see
+      `layers.conformer.ConformerBlock`: without it a random-initialised stack keeps
+      little of its input, and training must first undo that).
     remat: rematerialise each conformer block in the backward pass.
     dtype: computation dtype; parameters stay float32.
   """
@@ -161,6 +165,7 @@ class W2vBertConfig:
   reconstruction_fmin: float = 65.41
   reconstruction_frame_length: int = 4096
   feature_grad_scale: float = 1.0
+  layer_scale_init: Optional[float] = None
   remat: bool = False
   dtype: str = "float32"
 
@@ -569,7 +574,7 @@ class W2vBert(nn.Module):
     stack = lambda layers: conformer.ConformerStack(
         layers, cfg.num_heads, cfg.head_dim, cfg.mlp_dim, cfg.conv_kernel_size, dtype=dtype,
         dropout_rate=cfg.dropout_rate, use_rotary=cfg.position_embedding == "rotary",
-        remat=cfg.remat)
+        remat=cfg.remat, layer_scale_init=cfg.layer_scale_init)
     self.contrastive_module = stack(cfg.num_contrastive_layers)
     self.mlm_module = stack(cfg.num_mlm_layers)
     # The contrastive space is a head's hidden width: 'mlp' (sharded like feed-forwards).
