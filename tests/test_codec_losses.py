@@ -92,6 +92,8 @@ def test_log_semitone_spectrogram_of_a_sine_peaks_at_its_semitone(midi):
   assert int(np.argmax(np.asarray(spectrum[0, 12]))) == midi - 36
   with pytest.raises(ValueError, match="Nyquist"):
     features.semitone_filterbank(96, 4096, RATE, 65.41)
+  with pytest.raises(ValueError, match="fmin > 0"):
+    features.semitone_filterbank(84, 4096, RATE, 0.0)
 
 
 def test_features_jit_and_differentiate():

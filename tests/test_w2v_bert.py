@@ -331,6 +331,10 @@ def test_semitone_reconstruction_is_optional_and_learned():
   assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:5]), losses
   with pytest.raises(ValueError, match="Nyquist"):
     fx.tiny_config(reconstruction_weight=1.0, reconstruction_bins=96)
+  with pytest.raises(ValueError, match="reconstruction_fmin"):
+    fx.tiny_config(reconstruction_weight=1.0, reconstruction_fmin=0.0)
+  with pytest.raises(ValueError, match="layer_scale_init"):
+    fx.tiny_config(layer_scale_init=0.0)
 
 
 def test_every_parameter_has_logical_axes():

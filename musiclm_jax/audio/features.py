@@ -135,8 +135,11 @@ def semitone_filterbank(num_bins: int, fft_length: int, sample_rate: int,
   with 12 bins per octave). A band too narrow to hold an FFT bin's centre takes its nearest
   bin, so no band is silent.
   """
+  if not fmin > 0 or num_bins < 1:
+    raise ValueError(f"semitone_filterbank: need fmin > 0 Hz and num_bins >= 1, got fmin "
+                     f"{fmin}, num_bins {num_bins}")
   top = fmin * 2.0 ** ((num_bins - 1) / 12)
-  if not 0 < fmin or top >= sample_rate / 2:
+  if top >= sample_rate / 2:
     raise ValueError(f"semitone_filterbank: {num_bins} semitones from {fmin} Hz reach "
                      f"{top:.0f} Hz, past the Nyquist frequency {sample_rate / 2}")
   hertz = np.linspace(0.0, sample_rate / 2, fft_length // 2 + 1)

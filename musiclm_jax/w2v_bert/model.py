@@ -196,6 +196,12 @@ class W2vBertConfig:
       raise ValueError(f"feature_grad_scale must be in (0, 1], got {self.feature_grad_scale}")
     if self.reconstruction_weight < 0:
       raise ValueError(f"reconstruction_weight must be >= 0, got {self.reconstruction_weight}")
+    if self.layer_scale_init is not None and not self.layer_scale_init > 0:
+      raise ValueError(f"layer_scale_init must be None or > 0, got {self.layer_scale_init}")
+    if self.reconstruction_weight and not (self.reconstruction_fmin > 0
+                                           and self.reconstruction_bins >= 1):
+      raise ValueError(f"reconstruction_fmin must be > 0 and reconstruction_bins >= 1, got "
+                       f"{self.reconstruction_fmin} and {self.reconstruction_bins}")
     if self.reconstruction_weight and self.reconstruction_fmin * 2.0 ** (
         (self.reconstruction_bins - 1) / 12) >= self.sample_rate / 2:
       raise ValueError(f"reconstruction_bins={self.reconstruction_bins} semitones from "
