@@ -5,7 +5,8 @@
 # in .whl (wheels) and .gpu (audio); results go to $OUT (default /tmp/accelerator_out), at
 # most 8 files (the device tool's limit):
 #   1. w2v-BERT `small` self-supervised training on the wesnoth training tracks (issue #4),
-#      W2V_SECONDS each, one or several gin variants at once on the one GPU
+#      W2V_SECONDS each (0: none, the codec gets the GPU alone), one or several gin
+#      variants at once on the one GPU
 #      (W2V_VARIANTS="name:Binding=value,Binding=value name2:...", default: small.gin as
 #      is): $OUT/w2v/ holds the export (learning.json + float16 shards) of the variant whose
 #      codebook stayed most used (highest code perplexity over its last three logged steps:
@@ -33,6 +34,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm 
 python3 -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__,
   'optax', optax.__version__, jax.devices())" || exit 1
 
+[ "$W2V_SECONDS" = 0 ] && W2V_VARIANTS=""
 jobs=$(( $(echo $W2V_VARIANTS | wc -w) + 1 ))
 fraction=$(python3 -c "print(round(0.85 / $jobs, 2))")   # of GPU memory per process
 echo "== w2v-BERT small ($W2V_SECONDS s) and SoundStream small ($CODEC_MINUTES min) at once"
