@@ -48,9 +48,10 @@ def run_train(model_dir: str, steps: int, bindings: Sequence[str] = (), devices:
 
 
 def popen_train(model_dir: str, steps: int, bindings: Sequence[str] = (), devices: int = 1,
-                extra_args: Sequence[str] = (), log_path: Optional[str] = None):
+                extra_args: Sequence[str] = (), log_path: Optional[str] = None,
+                gin_files: Sequence[str] = TINY_LM_GIN):
   log = open(log_path or os.devnull, "w")
-  return subprocess.Popen(train_command(model_dir, steps, bindings, extra_args=extra_args),
+  return subprocess.Popen(train_command(model_dir, steps, bindings, gin_files, extra_args),
                           cwd=REPO, env=env_with_devices(devices), stdout=log,
                           stderr=subprocess.STDOUT, text=True)
 

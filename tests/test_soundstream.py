@@ -210,31 +210,39 @@ def test_codec_cli_on_real_and_broken_files(trained, tmp_path):
   assert np.array_equal(np.load(codes_path), codes)
 
 
-def test_train_entry_point_then_export_and_encode(tmp_path):
-  """gin configs + `python -m musiclm_jax.train` on a built audio_folder, then export.
+CODEC_GIN = ("soundstream/tiny.gin", "runs/soundstream.gin")
 
-  The steps are discriminator warm-up steps: the adversarial step is tested in-process above,
-  and compiling it again here would double this test's time (the `build-data` command is
-  tested by tests/test_mulan_training.py)."""
+
+@pytest.fixture(scope="module")
+def loops_data_dir(tmp_path_factory):
+  """A TFDS data_dir with `audio_folder/16khz_2s` built from 8 real sonic-pi loops (the
+  `build-data` command is tested by tests/test_mulan_training.py)."""
   import shutil
   from musiclm_jax.tasks import builders
-  music = tmp_path / "music"
+  root = tmp_path_factory.mktemp("loops")
+  music = root / "music"
   music.mkdir()
-  root = fx.debian_music.fetch("sonic-pi-samples")
-  for path in [f for f in fx.debian_music.audio_files(root) if "/samples/loop_" in f][:8]:
+  samples = fx.debian_music.fetch("sonic-pi-samples")
+  for path in [f for f in fx.debian_music.audio_files(samples) if "/samples/loop_" in f][:8]:
     shutil.copy(path, music)
-  data_dir = str(tmp_path / "tfds")
+  data_dir = str(root / "tfds")
   builders.build("audio_folder", data_dir, "16khz_2s", manual_dir=str(music))
+  return data_dir
+
+
+def _codec_run_bindings(data_dir: str):
+  """Four warm-up steps of the tiny codec on 0.2 s crops: the adversarial step is tested
+  in-process above, and compiling it again in a subprocess would double a test's time."""
+  return (f"AUDIO_DATA_DIR='{data_dir}'", "CROP_SAMPLES=3200",
+          "SoundStreamModel.discriminator_warmup_steps=100")
+
+
+def test_train_entry_point_then_export_and_encode(loops_data_dir, tmp_path):
+  """gin configs + `python -m musiclm_jax.train` on a built audio_folder, then export."""
   model_dir = str(tmp_path / "run")
-  cmd = [sys.executable, "-m", "musiclm_jax.train", "--gin_file=soundstream/tiny.gin",
-         "--gin_file=runs/soundstream.gin", f"--gin.MODEL_DIR='{model_dir}'",
-         "--gin.TRAIN_STEPS=4", f"--gin.AUDIO_DATA_DIR='{data_dir}'", "--gin.BATCH_SIZE=4",
-         "--gin.CROP_SAMPLES=3200", "--gin.train.eval_period=4", "--gin.train.log_period=1",
-         "--gin.CheckpointManager.save_interval_steps=4",
-         "--gin.SoundStreamModel.discriminator_warmup_steps=100"]
-  result = subprocess.run(cmd, cwd=harness.REPO, env=harness.env_with_devices(1),
-                          capture_output=True, text=True, timeout=600)
-  assert result.returncode == 0, result.stderr[-3000:]
+  result = harness.run_train(
+      model_dir, 4, (*_codec_run_bindings(loops_data_dir), "BATCH_SIZE=4",
+                     "train.eval_period=4", "train.log_period=1"), gin_files=CODEC_GIN)
   from musiclm_jax.training import metrics
   records = metrics.read_metrics(model_dir, "train")
   assert [r["step"] for r in records] == [1, 2, 3, 4]
@@ -247,3 +255,55 @@ def test_train_entry_point_then_export_and_encode(tmp_path):
   assert (codec.config.sample_rate, codec.config.hop_length, codec.config.num_quantizers) == (
       16000, 160, 8)
   assert codec.encode(fx.real_clips()[:1]).shape == (1, fx.CLIP_SAMPLES // 160, 8)
+
+
+def test_two_processes_hold_the_codebooks_of_one(loops_data_dir, tmp_path):
+  """The RVQ's k-means initialisation, EMA update and dead-code revival are reduced over the
+  data axis inside the jitted step, so the codebooks cannot drift between hosts: two
+  processes of 4 devices each (gloo on localhost) finish, and after a step hold the
+  codebooks, parameters and loss of one process of 8 devices on the same global batch.
+
+  Compared after step 1 only: from step 2 the runs differ in rounding (gloo sums the
+  gradients in another order), and a codec amplifies that by design (a frame near two
+  codes can flip, and Adam's first updates are about lr * sign(gradient), so a bias whose
+  gradient is ~0 moves either way). Step 2's loss is compared too, to 1e-5."""
+  learning_rate = 3e-3
+  bindings = (*_codec_run_bindings(loops_data_dir), "train.log_period=1",
+              "train/DatasetConfig.num_data_shards=2",
+              "CheckpointManager.save_interval_steps=1",
+              f"CODEC_LEARNING_RATE={learning_rate}")
+  single = str(tmp_path / "single")
+  harness.run_train(single, 2, bindings, devices=8, gin_files=CODEC_GIN)
+  multi = str(tmp_path / "multi")
+  port = harness.free_port()
+  procs = [harness.popen_train(
+      multi, 2, bindings, devices=4, log_path=str(tmp_path / f"proc{i}.log"),
+      gin_files=CODEC_GIN,
+      extra_args=[f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                  f"--process_id={i}", "--cpu_collectives=gloo"]) for i in range(2)]
+  for i, proc in enumerate(procs):
+    assert proc.wait(timeout=600) == 0, open(tmp_path / f"proc{i}.log").read()[-4000:]
+
+  from musiclm_jax.training import checkpoints, metrics
+  saved = {name: checkpoints.restore_numpy_state(d, 1)[1]
+           for name, d in (("single", single), ("multi", multi))}
+  codebooks = {name: state["flax_mutables"]["quantizer"] for name, state in saved.items()}
+  initialised = [v for path, v in jax.tree_util.tree_flatten_with_path(codebooks["single"])[0]
+                 if "initialized" in jax.tree_util.keystr(path)]
+  assert len(initialised) == 8 and all(bool(v) for v in initialised)   # k-means, each level
+  # Equal up to float32 rounding of the k-means sums (codebook entries are of scale ~0.5;
+  # a drifted codebook differs at that scale).
+  harness.assert_trees_close(codebooks["multi"], codebooks["single"], rtol=1e-5, atol=1e-5)
+  # Adam's first update is lr * g / (|g| + eps): where |g| is near eps, rounding moves it
+  # by a fraction of lr. So: every parameter within one step (lr) of the other run's, and
+  # all but one in a thousand equal to 1e-4.
+  pairs = list(zip(jax.tree.leaves(saved["multi"]["params"]),
+                   jax.tree.leaves(saved["single"]["params"])))
+  assert pairs and max(float(np.max(np.abs(a - b))) for a, b in pairs) < learning_rate
+  off = sum(int(np.sum(~np.isclose(a, b, rtol=1e-4, atol=1e-6))) for a, b in pairs)
+  assert off <= 1e-3 * sum(a.size for a, _ in pairs), off
+  losses_of = lambda d: [(r["step"], r["generator/loss"])
+                         for r in metrics.read_metrics(d, "train")]
+  expected, got = losses_of(single), losses_of(multi)
+  assert [step for step, _ in got] == [1, 2]
+  np.testing.assert_allclose([v for _, v in got], [v for _, v in expected], rtol=1e-5)
