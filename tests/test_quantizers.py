@@ -116,6 +116,11 @@ def test_quantizer_dropout_uses_fewer_levels_per_example():
     assert matches, f"example {b} matches no depth"
     depths.append(matches[0])
   assert set(depths) == {1, 2, 3, 4}
+  # Without train (a GAN's discriminator step): the same draw, and no codebook update.
+  same, _, _ = rvq.apply(variables, x, dropout_rng=jax.random.key(1))
+  np.testing.assert_allclose(np.asarray(same), np.asarray(dropped), atol=1e-6)
+  full, _, _ = rvq.apply(variables, x)
+  assert not np.allclose(np.asarray(full), np.asarray(dropped), atol=1e-5)
 
 
 def test_gradients_pass_straight_through():

@@ -120,6 +120,18 @@ def test_warmup_then_adversarial_steps_on_real_audio():
   assert flops["warmup"] < 0.7 * flops["adversarial"], flops
 
 
+def test_discriminator_step_judges_fakes_at_the_generators_bitrates(trained):
+  """The discriminator step decodes with quantizer dropout, as the generator step does (each
+  draw of the step's rng puts the clips at other bitrates), and leaves the codebooks."""
+  clips, model, state, _, _ = trained
+  model = model.for_phase("adversarial")
+  step = lambda rng: model.loss_fn_with_mutables(state.params, state.flax_mutables,
+                                                 {"audio": clips}, rng, group="discriminator")
+  (first, (_, mutables)), (second, _) = step(jax.random.key(0)), step(jax.random.key(1))
+  assert np.isfinite(float(first)) and float(first) != float(second)
+  assert mutables is state.flax_mutables
+
+
 def test_warmup_counts_train_steps_not_microbatches():
   """With gradient accumulation the generator loss runs once per microbatch; the warm-up
   still lasts `discriminator_warmup_steps` train steps."""

@@ -163,7 +163,9 @@ class ResidualVectorQuantizer(nn.Module):
   """`num_quantizers` VQ levels, each quantizing the residual the previous ones left.
 
   Quantizer dropout (SoundStream): in training, each example uses only its first n levels,
-  n ~ Uniform{1..num_quantizers}, so one model decodes at every bitrate.
+  n ~ Uniform{1..num_quantizers}, so one model decodes at every bitrate. It follows
+  `dropout_rng`, not `train`: a GAN's discriminator step must judge the fakes the
+  generator step makes (quantizer dropout on) without updating the codebooks.
   """
   num_quantizers: int
   codebook_size: int
@@ -188,7 +190,8 @@ class ResidualVectorQuantizer(nn.Module):
 
     Args:
       train: update codebooks (mutable 'quantizer').
-      dropout_rng: with quantizer_dropout in training, draws each example's level count.
+      dropout_rng: with quantizer_dropout, draws each example's level count; None = every
+        example uses all levels.
       num_levels: use only the first levels (lower bitrate); None = all.
     Returns:
       quantized [batch, frames, dim], codes int32 [batch, frames, levels], metrics (summed
@@ -197,7 +200,7 @@ class ResidualVectorQuantizer(nn.Module):
     levels = self.num_quantizers if num_levels is None else num_levels
     batch = x.shape[0]
     active = jnp.ones((batch, levels), jnp.float32)
-    if train and self.quantizer_dropout and dropout_rng is not None:
+    if self.quantizer_dropout and dropout_rng is not None:
       n = jax.random.randint(dropout_rng, (batch,), 1, levels + 1)
       active = (jnp.arange(levels)[None, :] < n[:, None]).astype(jnp.float32)
     residual = x

@@ -106,8 +106,8 @@ class SoundStream(nn.Module):
     """Encode, quantize, decode.
 
     Returns (reconstruction [batch, samples], codes int32 [batch, frames, levels],
-    quantizer metrics). In training the codebooks update ('quantizer' mutable) and, with
-    quantizer dropout, each example uses its own random number of levels.
+    quantizer metrics). In training the codebooks update ('quantizer' mutable); with a
+    dropout_rng and quantizer dropout, each example uses its own random number of levels.
     """
     embeddings = self.encoder(wave)
     quantized, codes, metrics = self.quantizer(embeddings, train=train,
@@ -253,7 +253,10 @@ class SoundStreamModel(models_lib.BaseModel):
     if group == "discriminator":
       loss = jnp.zeros((), jnp.float32)
       if self.adversarial:
-        reconstruction, _, _ = self.module.apply(variables, wave,
+        # The fakes the generator step makes: quantizer dropout on (each example at its own
+        # bitrate), codebooks left alone. Full-bitrate fakes alone would leave the
+        # discriminators judging low-bitrate decodings they were never trained on.
+        reconstruction, _, _ = self.module.apply(variables, wave, dropout_rng=dropout_rng,
                                                  method=SoundStreamGAN.generate)
         fake = discriminate(jax.lax.stop_gradient(reconstruction))
         loss = losses.discriminator_loss(discriminate(wave), fake).astype(jnp.float32)
