@@ -243,7 +243,7 @@ def loops_data_dir(tmp_path_factory):
 
 
 def _codec_run_bindings(data_dir: str):
-  """Four warm-up steps of the tiny codec on 0.2 s crops: the adversarial step is tested
+  """Warm-up steps of the tiny codec on 0.2 s crops: the adversarial step is tested
   in-process above, and compiling it again in a subprocess would double a test's time."""
   return (f"AUDIO_DATA_DIR='{data_dir}'", "CROP_SAMPLES=3200",
           "SoundStreamModel.discriminator_warmup_steps=100")
@@ -270,15 +270,16 @@ def test_train_entry_point_then_export_and_encode(loops_data_dir, tmp_path):
 
 
 def test_two_processes_hold_the_codebooks_of_one(loops_data_dir, tmp_path):
-  """The RVQ's k-means initialisation, EMA update and dead-code revival are reduced over the
-  data axis inside the jitted step, so the codebooks cannot drift between hosts: two
-  processes of 4 devices each (gloo on localhost) finish, and after a step hold the
-  codebooks, parameters and loss of one process of 8 devices on the same global batch.
+  """The RVQ's codebook updates (k-means initialisation, EMA statistics, dead-code revival)
+  are computed from the global batch inside the jitted step, so the codebooks cannot drift
+  between hosts: two processes of 4 devices each (gloo on localhost) finish, and after a
+  step hold the k-means-initialised, EMA-updated codebooks, the parameters and the loss of
+  one process of 8 devices on the same global batch.
 
-  Compared after step 1 only: from step 2 the runs differ in rounding (gloo sums the
-  gradients in another order), and a codec amplifies that by design (a frame near two
-  codes can flip, and Adam's first updates are about lr * sign(gradient), so a bias whose
-  gradient is ~0 moves either way). Step 2's loss is compared too, to 1e-5."""
+  Compared after step 1: from there the runs differ in rounding (gloo sums the gradients in
+  another order), and a codec amplifies that by design (a frame near two codes can flip,
+  and Adam's first updates are about lr * sign(gradient), so a parameter whose gradient is
+  ~0 moves either way): step 2's loss agrees to 1e-4, not to step 1's 1e-6."""
   learning_rate = 3e-3
   bindings = (*_codec_run_bindings(loops_data_dir), "train.log_period=1",
               "train/DatasetConfig.num_data_shards=2",
@@ -316,6 +317,7 @@ def test_two_processes_hold_the_codebooks_of_one(loops_data_dir, tmp_path):
   assert off <= 1e-3 * sum(a.size for a, _ in pairs), off
   losses_of = lambda d: [(r["step"], r["generator/loss"])
                          for r in metrics.read_metrics(d, "train")]
-  expected, got = losses_of(single), losses_of(multi)
-  assert [step for step, _ in got] == [1, 2]
-  np.testing.assert_allclose([v for _, v in got], [v for _, v in expected], rtol=1e-5)
+  (got_1, got_2), (expected_1, expected_2) = losses_of(multi), losses_of(single)
+  assert got_1[0] == expected_1[0] == 1 and got_2[0] == expected_2[0] == 2
+  np.testing.assert_allclose(got_1[1], expected_1[1], rtol=1e-6)
+  np.testing.assert_allclose(got_2[1], expected_2[1], rtol=1e-4)
