@@ -120,6 +120,30 @@ def test_warmup_then_adversarial_steps_on_real_audio():
   assert flops["warmup"] < 0.7 * flops["adversarial"], flops
 
 
+def test_quantizer_warmup_trains_unquantized_then_fits_codebooks_to_the_encoder():
+  """Three unquantized steps (codebooks untouched, not initialised), then quantized ones:
+  the codebooks are k-means-initialised on the trained encoder's embeddings at the first."""
+  clips = fx.real_clips()[:2]
+  model = fx.tiny_model(warmup_steps=100)
+  model.quantizer_warmup_steps = 3
+  trainer, state, history = harness.train_on_batch(model, clips, 3)
+  initialised = lambda s: [bool(v["initialized"]) for v in jax.device_get(
+      s.flax_mutables["quantizer"]["generator"]["quantizer"]).values()]
+  assert not any(initialised(state))
+  assert all("generator/commitment_loss_sum" not in h for h in history)
+  assert all(np.isfinite(h["generator/reconstruction_sum"]) for h in history)
+  assert model.training_phase(state) == "warmup"
+  state, metrics = trainer.train_step(state, trainer.partitioner.shard_batch({"audio": clips}))
+  assert all(initialised(state))
+  assert float(metrics["generator/codebook_usage_sum"]) > 0
+  assert sorted(key[1] for key in trainer._compiled if key[0] == "train") == [
+      "autoencoder", "warmup"]
+  with pytest.raises(ValueError, match="quantizer_warmup_steps 5 > discriminator_warmup"):
+    model_lib.SoundStreamModel(
+        model.module, {"generator": optax.adam(1e-3), "discriminator": optax.adam(1e-3)},
+        discriminator_warmup_steps=2, quantizer_warmup_steps=5)
+
+
 def test_discriminator_step_judges_fakes_at_the_generators_bitrates(trained):
   """The discriminator step decodes with quantizer dropout, as the generator step does (each
   draw of the step's rng puts the clips at other bitrates), and leaves the codebooks."""
@@ -243,10 +267,12 @@ def loops_data_dir(tmp_path_factory):
 
 
 def _codec_run_bindings(data_dir: str):
-  """Warm-up steps of the tiny codec on 0.2 s crops: the adversarial step is tested
-  in-process above, and compiling it again in a subprocess would double a test's time."""
+  """Warm-up steps of the tiny codec on 0.2 s crops, quantized from the first (the codebook
+  tests need them): the adversarial step is tested in-process above, and compiling it
+  again in a subprocess would double a test's time."""
   return (f"AUDIO_DATA_DIR='{data_dir}'", "CROP_SAMPLES=3200",
-          "SoundStreamModel.discriminator_warmup_steps=100")
+          "SoundStreamModel.discriminator_warmup_steps=100",
+          "SoundStreamModel.quantizer_warmup_steps=0")
 
 
 def test_train_entry_point_then_export_and_encode(loops_data_dir, tmp_path):

@@ -114,6 +114,11 @@ class SoundStream(nn.Module):
                                                dropout_rng=dropout_rng, num_levels=num_levels)
     return self.decoder(quantized), codes, metrics
 
+  def autoencode(self, wave: jnp.ndarray) -> jnp.ndarray:
+    """[batch, samples] -> [batch, samples] through the encoder and decoder, unquantized
+    (the quantizer warm-up: its codebooks are neither used nor initialised)."""
+    return self.decoder(self.encoder(wave))
+
   def encode(self, wave: jnp.ndarray, num_levels: Optional[int] = None,
              streaming: bool = False) -> jnp.ndarray:
     """[batch, samples] -> codes int32 [batch, samples // hop, levels]."""
@@ -158,6 +163,9 @@ class SoundStreamGAN(nn.Module):
   def generate(self, wave, train: bool = False, dropout_rng=None, num_levels=None):
     return self.generator(wave, train=train, dropout_rng=dropout_rng, num_levels=num_levels)
 
+  def autoencode(self, wave):
+    return self.generator.autoencode(wave)
+
   def discriminate(self, wave):
     return self.discriminator(wave)
 
@@ -181,7 +189,7 @@ class SoundStreamModel(models_lib.BaseModel):
                optimizer_def: Mapping[str, optax.GradientTransformation],
                lambda_adv: float = losses.LAMBDA_ADV, lambda_feat: float = losses.LAMBDA_FEAT,
                lambda_rec: float = losses.LAMBDA_REC, lambda_commit: float = 1.0,
-               discriminator_warmup_steps: int = 0,
+               discriminator_warmup_steps: int = 0, quantizer_warmup_steps: int = 0,
                spectral_windows: Sequence[int] = losses.SPECTRAL_WINDOWS):
     """Args:
       module: the generator + discriminators.
@@ -190,6 +198,11 @@ class SoundStreamModel(models_lib.BaseModel):
       lambda_commit: weight of the quantizer commitment loss.
       discriminator_warmup_steps: train the generator on reconstruction alone (and leave
         the discriminators still) for this many steps before the adversarial game starts.
+      quantizer_warmup_steps: train encoder and decoder without the quantizer for this
+        many steps first; the codebooks are then k-means-initialised on the trained
+        encoder's embeddings. A short run needs it: codebooks fitted to a random encoder
+        lag an encoder that is still moving fast, and the decoder learns to ignore codes
+        that do not track its input (a static drone; see docs/codec.md).
       spectral_windows: STFT window sizes of the multi-scale reconstruction loss.
     """
     missing = {"generator", "discriminator"} - set(optimizer_def)
@@ -199,9 +212,15 @@ class SoundStreamModel(models_lib.BaseModel):
     self.lambda_adv, self.lambda_feat, self.lambda_rec = lambda_adv, lambda_feat, lambda_rec
     self.lambda_commit = lambda_commit
     self.discriminator_warmup_steps = discriminator_warmup_steps
+    self.quantizer_warmup_steps = quantizer_warmup_steps
+    if quantizer_warmup_steps > discriminator_warmup_steps:
+      raise ValueError(f"quantizer_warmup_steps {quantizer_warmup_steps} > "
+                       f"discriminator_warmup_steps {discriminator_warmup_steps}: the "
+                       "discriminators would judge an unquantized codec")
     # Whether the losses include the discriminators; the trainer sets it per training
     # phase (`for_phase`). A model used outside the trainer trains the full GAN.
     self.adversarial = True
+    self.quantize = True
     self.spectral_windows = tuple(spectral_windows)
 
   @property
@@ -223,19 +242,26 @@ class SoundStreamModel(models_lib.BaseModel):
 
   # ---- losses ---------------------------------------------------------------------------
 
+  PHASES = ("autoencoder", "warmup", "adversarial")
+
   def training_phase(self, state) -> str:
-    """'warmup' until `discriminator_warmup_steps` train steps are done (state.step, read
-    from this host's copy), then 'adversarial'. Not the 'gan_state' counter: that counts
+    """'autoencoder' (no quantizer) until `quantizer_warmup_steps` train steps are done,
+    'warmup' (reconstruction only) until `discriminator_warmup_steps`, then 'adversarial'.
+    Counts state.step (this host's copy), not the 'gan_state' counter: that counts
     microbatches, and with gradient accumulation ended the warm-up early."""
     step = int(np.asarray(state.step.addressable_data(0)))
+    if step < self.quantizer_warmup_steps:
+      return "autoencoder"
     return "adversarial" if step >= self.discriminator_warmup_steps else "warmup"
 
   def for_phase(self, phase: str) -> "SoundStreamModel":
-    """This model with the discriminators in the losses ('adversarial') or out ('warmup')."""
-    if phase not in ("warmup", "adversarial"):
-      raise ValueError(f"SoundStreamModel phase {phase!r}; expected 'warmup' or 'adversarial'")
+    """This model with the quantizer out ('autoencoder'), the discriminators out
+    ('warmup', 'autoencoder') or both in ('adversarial')."""
+    if phase not in self.PHASES:
+      raise ValueError(f"SoundStreamModel phase {phase!r}; expected one of {self.PHASES}")
     model = copy.copy(self)
     model.adversarial = phase == "adversarial"
+    model.quantize = phase != "autoencoder"
     return model
 
   def loss_fn_with_mutables(self, params, flax_mutables, batch, dropout_rng,
@@ -265,6 +291,12 @@ class SoundStreamModel(models_lib.BaseModel):
 
     if group != "generator":
       raise ValueError(f"unknown optimizer group {group!r}")
+    if not self.quantize:   # the quantizer warm-up: encoder and decoder alone
+      reconstruction = self.module.apply(variables, wave, method=SoundStreamGAN.autoencode)
+      rec = losses.multi_scale_spectral_loss(wave, reconstruction, self.config.sample_rate,
+                                             self.spectral_windows)
+      return rec, ({"reconstruction_sum": rec * batch_size, "weight_sum": batch_size},
+                   flax_mutables)
     (reconstruction, _, vq), updates = self.module.apply(
         variables, wave, train=True, dropout_rng=dropout_rng, method=SoundStreamGAN.generate,
         mutable=[quantizers.COLLECTION])
