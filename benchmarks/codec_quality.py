@@ -97,9 +97,11 @@ PACKAGE = "wesnoth-1.16-music"
 HOLDOUT_EVERY = 8
 OPUS_KBPS = (3.0, 6.0, 12.0)
 SI_SDR_MARGIN_DB = 3.0   # "SI-SDR within a few dB of Opus"
-# The fidelity measures compared, and whether higher is better.
+# The fidelity measures compared, and whether higher is better. The targets count the first
+# four: mel distance is reported, but a blur passes it (docs/codec.md).
 MEASURES = {"chroma_cosine": True, "onset_f1": True, "si_sdr_db": True,
             "stft_distance": False, "mel_distance": False}
+TARGET_MEASURES = ("chroma_cosine", "onset_f1", "si_sdr_db", "stft_distance")
 TOOLS_CACHE = os.path.join(debian_music.DEFAULT_CACHE, "tools")
 
 # --size cpu: small.gin, narrowed until a 2-core CPU trains ~1 step/s (batch 8 x 0.5 s).
@@ -281,7 +283,7 @@ def beats(result: dict, anchor: dict) -> dict:
 
 def targets(results: dict, full: str, half: str) -> dict:
   """The codec against Opus at 6 kbps: at full bitrate better on chroma and onsets and
-  SI-SDR within SI_SDR_MARGIN_DB; at half bitrate better on at least two measures."""
+  SI-SDR within SI_SDR_MARGIN_DB; at half bitrate better on at least two TARGET_MEASURES."""
   opus6 = results["opus"]["6kbps"]
   at_full, at_half = results["codec"][full], results["codec"][half]
   better_half = beats(at_half, opus6)
@@ -291,7 +293,7 @@ def targets(results: dict, full: str, half: str) -> dict:
                             and at_full["onset_f1"] > opus6["onset_f1"]
                             and at_full["si_sdr_db"] > opus6["si_sdr_db"] - SI_SDR_MARGIN_DB),
       f"{half}_vs_opus_6kbps": better_half,
-      f"{half}_meets": sum(better_half.values()) >= 2}
+      f"{half}_meets": sum(better_half[m] for m in TARGET_MEASURES) >= 2}
 
 
 def anchors(ref: np.ndarray, sample_rate: int, seed: int) -> dict:
@@ -668,6 +670,7 @@ def evaluate(codec, trained: dict, args, t0: float, opus, opus_failures) -> None
           decoded_at[full] - decoded_at[half])))}
   report = {
       "benchmark": "codec_quality", **trained,
+      "evaluation_machine": machine.describe_jax(),
       "data": {**trained.get("data", {}), **holdout, "eval_data": args.eval_data,
                "sample_rate": rate},
       "eval_clips": [{"clip": t, "start_seconds": round(s, 3), "seconds": n / rate,
@@ -704,8 +707,8 @@ def print_table(report: dict, full: str, half: str) -> None:
   for label, kbps, r in rows:
     print(f"{label:18s} {kbps:6.2f}" + "".join(f" {r[m]:13.3f}" for m in MEASURES))
   first = next(iter(results["codec"].values()))
-  print(f"baselines: chroma of a flat chroma {first['chroma_flat']:.3f}, of the input "
-        f"shuffled in time {first['chroma_shuffled']:.3f}")
+  print(f"chroma baselines: flat {first['chroma_flat']:.3f}, the input shuffled in time "
+        f"{first['chroma_shuffled']:.3f}, its time average {first['chroma_static']:.3f}")
   print(f"codes matter: {results['codes_matter']}")
   print(f"targets: {results['targets']}")
   print(f"codec: distinct codes per level {results['codec_codes']['distinct_codes_per_level']}")

@@ -146,10 +146,16 @@ def test_continues_an_audio_prompt_from_its_own_tokens(musiclm):
 def test_bundle_round_trip_gives_the_same_audio_and_refuses_damage(musiclm, tmp_path):
   from musiclm_jax.generation import bundle
   path = str(tmp_path / "bundle")
-  musiclm.save(path)
+  musiclm.codec.provenance = {"trained_with": "musiclm-jax train", "step": 7}
+  try:
+    musiclm.save(path)
+  finally:
+    musiclm.codec.provenance = None
   manifest = json.load(open(os.path.join(path, "manifest.json")))
   assert {rel.split(os.sep)[0] for rel in manifest["files"]} == set(bundle.PARTS)
+  assert manifest["provenance"] == {"codec": {"trained_with": "musiclm-jax train", "step": 7}}
   loaded = pipeline.MusicLM.from_bundle(path)
+  assert loaded.codec.provenance == manifest["provenance"]["codec"]
   prompts = ["calm piano", "fast drums"]
   np.testing.assert_array_equal(loaded.generate(prompts, 0.2, seed=3),
                                 musiclm.generate(prompts, 0.2, seed=3))

@@ -233,3 +233,47 @@ def test_recipe_is_saved_with_the_run_and_changes_are_reported(tmp_path):
   assert loaded.work_dir == str(moved) and loaded.stage_steps == (30, 20, 10)
   assert loaded.path("bundle") == os.path.join(str(moved), "bundle")
   assert loaded.save() == {}
+
+
+def test_a_given_codec_bundle_replaces_the_codec_training(tmp_path):
+  """Recipe.codec_bundle: the codec_export step copies a checked bundle (a folder or one
+  shipped in the package) and no codec is trained; a missing one is named."""
+  from musiclm_jax.soundstream import codec as codec_lib
+  recipe = recipe_lib.Recipe(work_dir=str(tmp_path / "run"),
+                             codec_bundle="pretrained:tiny_16khz")
+  steps = recipe_lib.build_steps(recipe, recipe_lib.size_settings("tiny"))
+  names = [s.name for s in steps]
+  assert "codec" not in names and names.index("codec_export") < names.index("tokenize")
+  export = steps[names.index("codec_export")]
+  assert callable(export.run) and export.identified_by_content and not export.inputs
+  export.run()
+  copied = codec_lib.Codec.load(recipe.path("codec"))
+  shipped = codec_lib.Codec.load("pretrained:tiny_16khz")
+  assert copied.config == shipped.config and copied.provenance == shipped.provenance
+  assert copied.provenance["trained_with"] == "musiclm-jax train"
+  assert (copied.config.sample_rate, copied.config.hop_length, copied.config.num_quantizers,
+          copied.config.codebook_size) == (16000, 160, 8, 32)   # the tiny stages' layout
+  with pytest.raises(FileNotFoundError, match="no pretrained codec 'nope'.*tiny_16khz"):
+    recipe_lib.copy_codec("pretrained:nope", str(tmp_path / "other"))
+  with pytest.raises(FileNotFoundError, match="has no config.json"):
+    recipe_lib.copy_codec(str(tmp_path / "missing"), str(tmp_path / "other"))
+  assert not os.path.exists(tmp_path / "other")
+
+
+def test_the_report_shows_what_the_codec_keeps(tmp_path):
+  """The report's codec section: each clip and its resynthesis as WAVs, their spectrograms
+  in one PNG, and a row of fidelity measures per clip with a mean."""
+  from musiclm_jax.pipeline import report
+  from musiclm_jax.soundstream import codec as codec_lib
+  codec = codec_lib.Codec.load("pretrained:tiny_16khz")
+  t = np.arange(16000) / 16000
+  clips = [(0.3 * np.sin(2 * np.pi * f * t) * np.exp(-3 * (t % 0.25))).astype(np.float32)
+           for f in (262.0, 392.0)]
+  lines = report.codec_section(codec, ["a", "b"], ["C4 pulses", "G4 pulses"], clips,
+                               str(tmp_path))
+  assert (tmp_path / "codec_spectrograms.png").stat().st_size > 10_000
+  for name in ("a_original", "a_codec", "b_original", "b_codec"):
+    assert (tmp_path / "codec" / f"{name}.wav").exists()
+  rows = [line for line in lines if line.startswith("| [")]
+  assert len(rows) == 2 and any(line.startswith("| mean |") for line in lines)
+  assert all(len(line.split("|")) == 9 for line in rows)

@@ -292,6 +292,9 @@ def test_train_entry_point_then_export_and_encode(loops_data_dir, tmp_path):
   codec = codec_lib.Codec.load(bundle)
   assert (codec.config.sample_rate, codec.config.hop_length, codec.config.num_quantizers) == (
       16000, 160, 8)
+  # How it was made travels with it (and on into a MusicLM bundle's manifest).
+  assert codec.provenance["step"] == 4 and codec.provenance["parameters"] == "EMA"
+  assert "SoundStreamModel.quantizer_warmup_steps = 0" in codec.provenance["gin_config"]
   assert codec.encode(fx.real_clips()[:1]).shape == (1, fx.CLIP_SAMPLES // 160, 8)
 
 

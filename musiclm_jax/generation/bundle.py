@@ -2,7 +2,8 @@
 
   BUNDLE/
     manifest.json          format, token layout, windows, parameter dtype, and for every
-                           file its size and SHA-256, for every parameter its shape/dtype
+                           file its size and SHA-256, for every parameter its shape/dtype;
+                           the codec's provenance where its bundle had one
     mulan/                 config.json, params/ (Orbax), rvq.npz, text/ (tokenizer files)
     semantic_tokenizer/    config.json (w2v-BERT + layer), params/ (Orbax), centroids.npz
     codec/                 config.json, params/ (Orbax: generator params + codebooks)
@@ -131,6 +132,8 @@ def save_bundle(musiclm, path: str, dtype: str = "float32") -> None:
         files[rel] = {"sha256": _sha256(full), "bytes": os.path.getsize(full)}
     manifest = {"format": FORMAT, "dtype": dtype, "layout": _to_json(musiclm.layout),
                 "windows": _to_json(musiclm.windows), "files": files}
+    if codec.provenance is not None:   # how the codec was trained (its bundle's record)
+      manifest["provenance"] = {"codec": codec.provenance}
     with open(os.path.join(tmp, MANIFEST), "w", encoding="utf-8") as f:
       json.dump(manifest, f, indent=1, sort_keys=True)
 
@@ -228,7 +231,8 @@ def load_bundle(path: str):
   codec_config, _ = config_of("codec", ss_model.SoundStreamConfig)
   codec_vars = params_of("codec", shapes(lambda: ss_model.SoundStream(codec_config).init(
       jax.random.key(0), jnp.zeros((1, codec_config.hop_length * 4)))))
-  codec = codec_lib.Codec(codec_config, codec_vars)
+  codec = codec_lib.Codec(codec_config, codec_vars,
+                          manifest.get("provenance", {}).get("codec"))
 
   stage_lms = []
   for name in ("semantic", "coarse", "fine"):

@@ -9,7 +9,8 @@ process per step: its own gin config and memory), with its outputs under `work_d
   tfds/                 the captioned music set (TFDS)
   clips/train/          its train split as WAV files (k-means and RVQ fitting)
   runs/<part>/          training runs: codec, w2v_bert, mulan, semantic, coarse, fine
-  codec/                the exported codec; centroids.npz, mulan_rvq.npz
+  codec/                the exported codec (or a copy of Recipe.codec_bundle); centroids.npz,
+                        mulan_rvq.npz
   tokens/               token shards of train and validation
   bundle/               the exported MusicLM
   generated/            one WAV per prompt; prompts.csv
@@ -19,8 +20,10 @@ process per step: its own gin config and memory), with its outputs under `work_d
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
+import shutil
 import sys
 from typing import List, Optional, Sequence, Tuple
 
@@ -52,6 +55,9 @@ class Recipe:
   size: str = "tiny"                        # the size of every part
   codec_steps: int = 1000
   codec_batch: int = 16
+  # A codec bundle to use instead of training one: a folder or 'pretrained:<name>' (shipped
+  # in the package, see soundstream/pretrained/). None: the job trains its own (codec_*).
+  codec_bundle: Optional[str] = None
   w2v_bert_steps: int = 1000
   w2v_bert_batch: int = 16
   kmeans_steps: int = 200
@@ -145,6 +151,34 @@ def size_settings(size: str) -> dict:
                                    ["MULAN_RVQ_LEVELS", "MULAN_RVQ_CODES"])}
 
 
+def copy_codec(bundle: str, codec_dir: str) -> None:
+  """Checks a codec bundle (it loads) and copies its files into codec_dir, atomically."""
+  from musiclm_jax import atomic  # pylint: disable=g-import-not-at-top
+  from musiclm_jax.soundstream import codec as codec_lib  # pylint: disable=g-import-not-at-top
+  source = codec_lib.bundle_path(bundle)
+  codec_lib.Codec.load(source)
+  with atomic.atomic_directory(codec_dir) as tmp:
+    for name in sorted(os.listdir(source)):
+      if os.path.isfile(os.path.join(source, name)):
+        shutil.copyfile(os.path.join(source, name), os.path.join(tmp, name))
+
+
+def _codec_steps(r: Recipe, dataset: str, data_dir: str, codec_dir: str
+                 ) -> List[steps_lib.Step]:
+  """Train and export the codec, or (Recipe.codec_bundle) copy a trained one."""
+  if r.codec_bundle:
+    return [steps_lib.Step("codec_export", f"copy the codec {r.codec_bundle}",
+                           functools.partial(copy_codec, r.codec_bundle, codec_dir),
+                           [codec_dir], identified_by_content=True)]
+  return [
+      _train_step(r, "codec", "SoundStream", [f"soundstream/{r.size}.gin",
+                                              "runs/soundstream.gin"],
+                  r.codec_steps, [dataset, data_dir, f"BATCH_SIZE={r.codec_batch}"], ["data"]),
+      steps_lib.Step("codec_export", "export the codec",
+                     _cli("codec", "export", codec_dir, "--model_dir", r.path("runs", "codec")),
+                     [codec_dir], inputs=["codec"], identified_by_content=True)]
+
+
 def build_steps(recipe: Recipe, sizes: dict) -> List[steps_lib.Step]:
   """The job's steps in order; sizes: `size_settings(recipe.size)`."""
   from musiclm_jax.pipeline import report  # pylint: disable=g-import-not-at-top
@@ -162,11 +196,7 @@ def build_steps(recipe: Recipe, sizes: dict) -> List[steps_lib.Step]:
       steps_lib.Step("clips", "write the train split as WAV files",
                      lambda: report.export_split(r.tfds_name, r.tfds_dir, "train", train_clips),
                      [train_clips], inputs=["data"]),
-      _train_step(r, "codec", "SoundStream", [f"soundstream/{size}.gin", "runs/soundstream.gin"],
-                  r.codec_steps, [dataset, data_dir, f"BATCH_SIZE={r.codec_batch}"], ["data"]),
-      steps_lib.Step("codec_export", "export the codec",
-                     _cli("codec", "export", codec_dir, "--model_dir", r.path("runs", "codec")),
-                     [codec_dir], inputs=["codec"], identified_by_content=True),
+      *_codec_steps(r, dataset, data_dir, codec_dir),
       _train_step(r, "w2v_bert", "w2v-BERT", [f"w2v_bert/{size}.gin", "runs/w2v_bert.gin"],
                   r.w2v_bert_steps, [dataset, data_dir, f"BATCH_SIZE={r.w2v_bert_batch}"],
                   ["data"]),

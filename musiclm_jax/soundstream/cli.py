@@ -57,6 +57,11 @@ def _export(args) -> None:
   config, step = run.config, run.step
   codec = codec_lib.Codec.from_train_state(config, run.params, run.flax_mutables)
   codec._check_shapes(os.path.join(args.model_dir, "config.gin"))  # pylint: disable=protected-access
+  with open(os.path.join(args.model_dir, "config.gin"), encoding="utf-8") as f:
+    gin_config = f.read()
+  codec.provenance = {"trained_with": "musiclm-jax train", "model_dir": args.model_dir,
+                      "step": int(step), "parameters": "raw" if args.no_ema else "EMA",
+                      "gin_config": gin_config}
   codec.save(args.output)
   print(f"step {step} of {args.model_dir} -> codec bundle {args.output} "
         f"({config.bitrate() / 1000:.1f} kbps at {config.num_quantizers} levels)")

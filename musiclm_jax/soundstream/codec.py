@@ -2,7 +2,9 @@
 
 A bundle is a folder with `config.json` (the `SoundStreamConfig`) and `variables.msgpack`
 (the generator's parameters and codebooks, Flax-serialised): everything needed to turn
-audio into tokens and back, without the training state, the discriminators or gin.
+audio into tokens and back, without the training state, the discriminators or gin; and,
+where known, `provenance.json` (how it was trained: the run's gin config, step, data),
+which a MusicLM bundle's manifest carries on.
 
     codec = Codec.load('soundstream_bundle/')
     codes = codec.encode(wave)              # [batch, samples] -> int32 [batch, frames, 12]
@@ -29,6 +31,22 @@ from musiclm_jax.soundstream import model as model_lib
 
 CONFIG_FILE = "config.json"
 VARIABLES_FILE = "variables.msgpack"
+PROVENANCE_FILE = "provenance.json"
+# Bundles shipped in the package, named 'pretrained:<name>' wherever a bundle path is taken.
+PRETRAINED_PREFIX = "pretrained:"
+PRETRAINED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained")
+
+
+def bundle_path(bundle: str) -> str:
+  """A bundle folder from a path or 'pretrained:<name>' (a bundle shipped in the package)."""
+  if not bundle.startswith(PRETRAINED_PREFIX):
+    return bundle
+  name = bundle[len(PRETRAINED_PREFIX):]
+  shipped = sorted(n for n in os.listdir(PRETRAINED_DIR)
+                   if os.path.isfile(os.path.join(PRETRAINED_DIR, n, CONFIG_FILE)))
+  if name not in shipped:
+    raise FileNotFoundError(f"no pretrained codec {name!r}; the package ships {shipped}")
+  return os.path.join(PRETRAINED_DIR, name)
 
 
 def fold_weight_norm(params: Mapping[str, Any]) -> dict:
@@ -50,13 +68,16 @@ def fold_weight_norm(params: Mapping[str, Any]) -> dict:
 class Codec:
   """SoundStream inference with jitted, shape-cached encode and decode."""
 
-  def __init__(self, config: model_lib.SoundStreamConfig, variables: Mapping[str, Any]):
+  def __init__(self, config: model_lib.SoundStreamConfig, variables: Mapping[str, Any],
+               provenance: Optional[Mapping[str, Any]] = None):
     """Args:
       config: the codec's configuration.
       variables: {'params': generator params, 'quantizer': generator codebook state}.
         Weight-normalised kernels are folded once here (inference needs no reparameter-
         isation), so the codec's config says weight_norm=False.
+      provenance: how the weights were made (JSON-able), saved beside them.
     """
+    self.provenance = dict(provenance) if provenance is not None else None
     params = variables["params"]
     if config.weight_norm:
       params = fold_weight_norm(params)
@@ -129,10 +150,15 @@ class Codec:
       host = jax.device_get(self.variables)
       with open(os.path.join(tmp, VARIABLES_FILE), "wb") as f:
         f.write(flax.serialization.msgpack_serialize(host))
+      if self.provenance is not None:
+        with open(os.path.join(tmp, PROVENANCE_FILE), "w", encoding="utf-8") as f:
+          json.dump(self.provenance, f, indent=1)
 
   @classmethod
   def load(cls, bundle_dir: str) -> "Codec":
-    """Reads a bundle written by `save`; errors name the missing or damaged file."""
+    """Reads a bundle written by `save` (a folder, or 'pretrained:<name>'); errors name the
+    missing or damaged file."""
+    bundle_dir = bundle_path(bundle_dir)
     config_path = os.path.join(bundle_dir, CONFIG_FILE)
     variables_path = os.path.join(bundle_dir, VARIABLES_FILE)
     for path in (config_path, variables_path):
@@ -150,7 +176,15 @@ class Codec:
         variables = flax.serialization.msgpack_restore(f.read())
     except Exception as e:  # msgpack raises several types on damaged input
       raise ValueError(f"{variables_path}: unreadable ({type(e).__name__}: {e})") from e
-    codec = cls(config, variables)
+    provenance = None
+    provenance_path = os.path.join(bundle_dir, PROVENANCE_FILE)
+    if os.path.isfile(provenance_path):
+      try:
+        with open(provenance_path, encoding="utf-8") as f:
+          provenance = json.load(f)
+      except ValueError as e:
+        raise ValueError(f"{provenance_path}: unreadable ({e})") from e
+    codec = cls(config, variables, provenance)
     codec._check_shapes(variables_path)
     return codec
 
