@@ -9,7 +9,7 @@ DEMO_CONFIG ?= pipeline/tiny.gin
 LM_DEMO_DIR ?= runs/demo_lm_tiny
 LM_DEMO_STEPS ?= 600
 
-.PHONY: setup browser test test-fast demo demo-lm benchmark clean
+.PHONY: setup browser test test-unit demo demo-lm benchmark clean
 
 $(VENV)/.installed: setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,7 @@ $(VENV)/.installed: setup.py constraints.txt
 
 setup: $(VENV)/.installed
 
-# Debian's chromium + chromedriver for tests/test_listening.py (Playwright's browser download
+# Debian's chromium + chromedriver for tests/integration/test_listening.py (Playwright's browser download
 # is out of reach; Debian's archive is not). Needs root or sudo: .ci/run (root) runs it;
 # without it the test skips locally and fails in CI (CI set).
 browser:
@@ -37,8 +37,12 @@ browser:
 test: setup
 	$(PY) -m pytest -q -ra -n 2 --dist loadfile tests
 
-# The main job: builds the captioned music set, trains SoundStream, w2v-BERT + k-means, MuLan
-# + RVQ, tokenizes, trains the three stages, exports, generates, evaluates, and writes
+# The unit tests alone (tests/unit/: a few minutes); tests/integration/ holds the rest.
+test-unit: setup
+	$(PY) -m pytest -q -ra -n 2 --dist loadfile tests/unit
+
+# The main job: builds the captioned music set, takes the shipped SoundStream codec, trains
+# w2v-BERT + k-means and MuLan + RVQ, tokenizes, trains the three stages, exports, generates, evaluates, and writes
 # $(DEMO_DIR)/report/summary.md (40-50 minutes on a 2-core CPU at pipeline/tiny.gin).
 # Re-running skips finished steps. DEMO_CONFIG=pipeline/small.gin for a longer GPU run.
 demo: setup
@@ -64,6 +68,7 @@ benchmark: setup
 	$(PY) benchmarks/tokenize_speed.py
 	$(PY) benchmarks/generation_speed.py --size tiny
 	$(PY) benchmarks/generation_speed.py --size small
+	$(PY) benchmarks/make_readme.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .xla_cache

@@ -44,8 +44,14 @@ setup(
     description="MusicLM (text-to-music) in JAX/Flax, built T5X-style",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    packages=find_packages(include=["musiclm_jax", "musiclm_jax.*"]),
-    package_data={"musiclm_jax.evaluation": ["listening.html"],  # the listening test's page
+    # gin/ and data/ sit at the top of the repository and install inside the package, as
+    # musiclm_jax.configs (the gin files) and musiclm_jax.datasets (the TFDS builders).
+    packages=(find_packages(include=["musiclm_jax", "musiclm_jax.*"])
+              + ["musiclm_jax.configs", "musiclm_jax.datasets"]
+              + [f"musiclm_jax.datasets.{p}" for p in find_packages("data")]),
+    package_dir={"musiclm_jax.configs": "gin", "musiclm_jax.datasets": "data"},
+    package_data={"musiclm_jax.configs": ["*.gin", "*/*.gin", "*/*/*.gin"],
+                  "musiclm_jax.evaluation": ["listening.html"],  # the listening test's page
                   # codec bundles shipped with the package ('pretrained:<name>')
                   "musiclm_jax.soundstream": ["pretrained/*/*.json",
                                               "pretrained/*/*.msgpack"]},

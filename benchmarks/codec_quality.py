@@ -78,11 +78,11 @@ import soundfile as sf
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import machine  # noqa: E402
-from musiclm_jax import gin_utils  # noqa: E402
+from musiclm_jax import gin_config  # noqa: E402
 from musiclm_jax.audio import debian_music, io as audio_io  # noqa: E402
 from musiclm_jax.evaluation import fidelity  # noqa: E402
 from musiclm_jax.soundstream import codec as codec_lib, model as model_lib  # noqa: E402,F401
-from musiclm_jax.training import partitioning, trainer as trainer_lib  # noqa: E402
+from musiclm_jax.training import partitioning, train_loop, trainer as trainer_lib  # noqa: E402
 
 SAMPLE_RATE = 24000
 OPUS_RATE = 48000
@@ -126,7 +126,7 @@ def build_model(size: str, extra_bindings):
   # and with them TensorFlow, which a GPU machine may not have.
   from musiclm_jax.training import optimizers  # noqa: F401  pylint: disable=g-import-not-at-top
   bindings = list(bindings) + list(extra_bindings) + ["_benchmark_model.model = %MODEL"]
-  gin_utils.parse_gin_flags([gin_file], bindings, finalize=False)
+  gin_config.parse_gin_flags([gin_file], bindings, finalize=False)
   model = _benchmark_model()
   info = {"size": size, "gin_file": gin_file, "gin_bindings": bindings[:-1],
           "learning_rate": gin.query_parameter("CODEC_LEARNING_RATE/macro.value"),
@@ -170,20 +170,21 @@ def eval_clips(held_tracks, count: int, seconds: float, sample_rate: int = SAMPL
 
 
 class CropSampler:
-  """Random crops [batch, crop] of the training tracks, tracks weighted by length."""
+  """Random crops [batch, crop] of the training tracks, tracks weighted by length: a batch
+  factory for `train_loop.BatchFactory` (`sampler(batch, rng)`)."""
 
-  def __init__(self, tracks, crop: int, seed: int):
+  def __init__(self, tracks, crop: int):
     self.waves = [w for w in tracks.values() if w.shape[0] >= crop]
     if not self.waves:
       raise ValueError(f"no track is as long as one crop ({crop} samples)")
     lengths = np.array([w.shape[0] - crop + 1 for w in self.waves], np.float64)
     self.p = lengths / lengths.sum()
-    self.crop, self.rng = crop, np.random.default_rng(seed)
+    self.crop = crop
 
-  def __call__(self, batch: int) -> np.ndarray:
+  def __call__(self, batch: int, rng: np.random.Generator) -> np.ndarray:
     out = np.empty((batch, self.crop), np.float32)
-    for i, t in enumerate(self.rng.choice(len(self.waves), size=batch, p=self.p)):
-      start = self.rng.integers(0, self.waves[t].shape[0] - self.crop + 1)
+    for i, t in enumerate(rng.choice(len(self.waves), size=batch, p=self.p)):
+      start = rng.integers(0, self.waves[t].shape[0] - self.crop + 1)
       out[i] = self.waves[t][start:start + self.crop]
     return out
 
@@ -192,33 +193,33 @@ class CropSampler:
 
 
 def train(model, sampler, batch: int, minutes: float, seed: int, log_every: int):
-  """Trains until the budget is spent; returns (state, report)."""
+  """Trains until the budget is spent (the library's train loop, batches from memory, no
+  checkpoints); returns (state, report)."""
   partitioner = partitioning.Partitioner(devices=jax.devices()[:1])
   trainer = trainer_lib.Trainer(model, partitioner, seed=seed)
   state = trainer.create_state({"audio": (batch, sampler.crop)})
-  budget, history, first_step_s = minutes * 60.0, [], None
+  batches = train_loop.BatchFactory(lambda rng: {"audio": sampler(batch, rng)}, seed)
+  history, start = [], time.perf_counter()
   load_before = os.getloadavg()  # other work on a shared machine slows the steps
-  start = time.perf_counter()
-  while time.perf_counter() - start < budget:
-    state, metrics = trainer.train_step(state, partitioner.shard_batch(
-        {"audio": sampler(batch)}))
-    history.append(per_example(jax.device_get(metrics)))
-    if first_step_s is None:
-      first_step_s = time.perf_counter() - start
-    if len(history) % log_every == 0:
-      h = history[-1]
-      print(f"step {len(history):5d}  {time.perf_counter() - start:7.1f} s  "
-            f"reconstruction {h.get('generator/reconstruction', float('nan')):8.2f}  "
-            f"perplexity {h.get('generator/codebook_perplexity', float('nan')):7.1f}",
+
+  def on_step(step, scalars):
+    history.append(scalars)
+    if step % log_every == 0:
+      print(f"step {step:5d}  {time.perf_counter() - start:7.1f} s  "
+            f"reconstruction {scalars.get('generator/reconstruction', float('nan')):8.2f}  "
+            f"perplexity {scalars.get('generator/codebook_perplexity', float('nan')):7.1f}",
             flush=True)
-  wall = time.perf_counter() - start
-  steps = len(history)
+
+  result = train_loop.run(trainer, state, 0, batches, total_steps=10**9,
+                          max_seconds=minutes * 60.0, on_step=on_step)
+  steps, wall = result.step, result.seconds
   last = history[-min(50, steps):]
   final = {k: float(np.mean([h[k] for h in last])) for k in last[0]}
-  return state, {
+  return result.state, {
       "budget_minutes": minutes, "wall_seconds": wall, "steps": steps,
-      "first_step_seconds_incl_compile": first_step_s,
-      "steps_per_second_after_first": (steps - 1) / max(wall - first_step_s, 1e-9),
+      "first_step_seconds_incl_compile": result.first_step_seconds,
+      "steps_per_second_after_first": (steps - 1) / max(wall - result.first_step_seconds,
+                                                        1e-9),
       "load_average_1_5_15min_before": load_before,
       "load_average_1_5_15min_after": os.getloadavg(),
       "batch": batch, "crop_seconds": sampler.crop / SAMPLE_RATE,
@@ -226,18 +227,6 @@ def train(model, sampler, batch: int, minutes: float, seed: int, log_every: int)
       "adversarial_started": steps > model.discriminator_warmup_steps,
       "final_train_metrics_mean_last_steps": len(last), "final_train_metrics": final,
       "first_step_metrics": history[0]}
-
-
-def per_example(metrics):
-  """Trainer metrics ('x_sum' summed over the batch) -> per-example means."""
-  out = {}
-  for name, value in metrics.items():
-    group = name.split("/")[0] + "/" if "/" in name else ""
-    if name.endswith("_sum") and not name.endswith("weight_sum"):
-      out[name[:-4]] = float(value) / float(metrics[group + "weight_sum"])
-    elif not name.endswith("weight_sum"):
-      out[name] = float(value)
-  return out
 
 
 # ---- metrics ------------------------------------------------------------------------------
@@ -536,7 +525,7 @@ def main():
         f"({sum(w.shape[0] for w in train_tracks.values()) / SAMPLE_RATE / 60:.1f} min, "
         f"{skipped.summary()}); loaded in {time.perf_counter() - t0:.0f} s", flush=True)
 
-  state, training = train(model, CropSampler(train_tracks, crop, args.seed), batch,
+  state, training = train(model, CropSampler(train_tracks, crop), batch,
                           args.train_minutes, args.seed, args.log_every)
   print(f"trained {training['steps']} steps in {training['wall_seconds']:.0f} s", flush=True)
   codec = codec_lib.Codec.from_train_state(config, state.params, state.flax_mutables)

@@ -1,4 +1,4 @@
-r"""Text-to-music generation speed per stage and end to end (issue #7), as real-time factors.
+r"""Text-to-music generation speed per stage and end to end, as real-time factors.
 
   python benchmarks/generation_speed.py [--size tiny|small|paper] [--seconds 10] [--batch 1]
       [--out FILE]
@@ -33,15 +33,15 @@ def build(size: str):
   import jax
   import optax
   import random_parts
-  from musiclm_jax.generation import pipeline
+  from musiclm_jax.generation import musiclm as musiclm_lib
   from musiclm_jax.lm import decoder_lm, models as lm_models
   from musiclm_jax.lm import token_layout
   if size == "tiny":
     # The demo's layout (gin/stages/tiny/layout.gin): it matches soundstream/tiny.gin.
     layout = random_parts.gin_config(["stages/tiny/layout.gin"], token_layout.TokenLayout)
-    windows = pipeline.Windows(semantic_seconds=10.0, coarse_seconds=2.0, fine_seconds=0.5)
+    windows = musiclm_lib.Windows(semantic_seconds=10.0, coarse_seconds=2.0, fine_seconds=0.5)
   else:
-    layout, windows = token_layout.TokenLayout(), pipeline.Windows()
+    layout, windows = token_layout.TokenLayout(), musiclm_lib.Windows()
   codec = random_parts.codec(size)
   mulan = random_parts.mulan(size, layout.mulan_levels, layout.mulan_codes)
   stage_lms = []
@@ -53,8 +53,8 @@ def build(size: str):
     model = lm_models.DecoderOnlyLMModel(decoder_lm.DecoderOnlyLM(config), optax.identity())
     params = nn.meta.unbox(model.get_initial_variables(
         jax.random.key(0), {"prefix_tokens": (1, 4), "decoder_input_tokens": (1, 8)})["params"])
-    stage_lms.append(pipeline.StageLM(model, params))
-  return pipeline.MusicLM(layout, mulan, *stage_lms, codec, windows)
+    stage_lms.append(musiclm_lib.StageLM(model, params))
+  return musiclm_lib.MusicLM(layout, mulan, *stage_lms, codec, windows)
 
 
 class _Timed:

@@ -55,11 +55,11 @@ def main():
   args = parser.parse_args()
 
   import gin
-  from musiclm_jax import gin_utils
+  from musiclm_jax import gin_config
   import musiclm_jax.lm  # noqa: F401  (gin configurables)
   from musiclm_jax.training import optimizers, partitioning, trainer as trainer_lib  # noqa
   gin.external_configurable(lambda model=gin.REQUIRED: model, "mfu_model")
-  gin_utils.parse_gin_flags([args.gin_file], [
+  gin_config.parse_gin_flags([args.gin_file], [
       f"TARGET_VOCAB_SIZE = {COARSE_VOCAB}", "PREFIX_VOCAB_SIZE = 0",
       "mfu_model.model = %MODEL"] + args.gin, finalize=False)
   model = gin.get_configurable("mfu_model")()

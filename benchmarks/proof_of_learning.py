@@ -1,4 +1,4 @@
-r"""Proof of learning (issue #9): does the text steer the music a pipeline run generates?
+r"""Proof of learning: does the text steer the music a pipeline run generates?
 
   python benchmarks/proof_of_learning.py --work_dir runs/demo [--prompts 24]
       [--chain_prompts 240] [--chain_clips 0] [--seconds 8] [--out FILE]
@@ -137,11 +137,12 @@ def main() -> None:
   import machine
   from musiclm_jax.audio import io as audio_io
   from musiclm_jax.evaluation import embedders, fad, fidelity
-  from musiclm_jax.generation import pipeline
+  from musiclm_jax.generation import bundle as bundle_lib
+  from musiclm_jax.generation import musiclm as musiclm_lib
   from musiclm_jax.pipeline import recipe as recipe_lib
   start = time.time()
   recipe = recipe_lib.Recipe.load(args.work_dir)
-  musiclm = pipeline.MusicLM.from_bundle(recipe.path("bundle"))
+  musiclm = bundle_lib.load_bundle(recipe.path("bundle"))
   mulan = musiclm.mulan
   at = lambda x, r, to: np.stack([audio_io.resample(c, r, to) for c in x])
 
@@ -172,7 +173,7 @@ def main() -> None:
 
   conditioned = generated(prompts)
   from_shuffled = generated(shuffled)
-  guidance = {s: pipeline.Sampling(temperature=pipeline.DEFAULT_SAMPLING[s].temperature,
+  guidance = {s: musiclm_lib.Sampling(temperature=musiclm_lib.DEFAULT_SAMPLING[s].temperature,
                                    guidance_scale=0.0) for s in ("semantic", "coarse")}
   unconditioned = generated(prompts, sampling=guidance)
 

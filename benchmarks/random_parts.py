@@ -9,10 +9,10 @@ import numpy as np
 def gin_config(files, make, bindings=()):
   """`make()` under the gin files (+ bindings), with gin's state cleared around it."""
   import gin
-  from musiclm_jax import gin_utils
+  from musiclm_jax import configurables, gin_config
   gin.clear_config()
-  gin_utils.import_configurables()
-  gin_utils.parse_gin_flags(list(files), ["TRAIN_STEPS = 1", *bindings], finalize=False)
+  configurables.import_configurables()
+  gin_config.parse_gin_flags(list(files), ["TRAIN_STEPS = 1", *bindings], finalize=False)
   try:
     return make()
   finally:

@@ -1,4 +1,4 @@
-r"""Tokenize job throughput with tiny models (issue #6): seconds of audio per second of wall.
+r"""Tokenize job throughput with tiny models: seconds of audio per second of wall.
 
   python benchmarks/tokenize_speed.py [--dataset tiny_16khz] [--data_dir DIR] [--out FILE]
 
@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
 def tiny_tokenizers():
   import random_parts
-  from musiclm_jax.tasks import tokenize_job
+  from musiclm_jax import audio_tokenizers
   from musiclm_jax.w2v_bert import model as w2v_model, tokenizer as semantic_tokenizer
   w2v_config = random_parts.gin_config(["w2v_bert/tiny.gin"], w2v_model.W2vBertConfig)
   samples = w2v_config.hop_length * 8
@@ -38,7 +38,7 @@ def tiny_tokenizers():
   centroids = np.random.default_rng(0).normal(size=(16, w2v_config.emb_dim))
   semantic = semantic_tokenizer.SemanticTokenizer(w2v_config, w2v_params, 1,
                                                   centroids.astype(np.float32))
-  return tokenize_job.Tokenizers(random_parts.codec("tiny"), semantic,
+  return audio_tokenizers.Tokenizers(random_parts.codec("tiny"), semantic,
                                  random_parts.mulan("tiny", 4, 16))
 
 

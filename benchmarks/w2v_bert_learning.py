@@ -1,4 +1,4 @@
-r"""Does w2v-BERT learn? A wall-clock-budgeted training run that needs no TensorFlow (issue #4).
+r"""Does w2v-BERT learn? A wall-clock-budgeted training run that needs no TensorFlow.
 
   # on the accelerator (jax, flax, optax, gin-config, soundfile, soxr, safetensors only):
   python benchmarks/w2v_bert_learning.py train --audio_dir DIR --export_dir EXPORT \
@@ -12,7 +12,7 @@ r"""Does w2v-BERT learn? A wall-clock-budgeted training run that needs no Tensor
 `train` runs the same model, optimizer, masking and losses as `musiclm_jax.train` with the
 gin size file, on random crops (the size's W2V_BERT_CROP_SAMPLES, batch 16) drawn from the
 audio files under --audio_dir, decoded once into memory: no SeqIO input pipeline, so it runs
-where TensorFlow is not installed (the lent GPU machine). It logs the learning curve (MLM
+where TensorFlow is not installed (a bare GPU image). It logs the learning curve (MLM
 and contrastive accuracy against their chance levels, code perplexity) and exports the EMA
 parameters in float16 safetensors shards (only what the tokenizer's layer needs: the MLM
 layers above SEMANTIC_LAYER are left out, so the export fits the machine's return limit).
@@ -55,13 +55,13 @@ def train(args) -> None:
   import gin
   import jax
   import machine
-  from musiclm_jax import gin_utils
-  from musiclm_jax.training import models as models_lib, partitioning, trainer as trainer_lib
+  from musiclm_jax import gin_config
+  from musiclm_jax.training import partitioning, train_loop, trainer as trainer_lib
   import musiclm_jax.w2v_bert.model as model_lib  # registers the gin configurables too
   from musiclm_jax.training import optimizers  # noqa: F401  (gin configurables)
 
   gin.external_configurable(lambda model=gin.REQUIRED: model, "learning_run_model")
-  gin_utils.parse_gin_flags([args.gin_file], list(args.gin) + [
+  gin_config.parse_gin_flags([args.gin_file], list(args.gin) + [
       "learning_run_model.model = %MODEL"], finalize=False)
   model = gin.get_configurable("learning_run_model")()
   config = model_lib.W2vBertConfig()
@@ -69,7 +69,7 @@ def train(args) -> None:
   layer = gin.query_parameter("%SEMANTIC_LAYER")
 
   paths, tracks = _load_tracks(args.audio_dir, config.sample_rate)
-  sampler = codec_quality.CropSampler(tracks, crop, seed=0)
+  sampler = codec_quality.CropSampler(tracks, crop)
   hours = sum(len(t) for t in tracks.values()) / config.sample_rate / 3600
   print(f"{len(paths)} tracks, {hours:.2f} h at {config.sample_rate} Hz; crops of {crop}",
         flush=True)
@@ -93,28 +93,27 @@ def train(args) -> None:
     with open(os.path.join(args.export_dir, "learning.json"), "w", encoding="utf-8") as f:
       json.dump(report, f, indent=1)
 
-  start, step = None, 0
-  loop_start = time.time()
-  budget_s = args.minutes * 60
-  while step < args.max_steps and (start is None or time.time() - start < budget_s):
-    batch = partitioner.shard_batch({"audio": sampler(BATCH_SIZE)})
-    state, metrics = trainer.train_step(state, batch)
-    step += 1
-    if start is None:  # the first step compiles: the budget counts training only
-      jax.block_until_ready(metrics)
-      report["first_step_seconds"], start = time.time() - loop_start, time.time()
+  def on_step(step, scalars):
     if step % args.log_every == 0:
-      scalars = models_lib.metrics_to_scalars(jax.device_get(metrics))
-      row = {"step": step, "seconds": round(time.time() - start, 1),
-             **{k: round(float(v), 4) for k, v in scalars.items()}}
+      row = {"step": step, "seconds": round(time.perf_counter() - loop_start, 1),
+             **{k: round(v, 4) for k, v in scalars.items()}}
       report["curve"].append(row)
-      write_report(steps=step, train_seconds=time.time() - start)
+      write_report(steps=step)
       print(json.dumps(row), flush=True)
-      if not np.isfinite(row["loss"]):
-        print("non-finite loss: stopping", flush=True)
-        break
-  jax.block_until_ready(state)
-  train_s = time.time() - start
+
+  # The library's train loop, batches from memory, no checkpoints; the budget counts from
+  # the end of the first (compiling) step.
+  batches = train_loop.BatchFactory(lambda rng: {"audio": sampler(BATCH_SIZE, rng)}, seed=0)
+  loop_start = time.perf_counter()
+  try:
+    result = train_loop.run(trainer, state, 0, batches, args.max_steps,
+                            max_seconds=args.minutes * 60, on_step=on_step)
+  except train_loop.NonFiniteLossError as e:
+    write_report(stopped=str(e))
+    raise SystemExit(f"{e}: stopping, nothing exported")
+  step, state = result.step, result.state
+  report["first_step_seconds"] = result.first_step_seconds
+  train_s = result.seconds - result.first_step_seconds
   _export_params(jax.device_get(state.ema_params), jax.device_get(state.flax_mutables),
                  layer, args.export_dir)
   write_report(steps=step, train_seconds=train_s, steps_per_second=step / train_s,

@@ -8,6 +8,8 @@ import sys
 
 import numpy as np
 
+from musiclm_jax import atomic
+
 
 def run(parser: argparse.ArgumentParser, argv=None) -> None:
   """Parses argv and runs the chosen sub-command; bad input exits 2 with the message."""
@@ -21,10 +23,9 @@ def run(parser: argparse.ArgumentParser, argv=None) -> None:
 
 
 def save_npy(path: str, array: np.ndarray) -> None:
-  """np.save through a temporary name, so a crash leaves no half-written file."""
-  tmp = f"{path}.tmp-{os.getpid()}.npy"
-  np.save(tmp, array)
-  os.replace(tmp, path)
+  """np.save, atomically (nothing half-written, no temporary left on any failure)."""
+  with atomic.atomic_file(path, suffix=".npy") as tmp:
+    np.save(tmp, array)
 
 
 def audio_paths(inputs) -> list:

@@ -14,12 +14,12 @@ import gin
 import seqio
 
 from musiclm_jax import launch
-from musiclm_jax import infer as infer_lib
-from musiclm_jax import train as train_lib
 from musiclm_jax.training import data as data_lib
+from musiclm_jax.training import eval_loop
 from musiclm_jax.training import metrics as metrics_lib
 from musiclm_jax.training import models as models_lib
 from musiclm_jax.training import partitioning
+from musiclm_jax.training import runs
 
 
 @gin.configurable
@@ -29,10 +29,10 @@ def evaluate(model_dir: str = gin.REQUIRED, *, model: models_lib.BaseModel = gin
              num_batches: int = 100, checkpoint_step: Optional[int] = None) -> dict:
   """Sums loss/accuracy over up to `num_batches` batches of the split; returns averages."""
   partitioner = partitioning.Partitioner()
-  trainer, state, step = infer_lib.restore_for_inference(
+  trainer, state, step = runs.restore_for_inference(
       model_dir, model, dataset_cfg, feature_converter, partitioner, checkpoint_step)
   writer = metrics_lib.MetricWriter(model_dir, "eval")
-  scalars = train_lib.evaluate_steps(trainer, state, partitioner, dataset_cfg,
+  scalars = eval_loop.evaluate_steps(trainer, state, partitioner, dataset_cfg,
                                      feature_converter, num_batches, writer, step)
   writer.close()
   print(f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(scalars.items())))

@@ -4,7 +4,8 @@ r"""Inference entry point (cf. `t5x.infer`): sample from a trained LM checkpoint
     --gin_file=runs/infer.gin --gin.MODEL_DIR="'/tmp/lm_tiny'"
 
 Conditions on the prefixes of a dataset split, samples targets with the gin-configured
-decoder parameters, writes `predictions.jsonl` into OUTPUT_DIR and prints the task's SeqIO
+decoder parameters, writes `predictions_step<N>.jsonl` into `infer.output_dir` (default
+MODEL_DIR/inference) and prints the task's SeqIO
 metrics (predictions against the split's targets).
 """
 
@@ -19,27 +20,12 @@ import jax
 import numpy as np
 import seqio
 
-from musiclm_jax import launch
-from musiclm_jax import train as train_lib
-from musiclm_jax.training import checkpoints as checkpoints_lib
+from musiclm_jax import atomic, launch
 from musiclm_jax.training import data as data_lib
 from musiclm_jax.training import models as models_lib
 from musiclm_jax.training import partitioning
-from musiclm_jax.training import trainer as trainer_lib
+from musiclm_jax.training import runs
 
-
-def restore_for_inference(model_dir: str, model: models_lib.BaseModel,
-                          dataset_cfg: data_lib.DatasetConfig,
-                          feature_converter: seqio.FeatureConverter,
-                          partitioner: partitioning.Partitioner,
-                          step: Optional[int] = None):
-  """(trainer, state, step) restored from model_dir onto `partitioner`'s mesh."""
-  trainer = trainer_lib.Trainer(model=model, partitioner=partitioner)
-  shapes, types = train_lib.input_shapes_and_types(
-      data_lib.get_dataset(dataset_cfg, feature_converter), dataset_cfg.batch_size)
-  abstract_state, _ = trainer.abstract_state(shapes, types)
-  step, state = checkpoints_lib.restore_state(model_dir, abstract_state, step)
-  return trainer, state, step
 
 
 @gin.configurable
@@ -51,7 +37,7 @@ def infer(model_dir: str = gin.REQUIRED, *, model: models_lib.BaseModel = gin.RE
           checkpoint_step: Optional[int] = None, seed: int = 0) -> dict:
   """Samples for `num_batches` batches; returns the task metrics."""
   partitioner = partitioning.Partitioner()
-  _, state, step = restore_for_inference(model_dir, model, dataset_cfg, feature_converter,
+  _, state, step = runs.restore_for_inference(model_dir, model, dataset_cfg, feature_converter,
                                          partitioner, checkpoint_step)
   params = state.params_for_inference(use_ema)
   decoder_params = dict(decoder_params or {})
@@ -83,11 +69,8 @@ def infer(model_dir: str = gin.REQUIRED, *, model: models_lib.BaseModel = gin.RE
     metrics.update(metric_fn(targets, predictions))
   if jax.process_index() == 0:
     output_dir = output_dir or os.path.join(model_dir, "inference")
-    os.makedirs(output_dir, exist_ok=True)
-    with open(os.path.join(output_dir, f"predictions_step{step}.jsonl"), "w",
-              encoding="utf-8") as f:
-      for record in records:
-        f.write(json.dumps(record) + "\n")
+    atomic.atomic_write_text(os.path.join(output_dir, f"predictions_step{step}.jsonl"),
+                             "".join(json.dumps(record) + "\n" for record in records))
     print(f"step {step}: sampled {len(records)} sequences -> {output_dir}")
     for name, value in metrics.items():
       print(f"  {name}: {value:.4f}")

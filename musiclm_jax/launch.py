@@ -9,7 +9,7 @@ import gin
 
 from absl import app, flags, logging
 
-from musiclm_jax import gin_utils
+from musiclm_jax import configurables, gin_config
 from musiclm_jax.training import distributed
 
 FLAGS = flags.FLAGS
@@ -37,15 +37,15 @@ def run(main: Callable[[], None]) -> None:
     data.hide_gpus_from_tensorflow()  # before TF's first op: the GPUs are JAX's
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                            FLAGS.cpu_collectives, auto=FLAGS.multiprocess_auto)
-    gin_utils.import_configurables()
+    configurables.import_configurables()
     try:
-      gin_utils.parse_gin_flags(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths)
-    except gin_utils.GinConfigError as e:
+      gin_config.parse_gin_flags(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths)
+    except gin_config.GinConfigError as e:
       print(f"error: {e}", file=sys.stderr)
       sys.exit(2)
     main()
 
-  app.run(_main, argv=gin_utils.rewrite_gin_args(sys.argv))
+  app.run(_main, argv=gin_config.rewrite_gin_args(sys.argv))
 
 
 def required_model_dir() -> str:

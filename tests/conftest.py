@@ -33,8 +33,12 @@ if _XLA_CACHE:
 import pytest  # noqa: E402
 
 
+# tests/unit/: one function or module at a time, seconds each. tests/integration/: trained
+# models, built datasets, entry points in subprocesses, the wheel, the browser (minutes per
+# file). `make test` runs both; `make test-unit` the first (`-m "not integration"` also works).
 def pytest_configure(config):
   config.addinivalue_line("markers", "slow: multi-process / subprocess tests (seconds each)")
+  config.addinivalue_line("markers", "integration: a test under tests/integration/")
 
 
 # The longest test files (minutes each on 2 cores), longest first. `make test` hands whole
@@ -46,6 +50,9 @@ LONGEST_FILES = ("test_soundstream.py", "test_mulan_training.py", "test_stage_tr
 
 
 def pytest_collection_modifyitems(items):
+  for item in items:
+    if item.path.parent.name == "integration":
+      item.add_marker(pytest.mark.integration)
   rank = {name: i for i, name in enumerate(LONGEST_FILES)}
   items.sort(key=lambda item: rank.get(item.path.name, len(rank)))   # stable within a file
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from musiclm_jax.mulan import tokenizer as mulan_tokenizer
 from musiclm_jax.soundstream import codec as codec_lib
+from musiclm_jax import audio_tokenizers
 from musiclm_jax.tasks import tokenize_job
 from musiclm_jax.training import partitioning
 from musiclm_jax.w2v_bert import tokenizer as semantic_tokenizer
@@ -20,7 +21,7 @@ DATASET = "music_captions/tiny_16khz"
 
 
 @functools.lru_cache(maxsize=None)
-def tiny_tokenizers() -> tokenize_job.Tokenizers:
+def tiny_tokenizers() -> audio_tokenizers.Tokenizers:
   """Deterministic (seeded) tiny codec, semantic and MuLan tokenizers (built once per
   process; treat as read-only)."""
   # Initialised under jit: one program (which the tests' persistent compilation cache keeps
@@ -40,7 +41,7 @@ def tiny_tokenizers() -> tokenize_job.Tokenizers:
   mulan = mulan_tokenizer.MuLanTokenizer(
       mulan_model.config, mulan_params,
       np.random.default_rng(1).normal(size=(4, 16, 16)).astype(np.float32))
-  return tokenize_job.Tokenizers(codec, semantic, mulan)
+  return audio_tokenizers.Tokenizers(codec, semantic, mulan)
 
 
 def run_job(out_dir: str, data_dir: str, num_shards: int) -> None:

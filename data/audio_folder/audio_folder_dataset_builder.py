@@ -299,6 +299,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   """Clips of every usable audio file in the manual dir, resampled to the config's rate."""
 
   VERSION = tfds.core.Version("1.0.0")
+  # TFDS reads a builder's metadata from a folder derived from its module name; this
+  # module is imported as musiclm_jax.datasets.NAME (installed from data/NAME), so say where.
+  pkg_dir_path = epath.Path(__file__).parent
   RELEASE_NOTES = {"1.0.0": "Clips, captions, hash splits, skip report."}
   BUILDER_CONFIGS = [AudioFolderConfig(name=name, **kw) for name, kw in CONFIGS.items()]
   MANUAL_DOWNLOAD_INSTRUCTIONS = (

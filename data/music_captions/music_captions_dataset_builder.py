@@ -66,6 +66,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   """music_captions."""
 
   VERSION = tfds.core.Version("1.0.0")
+  # TFDS reads a builder's metadata from a folder derived from its module name; this
+  # module is imported as musiclm_jax.datasets.NAME (installed from data/NAME), so say where.
+  pkg_dir_path = epath.Path(__file__).parent
   RELEASE_NOTES = {"1.0.0": "Initial release."}
   BUILDER_CONFIGS = _configs()
 

@@ -133,6 +133,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   """musiccaps."""
 
   VERSION = tfds.core.Version("1.0.0")
+  # TFDS reads a builder's metadata from a folder derived from its module name; this
+  # module is imported as musiclm_jax.datasets.NAME (installed from data/NAME), so say where.
+  pkg_dir_path = epath.Path(__file__).parent
   RELEASE_NOTES = {"1.0.0": "Initial release."}
   BUILDER_CONFIGS = [MusicCapsConfig(name="16khz", sample_rate=16000,
                                      description="16 kHz mono (MuLan, w2v-BERT, evaluation)"),

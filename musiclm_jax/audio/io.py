@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import collections
 import os
-import tempfile
 from typing import Optional, Tuple
 
 import numpy as np
 import soundfile as sf
 import soxr
+
+from musiclm_jax import atomic
 
 # Why a file was skipped; jobs report counts per reason.
 SKIP_REASONS = ("unreadable", "empty", "non_finite", "silent", "too_short",
@@ -105,22 +106,14 @@ def save_audio(path: str, wave: np.ndarray, sample_rate: int, subtype: str = "PC
   wave = np.asarray(wave, np.float32)
   if not np.all(np.isfinite(wave)):
     raise ValueError(f"refusing to write non-finite audio to {path}")
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
   ext = os.path.splitext(path)[1].lower()
   fmt = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG"}.get(ext)
   if fmt is None:
     raise ValueError(f"cannot write {path}: extension {ext!r} is not .wav, .flac or .ogg")
   if fmt == "OGG":
     subtype = "VORBIS"
-  fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=ext, dir=directory)
-  os.close(fd)
-  try:
+  with atomic.atomic_file(path, suffix=ext) as tmp:
     sf.write(tmp, np.clip(wave, -1.0, 1.0), sample_rate, subtype=subtype, format=fmt)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
 
 
 class SkipCounter:

@@ -30,7 +30,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from musiclm_jax import cli_utils
+from musiclm_jax import atomic, cli_utils
 
 
 @dataclasses.dataclass
@@ -194,7 +194,6 @@ def main(argv=None) -> None:
   parser.add_argument("--out", required=True, help="report JSON")
 
   def go(args):
-    from musiclm_jax.atomic import atomic_write_text  # pylint: disable=g-import-not-at-top
     generated = load_folder(args.generated)
     reference = (load_tfds(args.reference[len("tfds:"):], args.data_dir, args.max_reference)
                  if args.reference.startswith("tfds:") else load_folder(args.reference))
@@ -208,7 +207,7 @@ def main(argv=None) -> None:
       raise ValueError("--embedder mulan needs --mulan_model_dir")
     report = evaluate(generated, reference, prompts, names, mulan, args.bootstrap,
                       args.kld_mode)
-    atomic_write_text(args.out, json.dumps(report, indent=2))
+    atomic.atomic_write_text(args.out, json.dumps(report, indent=2))
     print(format_table(report))
     print(f"report -> {args.out}")
 

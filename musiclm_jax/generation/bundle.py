@@ -87,7 +87,7 @@ def _restore_params(directory: str):
 
 
 def save_bundle(musiclm, path: str, dtype: str = "float32") -> None:
-  """Writes `musiclm` (a `pipeline.MusicLM`) as a bundle at `path`, atomically."""
+  """Writes `musiclm` (a `musiclm_lib.MusicLM`) as a bundle at `path`, atomically."""
   from musiclm_jax.mulan import tokenizer as mulan_tokenizer  # pylint: disable=g-import-not-at-top
   if dtype not in ("float32", "bfloat16"):
     raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}")
@@ -182,10 +182,9 @@ def _check_shapes(part: str, restored, expected) -> None:
 
 
 def load_bundle(path: str):
-  """A `pipeline.MusicLM` from a bundle (verified first)."""
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  """A `musiclm_lib.MusicLM` from a bundle (verified first)."""
   import optax  # pylint: disable=g-import-not-at-top
-  from musiclm_jax.generation import pipeline  # pylint: disable=g-import-not-at-top
+  from musiclm_jax.generation import musiclm as musiclm_lib  # pylint: disable=g-import-not-at-top
   from musiclm_jax.lm import decoder_lm, models as lm_models  # pylint: disable=g-import-not-at-top
   from musiclm_jax.mulan import model as mulan_model, tokenizer as mulan_tokenizer  # pylint: disable=g-import-not-at-top
   from musiclm_jax.soundstream import codec as codec_lib, model as ss_model  # pylint: disable=g-import-not-at-top
@@ -206,31 +205,23 @@ def load_bundle(path: str):
     _check_shapes(name, restored, expected)
     return restored
 
-  shapes = lambda fn: jax.eval_shape(lambda: nn.meta.unbox(fn()))
   layout = _from_json(token_layout.TokenLayout, manifest["layout"], MANIFEST)
-  windows = _from_json(pipeline.Windows, manifest["windows"], MANIFEST)
+  windows = _from_json(musiclm_lib.Windows, manifest["windows"], MANIFEST)
 
   mulan_config, _ = config_of("mulan", mulan_model.MuLanConfig)
   mulan_config = dataclasses.replace(mulan_config, text_folder=os.path.join(part("mulan"), "text"))
-  mulan_net = mulan_model.MuLan(mulan_config)
-  mulan_params = params_of("mulan", shapes(lambda: mulan_net.init(
-      jax.random.key(0), jnp.zeros((1, mulan_config.window_samples)),
-      jnp.ones((1, mulan_config.text_max_length), jnp.int32))["params"]))
+  mulan_params = params_of("mulan", mulan_model.abstract_params(mulan_config))
   mulan = mulan_tokenizer.MuLanTokenizer(
       mulan_config, mulan_params, mulan_tokenizer.load_rvq(os.path.join(part("mulan"), "rvq.npz")))
 
   w2v_config, extra = config_of("semantic_tokenizer", w2v_model.W2vBertConfig, drop=("layer",))
-  samples = w2v_config.hop_length * 8
-  w2v_params = params_of("semantic_tokenizer", shapes(lambda: w2v_model.W2vBert(w2v_config).init(
-      jax.random.key(0), jnp.zeros((1, samples)),
-      jnp.zeros((1, w2v_config.num_frames(samples)), bool))["params"]))
+  w2v_params = params_of("semantic_tokenizer", w2v_model.abstract_params(w2v_config))
   semantic_tok = semantic_tokenizer.SemanticTokenizer.from_centroids_file(
       w2v_config, w2v_params, os.path.join(part("semantic_tokenizer"), "centroids.npz"),
       extra["layer"])
 
   codec_config, _ = config_of("codec", ss_model.SoundStreamConfig)
-  codec_vars = params_of("codec", shapes(lambda: ss_model.SoundStream(codec_config).init(
-      jax.random.key(0), jnp.zeros((1, codec_config.hop_length * 4)))))
+  codec_vars = params_of("codec", ss_model.abstract_variables(codec_config))
   codec = codec_lib.Codec(codec_config, codec_vars,
                           manifest.get("provenance", {}).get("codec"))
 
@@ -238,8 +229,7 @@ def load_bundle(path: str):
   for name in ("semantic", "coarse", "fine"):
     config, _ = config_of(name, decoder_lm.DecoderConfig)
     model = lm_models.DecoderOnlyLMModel(decoder_lm.DecoderOnlyLM(config), optax.identity())
-    params = params_of(name, shapes(lambda: model.get_initial_variables(
-        jax.random.key(0), {"prefix_tokens": (1, 2), "decoder_input_tokens": (1, 4)})["params"]))
-    stage_lms.append(pipeline.StageLM(model, params))
-  return pipeline.MusicLM(layout, mulan, *stage_lms, codec, windows,
+    params = params_of(name, decoder_lm.abstract_params(config))
+    stage_lms.append(musiclm_lib.StageLM(model, params))
+  return musiclm_lib.MusicLM(layout, mulan, *stage_lms, codec, windows,
                           semantic_tokenizer=semantic_tok)

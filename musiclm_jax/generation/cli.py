@@ -32,13 +32,13 @@ _SPAN = re.compile(r"^(.*)@\s*([0-9.]+)\s*-\s*([0-9.]+)\s*$")
 
 def parse_prompts(prompts: List[str]):
   """Plain prompts -> the list itself (a batch); 'text@a-b' prompts -> one timeline."""
-  from musiclm_jax.generation import pipeline  # pylint: disable=g-import-not-at-top
+  from musiclm_jax.generation import musiclm as musiclm_lib  # pylint: disable=g-import-not-at-top
   spans = [_SPAN.match(p) for p in prompts]
   if not any(spans):
     return list(prompts)
   if not all(spans):
     raise ValueError("mix of story prompts ('text@start-end') and plain prompts: use one kind")
-  story = [pipeline.TimedPrompt(m.group(1).strip(), float(m.group(2)), float(m.group(3)))
+  story = [musiclm_lib.TimedPrompt(m.group(1).strip(), float(m.group(2)), float(m.group(3)))
            for m in spans]
   for p in story:
     if not p.start_s < p.end_s:
@@ -48,14 +48,14 @@ def parse_prompts(prompts: List[str]):
 
 
 def _sampling(args):
-  from musiclm_jax.generation import pipeline  # pylint: disable=g-import-not-at-top
+  from musiclm_jax.generation import musiclm as musiclm_lib  # pylint: disable=g-import-not-at-top
   out = {}
   for stage in ("semantic", "coarse", "fine"):
     temperature = getattr(args, f"{stage}_temperature")
     top_k = getattr(args, f"{stage}_top_k")
-    default = pipeline.DEFAULT_SAMPLING[stage].temperature
+    default = musiclm_lib.DEFAULT_SAMPLING[stage].temperature
     temperature = args.temperature if temperature is None else temperature
-    out[stage] = pipeline.Sampling(
+    out[stage] = musiclm_lib.Sampling(
         temperature=default if temperature is None else temperature,
         top_k=args.top_k if top_k is None else top_k,
         guidance_scale=args.guidance_scale if stage != "fine" else None)
@@ -64,7 +64,7 @@ def _sampling(args):
 
 def _generate(args) -> None:
   from musiclm_jax.audio import io as audio_io  # pylint: disable=g-import-not-at-top
-  from musiclm_jax.generation import pipeline  # pylint: disable=g-import-not-at-top
+  from musiclm_jax.generation import bundle as bundle_lib  # pylint: disable=g-import-not-at-top
   texts = list(args.prompt)
   if args.prompts:
     with open(args.prompts, encoding="utf-8") as f:
@@ -74,7 +74,7 @@ def _generate(args) -> None:
   if args.seconds <= 0:
     raise ValueError(f"--seconds must be > 0, got {args.seconds}")
   prompts = parse_prompts(texts) if texts else [None]
-  musiclm = pipeline.MusicLM.from_bundle(args.bundle)
+  musiclm = bundle_lib.load_bundle(args.bundle)
   continuation = {}
   if args.audio_prompt:
     continuation = {"audio_prompt": audio_io.load_audio(args.audio_prompt, musiclm.sample_rate),

@@ -27,10 +27,12 @@ def _stage_run(stage: str, model_dir: str, step: Optional[int], use_ema: bool):
   """(StageLM, TokenLayout, crop seconds) of one stage's training run."""
   import gin  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
-  from musiclm_jax import gin_utils  # pylint: disable=g-import-not-at-top
-  from musiclm_jax.generation import pipeline  # pylint: disable=g-import-not-at-top
+  from musiclm_jax.training import runs  # pylint: disable=g-import-not-at-top
+  from musiclm_jax.generation import musiclm as musiclm_lib  # pylint: disable=g-import-not-at-top
   from musiclm_jax.lm import decoder_lm, models as lm_models  # pylint: disable=g-import-not-at-top
   from musiclm_jax.lm import token_layout  # pylint: disable=g-import-not-at-top
+  # Registers register_stage_task, whose crop_seconds the run's config.gin sets.
+  from musiclm_jax.tasks import stages  # noqa: F401  pylint: disable=g-import-not-at-top
 
   def make():
     try:
@@ -40,11 +42,11 @@ def _stage_run(stage: str, model_dir: str, step: Optional[int], use_ema: bool):
     return decoder_lm.DecoderConfig(), token_layout.TokenLayout(), crop
 
   gin.clear_config()  # one run's bindings must not leak into the next
-  run = gin_utils.load_run(model_dir, make, step, use_ema)
+  run = runs.load_run(model_dir, make, step, use_ema)
   gin.clear_config()
   config, layout, crop = run.config
   model = lm_models.DecoderOnlyLMModel(decoder_lm.DecoderOnlyLM(config), optax.identity())
-  return pipeline.StageLM(model, run.params), layout, crop
+  return musiclm_lib.StageLM(model, run.params), layout, crop
 
 
 def _check(what: str, ours, theirs, source: str) -> None:
@@ -56,9 +58,9 @@ def _check(what: str, ours, theirs, source: str) -> None:
 def from_runs(mulan_model_dir: str, mulan_rvq: str, semantic_model_dir: str, centroids: str,
               codec_bundle: str, semantic_stage_dir: str, coarse_stage_dir: str,
               fine_stage_dir: str, use_ema: bool = True):
-  """A `pipeline.MusicLM` assembled from training runs (checked for agreement)."""
+  """A `musiclm_lib.MusicLM` assembled from training runs (checked for agreement)."""
   import gin  # pylint: disable=g-import-not-at-top
-  from musiclm_jax.generation import pipeline  # pylint: disable=g-import-not-at-top
+  from musiclm_jax.generation import musiclm as musiclm_lib  # pylint: disable=g-import-not-at-top
   from musiclm_jax.mulan import tokenizer as mulan_tokenizer  # pylint: disable=g-import-not-at-top
   from musiclm_jax.soundstream import codec as codec_lib  # pylint: disable=g-import-not-at-top
   from musiclm_jax.w2v_bert import tokenizer as semantic_tokenizer  # pylint: disable=g-import-not-at-top
@@ -80,8 +82,8 @@ def from_runs(mulan_model_dir: str, mulan_rvq: str, semantic_model_dir: str, cen
   _check("semantic codes", layout.semantic_codes, semantic_tok.num_clusters, centroids)
   _check("acoustic levels x codes", (layout.acoustic_levels, layout.acoustic_codes),
          (codec.config.num_quantizers, codec.config.codebook_size), codec_bundle)
-  windows = pipeline.Windows(*(runs[name][2] for name in ("semantic", "coarse", "fine")))
-  return pipeline.MusicLM(layout, mulan, runs["semantic"][0], runs["coarse"][0],
+  windows = musiclm_lib.Windows(*(runs[name][2] for name in ("semantic", "coarse", "fine")))
+  return musiclm_lib.MusicLM(layout, mulan, runs["semantic"][0], runs["coarse"][0],
                           runs["fine"][0], codec, windows, semantic_tokenizer=semantic_tok)
 
 
@@ -102,10 +104,11 @@ def main(argv=None) -> None:
     parser.add_argument(f"--{flag}", required=True, help=what)
 
   def go(args):
+    from musiclm_jax.generation import bundle as bundle_lib  # pylint: disable=g-import-not-at-top
     musiclm = from_runs(args.mulan_model_dir, args.mulan_rvq, args.semantic_model_dir,
                         args.centroids, args.codec, args.semantic_stage_dir,
                         args.coarse_stage_dir, args.fine_stage_dir, not args.no_ema)
-    musiclm.save(args.out, "bfloat16" if args.bfloat16 else "float32")
+    bundle_lib.save_bundle(musiclm, args.out, "bfloat16" if args.bfloat16 else "float32")
     print(f"bundle -> {args.out} (windows {musiclm.windows}, layout {musiclm.layout})")
 
   parser.set_defaults(run=go)

@@ -235,3 +235,12 @@ class DecoderOnlyLM(nn.Module):
 def decoder_only_lm(config: DecoderConfig = gin.REQUIRED) -> DecoderOnlyLM:
   """gin factory: `DecoderOnlyLMModel.module = @decoder_only_lm()`."""
   return DecoderOnlyLM(config)
+
+
+def abstract_params(config: DecoderConfig):
+  """The parameter tree of `DecoderOnlyLM(config)` as ShapeDtypeStructs (nothing allocated):
+  what a checkpoint or bundle holding this model's parameters must match."""
+  tokens = jnp.zeros((1, 4), jnp.int32)
+  prefix = jnp.zeros((1, 2), jnp.int32) if config.prefix_vocab_size else None
+  return jax.eval_shape(lambda: nn.meta.unbox(DecoderOnlyLM(config).init(
+      jax.random.key(0), tokens, prefix, deterministic=True))["params"])

@@ -366,12 +366,15 @@ class MuLanModel(models_lib.BaseModel):
     return jnp.sum(out["text"] * out["audio"], axis=-1)
 
 
-def count_parameters(config: MuLanConfig) -> Dict[str, int]:
-  """Parameters per tower (no memory allocated)."""
-  module = MuLan(config)
+def abstract_params(config: MuLanConfig):
+  """The parameter tree of `MuLan(config)` (both towers) as ShapeDtypeStructs."""
   wave = jnp.zeros((1, config.window_samples))
   tokens = jnp.ones((1, config.text_max_length), jnp.int32)
-  shapes = jax.eval_shape(
-      lambda: nn.meta.unbox(module.init(jax.random.key(0), wave, tokens)["params"]))
+  return jax.eval_shape(
+      lambda: nn.meta.unbox(MuLan(config).init(jax.random.key(0), wave, tokens)["params"]))
+
+
+def count_parameters(config: MuLanConfig) -> Dict[str, int]:
+  """Parameters per tower (no memory allocated)."""
   size = lambda tree: int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
-  return {name: size(tree) for name, tree in shapes.items()}
+  return {name: size(tree) for name, tree in abstract_params(config).items()}

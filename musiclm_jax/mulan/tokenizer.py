@@ -17,8 +17,6 @@ updates, dead-code revival) trained on the embeddings by `fit_rvq`.
 from __future__ import annotations
 
 import functools
-import os
-import tempfile
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import flax.linen as nn
@@ -26,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from musiclm_jax import arrays_file
 from musiclm_jax.layers import quantizers
 from musiclm_jax.mulan import model as model_lib
 
@@ -123,28 +122,13 @@ def _encode_rvq(codebooks: jnp.ndarray, x: jnp.ndarray) -> jnp.ndarray:
 
 def save_rvq(path: str, codebooks: np.ndarray, **metadata: Any) -> None:
   """Codebooks [levels, codes, dim] (+ scalar metadata) to an .npz, atomically."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=".tmp-rvq-", suffix=".npz", dir=directory)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, codebooks=np.asarray(codebooks, np.float32),
-               **{f"meta_{k}": np.asarray(v) for k, v in metadata.items()})
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  arrays_file.save_arrays(path, {"codebooks": np.asarray(codebooks, np.float32)}, **metadata)
 
 
 def load_rvq(path: str) -> np.ndarray:
   """Codebooks [levels, codes, dim] from `save_rvq`'s file; errors name the file."""
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"MuLan RVQ file {path!r} does not exist")
-  try:
-    with np.load(path, allow_pickle=False) as data:
-      codebooks = np.asarray(data["codebooks"], np.float32)
-  except Exception as e:  # zipfile / numpy raise several types on damaged files
-    raise ValueError(f"{path}: not a readable MuLan RVQ file ({type(e).__name__}: {e})") from e
+  arrays, _ = arrays_file.load_arrays(path, "MuLan RVQ file", ["codebooks"])
+  codebooks = arrays["codebooks"].astype(np.float32)
   if codebooks.ndim != 3 or not np.all(np.isfinite(codebooks)):
     raise ValueError(f"{path}: codebooks must be finite [levels, codes, dim], got "
                      f"shape {codebooks.shape}")
@@ -248,6 +232,6 @@ class MuLanTokenizer:
   def load(cls, model_dir: str, rvq_path: Optional[str] = None, step: Optional[int] = None,
            use_ema: bool = True) -> "MuLanTokenizer":
     """From a MuLan training run (config.gin + checkpoint) and optionally an RVQ file."""
-    from musiclm_jax import gin_utils  # pylint: disable=g-import-not-at-top
-    run = gin_utils.load_run(model_dir, model_lib.MuLanConfig, step, use_ema)
+    from musiclm_jax.training import runs  # pylint: disable=g-import-not-at-top
+    run = runs.load_run(model_dir, model_lib.MuLanConfig, step, use_ema)
     return cls(run.config, run.params, load_rvq(rvq_path) if rvq_path else None)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import argparse
 
-from musiclm_jax import cli_utils, gin_utils
+from musiclm_jax import cli_utils, gin_config
 
 
 def parser() -> argparse.ArgumentParser:
@@ -37,7 +37,7 @@ def parser() -> argparse.ArgumentParser:
     from musiclm_jax.pipeline import recipe as recipe_lib, steps as steps_lib  # pylint: disable=g-import-not-at-top
     if not args.gin_file:
       raise ValueError("give --gin_file=pipeline/<size>.gin")
-    gin_utils.parse_gin_flags(args.gin_file, args.gin_bindings, finalize=False)
+    gin_config.parse_gin_flags(args.gin_file, args.gin_bindings, finalize=False)
     recipe = recipe_lib.Recipe()
     gin.clear_config()
     steps = recipe_lib.build_steps(recipe, recipe_lib.size_settings(recipe.size))
@@ -69,5 +69,5 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> None:
   import sys  # pylint: disable=g-import-not-at-top
-  argv = gin_utils.rewrite_gin_args(sys.argv[1:] if argv is None else argv)
+  argv = gin_config.rewrite_gin_args(sys.argv[1:] if argv is None else argv)
   cli_utils.run(parser(), argv)

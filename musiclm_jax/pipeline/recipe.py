@@ -144,10 +144,10 @@ def _train_step(recipe: Recipe, part: str, what: str, gin_files: Sequence[str], 
 def size_settings(size: str) -> dict:
   """The tokenizer settings a size's gin files fix (k-means layer and clusters, MuLan RVQ
   levels and codes). Clears gin: call before anything else is configured."""
-  from musiclm_jax import gin_utils  # pylint: disable=g-import-not-at-top
-  return {**gin_utils.query_macros(f"w2v_bert/{size}.gin",
+  from musiclm_jax import configurables  # pylint: disable=g-import-not-at-top
+  return {**configurables.query_macros(f"w2v_bert/{size}.gin",
                                    ["SEMANTIC_LAYER", "SEMANTIC_CLUSTERS"]),
-          **gin_utils.query_macros(f"mulan/{size}.gin",
+          **configurables.query_macros(f"mulan/{size}.gin",
                                    ["MULAN_RVQ_LEVELS", "MULAN_RVQ_CODES"])}
 
 

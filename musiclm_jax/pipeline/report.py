@@ -39,8 +39,8 @@ def reference_prompts(recipe, count: int) -> List[dict]:
 def generate(recipe) -> None:
   """One clip per prompt (the recipe's, then held-out captions), the best of
   `num_samples` by MuLan; writes generated/<id>.wav and generated/prompts.csv."""
-  from musiclm_jax.generation import pipeline  # pylint: disable=g-import-not-at-top
-  musiclm = pipeline.MusicLM.from_bundle(recipe.path("bundle"))
+  from musiclm_jax.generation import bundle as bundle_lib  # pylint: disable=g-import-not-at-top
+  musiclm = bundle_lib.load_bundle(recipe.path("bundle"))
   rows = [{"id": f"prompt_{i:02d}", "caption": p, "reference": ""}
           for i, p in enumerate(recipe.prompts)]
   rows += [{"id": f"heldout_{i:02d}", **r}
@@ -78,7 +78,8 @@ def spectrogram_figure(clips: Sequence[np.ndarray], titles: Sequence[str], sampl
     ax.tick_params(labelsize=6)
   axes[0][0].set_ylabel("mel band", fontsize=7)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  with atomic.atomic_file(path, suffix=".png") as tmp:
+    fig.savefig(tmp, dpi=110)
   plt.close(fig)
 
 
@@ -108,7 +109,8 @@ def codec_figure(originals: Sequence[np.ndarray], resyntheses: Sequence[np.ndarr
   axes[0][0].set_ylabel("kHz", fontsize=7)
   axes[1][0].set_ylabel("kHz", fontsize=7)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  with atomic.atomic_file(path, suffix=".png") as tmp:
+    fig.savefig(tmp, dpi=100)
   plt.close(fig)
 
 
@@ -203,7 +205,7 @@ def write_report(recipe, steps) -> None:
             f"{seconds[s.name] / 60:.1f} |" if s.name in seconds else
             f"| {s.name} | {s.description} | (this step) |" for s in steps]
   lines += ["", f"Total: {sum(seconds.values()) / 60:.1f} minutes.", "", "## Metrics", "",
-            "Against held-out music of the same set (`metrics.json`; see the README for what "
+            "Against held-out music of the same set (`metrics.json`; see docs/evaluation.md for what "
             "good and bad values look like):", "", "```", evaluate.format_table(metrics), "```",
             "", *codec_fidelity(recipe, out),
             "## Clips", "", "![spectrograms](spectrograms.png)", "",

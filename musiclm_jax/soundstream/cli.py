@@ -49,10 +49,10 @@ def _decode(args) -> None:
 
 
 def _export(args) -> None:
-  from musiclm_jax import gin_utils
+  from musiclm_jax.training import runs
   from musiclm_jax.soundstream import codec as codec_lib
   from musiclm_jax.soundstream import model as model_lib
-  run = gin_utils.load_run(args.model_dir, model_lib.SoundStreamConfig, args.step,
+  run = runs.load_run(args.model_dir, model_lib.SoundStreamConfig, args.step,
                            not args.no_ema)
   config, step = run.config, run.step
   codec = codec_lib.Codec.from_train_state(config, run.params, run.flax_mutables)

@@ -175,6 +175,13 @@ class SoundStreamGAN(nn.Module):
     self.step.value = self.step.value + 1
 
 
+def abstract_variables(config: SoundStreamConfig):
+  """The variables of the codec `SoundStream(config)` (params and the codebooks' collection)
+  as ShapeDtypeStructs (nothing allocated): what a codec bundle must match."""
+  return jax.eval_shape(lambda: nn.meta.unbox(SoundStream(config).init(
+      jax.random.key(0), jnp.zeros((1, config.hop_length * 4)))))
+
+
 @gin.configurable
 def soundstream_gan(config: SoundStreamConfig = gin.REQUIRED) -> SoundStreamGAN:
   """gin factory: `SoundStreamModel.module = @soundstream_gan()`."""

@@ -9,34 +9,26 @@ from __future__ import annotations
 
 import importlib
 import os
-import sys
 from typing import Optional
 
 import tensorflow_datasets as tfds
 
-# data/, beside the package in a source checkout.
-DATA_ROOT = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "data")
+# data/ is installed as this package (setup.py): in a wheel and in an editable install.
+DATASETS_PACKAGE = "musiclm_jax.datasets"
+NAMES = ("audio_folder", "music_captions", "musiccaps")
 
 
 def dataset_dir(name: str) -> str:
-  return os.path.join(DATA_ROOT, name)
+  """The folder of data/NAME (what `tfds build` takes), wherever the package is installed."""
+  return os.path.dirname(importlib.import_module(f"{DATASETS_PACKAGE}.{name}").__file__)
 
 
 def builder_cls(name: str):
-  """The `Builder` class of data/NAME, imported as `tfds build` imports it.
-
-  Always through the module name `NAME.NAME_dataset_builder` (with data/ on sys.path): TFDS
-  registers a builder once per name, so two imports under different module names would
-  collide.
-  """
-  path = os.path.join(dataset_dir(name), f"{name}_dataset_builder.py")
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"the {name} builder is not at {path} (builders ship in the "
-                            "source checkout, not in the package)")
-  if DATA_ROOT not in sys.path:
-    sys.path.insert(0, DATA_ROOT)
-  return importlib.import_module(f"{name}.{name}_dataset_builder").Builder
+  """The `Builder` class of data/NAME, imported once under its package name: TFDS registers
+  a builder once per name."""
+  if name not in NAMES:
+    raise ValueError(f"unknown dataset {name!r}: the builders are {', '.join(NAMES)}")
+  return importlib.import_module(f"{DATASETS_PACKAGE}.{name}.{name}_dataset_builder").Builder
 
 
 def build(name: str, data_dir: str, config: str, manual_dir: Optional[str] = None):

@@ -25,7 +25,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import tempfile
 from typing import Iterable, Mapping, Optional, Sequence
 
 import gin
@@ -33,6 +32,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from musiclm_jax import atomic
 from musiclm_jax.lm.token_layout import STAGES, TokenLayout
 
 _FEATURES = {
@@ -78,22 +78,14 @@ def write_token_shard(path: str, examples: Iterable[bytes]) -> int:
   A killed writer leaves no file under the final name, so a shard that exists is complete.
   Returns the number of examples.
   """
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  # The temporary name starts with '.tmp-<final name>', so a restarted job can find the
-  # partial file of a killed writer.
-  fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.path.basename(path)}-", dir=directory)
-  os.close(fd)
   count = 0
-  try:
+  # atomic_file names the temporary '.tmp-<final name>-...': a restarted job finds the
+  # partial file of a killed writer by that prefix.
+  with atomic.atomic_file(path) as tmp:
     with tf.io.TFRecordWriter(tmp) as writer:
       for example in examples:
         writer.write(example)
         count += 1
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
   return count
 
 

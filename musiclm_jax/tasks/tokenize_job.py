@@ -28,7 +28,6 @@ rate ratio). Empty, non-finite, silent or too-short clips are skipped and counte
 from __future__ import annotations
 
 import collections
-import dataclasses
 import glob
 import json
 import os
@@ -36,61 +35,10 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-from musiclm_jax import atomic, fingerprint
+from musiclm_jax import atomic, audio_tokenizers
 from musiclm_jax.audio import io as audio_io
 from musiclm_jax.tasks import stages
 
-
-@dataclasses.dataclass
-class Tokenizers:
-  """The three frozen tokenizers (codec: soundstream.codec.Codec; semantic:
-  w2v_bert.tokenizer.SemanticTokenizer; mulan: mulan.tokenizer.MuLanTokenizer with RVQ)."""
-  codec: object
-  semantic: object
-  mulan: object
-
-  @classmethod
-  def load(cls, codec_bundle: str, semantic_model_dir: str, centroids: str,
-           mulan_model_dir: str, mulan_rvq: str) -> "Tokenizers":
-    from musiclm_jax.mulan import tokenizer as mulan_tokenizer  # pylint: disable=g-import-not-at-top
-    from musiclm_jax.soundstream import codec as codec_lib  # pylint: disable=g-import-not-at-top
-    from musiclm_jax.w2v_bert import tokenizer as semantic_tokenizer  # pylint: disable=g-import-not-at-top
-    return cls(codec_lib.Codec.load(codec_bundle),
-               semantic_tokenizer.SemanticTokenizer.load(semantic_model_dir, centroids),
-               mulan_tokenizer.MuLanTokenizer.load(mulan_model_dir, mulan_rvq))
-
-  def layout(self) -> Dict[str, int]:
-    """The token vocabularies and rates (the fields of `token_layout.TokenLayout`)."""
-    codec = self.codec.config
-    return {"mulan_levels": int(self.mulan.num_levels),
-            "mulan_codes": int(self.mulan.codebooks.shape[1]),
-            "semantic_codes": int(self.semantic.num_clusters),
-            "semantic_rate": int(round(self.semantic.token_rate)),
-            "acoustic_levels": int(codec.num_quantizers),
-            "acoustic_codes": int(codec.codebook_size),
-            "acoustic_rate": int(round(codec.sample_rate / codec.hop_length))}
-
-  def fingerprints(self) -> Dict[str, str]:
-    """Which weights make these tokens: a content hash per tokenizer, of everything its
-    tokens depend on (`fingerprint.pytree_fingerprint`)."""
-    semantic, mulan = self.semantic, self.mulan
-    return {"codec": fingerprint.pytree_fingerprint(self.codec.variables),
-            "semantic": fingerprint.pytree_fingerprint(
-                {"params": semantic.params, "centroids": semantic.state,
-                 "layer": np.int32(semantic.layer)}),
-            "mulan": fingerprint.pytree_fingerprint(
-                {"params": mulan.params, "codebooks": mulan.codebooks})}
-
-  def tokenize(self, wave: np.ndarray, sample_rate: int):
-    """Mono float32 [samples] -> (mulan [levels], semantic [S], acoustic [S * r, Q])."""
-    layout = self.layout()
-    ratio = layout["acoustic_rate"] // layout["semantic_rate"]
-    at = lambda rate: audio_io.resample(wave, sample_rate, rate)
-    semantic = self.semantic.tokenize(at(self.semantic.config.sample_rate)[None])[0]
-    acoustic = self.codec.encode(at(self.codec.config.sample_rate)[None])[0]
-    frames = min(len(semantic), acoustic.shape[0] // ratio)
-    mulan = self.mulan.audio_tokens(at(self.mulan.config.sample_rate)[None])[0]
-    return mulan, semantic[:frames], acoustic[:frames * ratio]
 
 
 def shard_path(out_dir: str, split: str, index: int, count: int) -> str:
@@ -171,8 +119,9 @@ def _check_shard_count(out_dir: str, split: str, num_shards: int) -> None:
                      "--num_shards or another folder.")
 
 
-def tokenize_shard(tokenizers: Tokenizers, dataset: str, data_dir: Optional[str], split,
-                   path: str, min_seconds: float, progress=None) -> Dict[str, object]:
+def tokenize_shard(tokenizers: audio_tokenizers.Tokenizers, dataset: str,
+                   data_dir: Optional[str], split, path: str, min_seconds: float,
+                   progress=None) -> Dict[str, object]:
   """Tokenizes one part of a split into `path` (atomically); returns its counts."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   skipped = audio_io.SkipCounter()
@@ -200,9 +149,9 @@ def tokenize_shard(tokenizers: Tokenizers, dataset: str, data_dir: Optional[str]
           "skipped_examples": dict(skipped.examples)}
 
 
-def run(tokenizers: Tokenizers, dataset: str, data_dir: Optional[str], splits: Sequence[str],
-        out_dir: str, num_shards: int, process_index: int = 0, process_count: int = 1,
-        min_seconds: float = 1.0, show_progress: bool = True,
+def run(tokenizers: audio_tokenizers.Tokenizers, dataset: str, data_dir: Optional[str],
+        splits: Sequence[str], out_dir: str, num_shards: int, process_index: int = 0,
+        process_count: int = 1, min_seconds: float = 1.0, show_progress: bool = True,
         replace_stale: bool = False) -> Dict[str, object]:
   """Tokenizes this process's shards of every split; returns the job summary (over the
   shards this process owns, finished now or before). replace_stale: redo shards other
@@ -276,7 +225,7 @@ def main(argv=None) -> None:
   def go(args):
     from musiclm_jax.training import data  # pylint: disable=g-import-not-at-top
     data.hide_gpus_from_tensorflow()  # TF reads the clips; the tokenizers are JAX's
-    tokenizers = Tokenizers.load(args.codec, args.semantic_model_dir, args.centroids,
+    tokenizers = audio_tokenizers.Tokenizers.load(args.codec, args.semantic_model_dir, args.centroids,
                                  args.mulan_model_dir, args.mulan_rvq)
     summary = run(tokenizers, args.dataset, args.data_dir, args.splits.split(","), args.out,
                   args.num_shards, args.process_index, args.process_count,

@@ -135,3 +135,11 @@ class DataIterator:
       raise ValueError(f"invalid data iterator state {dict(state)}")
     self._batches_consumed = consumed
     self._iterator = self._make_iterator(consumed)
+
+
+def input_shapes_and_types(dataset, global_batch_size: int):
+  """Global input shapes/dtypes from a per-host batched dataset's element_spec."""
+  spec = dataset.element_spec
+  shapes = {k: (global_batch_size,) + tuple(v.shape[1:]) for k, v in spec.items()}
+  types = {k: v.dtype.as_numpy_dtype for k, v in spec.items()}
+  return shapes, types

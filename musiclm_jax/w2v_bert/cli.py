@@ -15,7 +15,6 @@ writes int32 [frames] at 25 tokens/s.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import numpy as np

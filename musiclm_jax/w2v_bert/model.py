@@ -774,12 +774,14 @@ class W2vBertModel(models_lib.BaseModel):
     return jnp.sum(jnp.sum(token, axis=-1) * mask, axis=-1)
 
 
-def count_parameters(config: W2vBertConfig, seconds: float = 1.0) -> int:
-  """Parameters of the network for `config` (no memory allocated)."""
-  samples = int(seconds * config.sample_rate)
-  model = W2vBert(config)
-  shapes = jax.eval_shape(lambda: nn.meta.unbox(model.init(
+def abstract_params(config: W2vBertConfig):
+  """The parameter tree of `W2vBert(config)` as ShapeDtypeStructs (nothing allocated)."""
+  samples = config.hop_length * 8
+  return jax.eval_shape(lambda: nn.meta.unbox(W2vBert(config).init(
       jax.random.key(0), jnp.zeros((1, samples)),
       jnp.zeros((1, config.num_frames(samples)), bool))["params"]))
-  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(shapes)))
 
+
+def count_parameters(config: W2vBertConfig) -> int:
+  """Parameters of the network for `config` (no memory allocated)."""
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(abstract_params(config))))

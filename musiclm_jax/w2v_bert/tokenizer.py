@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import functools
 import os
-import tempfile
 from typing import Any, Callable, Mapping, Optional, Tuple
 
 import flax.struct
@@ -35,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from musiclm_jax import arrays_file
 from musiclm_jax.layers import kmeans
 from musiclm_jax.w2v_bert import model as model_lib
 
@@ -140,34 +140,13 @@ def assign(state: KMeansState, x: jnp.ndarray) -> jnp.ndarray:
 def save_state(path: str, state: KMeansState, **metadata: Any) -> None:
   """Writes the state (and scalar metadata, e.g. layer=7) to an .npz, atomically."""
   host = jax.device_get(state)
-  arrays = {k: np.asarray(getattr(host, k)) for k in _STATE_KEYS}
-  arrays.update({f"meta_{k}": np.asarray(v) for k, v in metadata.items()})
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=".tmp-kmeans-", suffix=".npz", dir=directory)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, **arrays)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  arrays_file.save_arrays(path, {k: np.asarray(getattr(host, k)) for k in _STATE_KEYS},
+                          **metadata)
 
 
 def load_state(path: str) -> Tuple[KMeansState, dict]:
   """(state, metadata) from a file written by `save_state`; errors name the file."""
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"k-means state {path!r} does not exist")
-  try:
-    with np.load(path, allow_pickle=False) as data:
-      arrays = {k: np.asarray(data[k]) for k in data.files}
-  except Exception as e:  # zipfile / numpy raise several types on damaged files
-    raise ValueError(f"{path}: unreadable k-means state ({type(e).__name__}: {e})") from e
-  missing = [k for k in _STATE_KEYS if k not in arrays]
-  if missing:
-    raise ValueError(f"{path}: not a k-means state (missing {missing})")
+  arrays, metadata = arrays_file.load_arrays(path, "k-means state", _STATE_KEYS)
   state = KMeansState(arrays["centroids"].astype(np.float32),
                       arrays["counts"].astype(np.float32),
                       arrays["step"].astype(np.int32), arrays["mean"].astype(np.float32),
@@ -178,8 +157,6 @@ def load_state(path: str) -> Tuple[KMeansState, dict]:
                      f"{state.counts.shape}, mean {state.mean.shape}, scale {state.scale.shape}")
   if not np.all(np.isfinite(state.centroids)):
     raise ValueError(f"{path}: centroids hold NaN or infinite values")
-  metadata = {k[len("meta_"):]: v.item() if v.ndim == 0 else v
-              for k, v in arrays.items() if k.startswith("meta_")}
   return state, metadata
 
 
@@ -437,6 +414,6 @@ def load_w2v_bert(model_dir: str, step: Optional[int] = None, use_ema: bool = Tr
                   ) -> Tuple[model_lib.W2vBertConfig, Any]:
   """(config, params) of a training run: W2vBertConfig from its config.gin, the params
   (EMA ones when saved and `use_ema`) of its newest (or `step`) checkpoint."""
-  from musiclm_jax import gin_utils  # pylint: disable=g-import-not-at-top
-  run = gin_utils.load_run(model_dir, model_lib.W2vBertConfig, step, use_ema)
+  from musiclm_jax.training import runs  # pylint: disable=g-import-not-at-top
+  run = runs.load_run(model_dir, model_lib.W2vBertConfig, step, use_ema)
   return run.config, run.params

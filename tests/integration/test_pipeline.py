@@ -11,7 +11,7 @@ import gin
 import numpy as np
 import pytest
 
-from musiclm_jax import fingerprint, gin_utils
+from musiclm_jax import fingerprint, gin_config
 from musiclm_jax.pipeline import recipe as recipe_lib, steps as steps_lib
 
 
@@ -189,13 +189,13 @@ def test_the_recipe_steps_read_only_earlier_steps_and_a_new_codec_leaves_the_sem
 
 
 RECIPE_FILES = sorted(os.path.basename(f) for f in glob.glob(
-    os.path.join(gin_utils.REPO_GIN_DIR, "pipeline", "*.gin")))
+    os.path.join(gin_config.configs_dir(), "pipeline", "*.gin")))
 
 
 @pytest.mark.parametrize("recipe_file", RECIPE_FILES)
 def test_every_recipe_uses_existing_configs(recipe_file, tmp_path):
   gin.clear_config()
-  gin_utils.parse_gin_flags([f"pipeline/{recipe_file}"], [f"Recipe.work_dir='{tmp_path}'"],
+  gin_config.parse_gin_flags([f"pipeline/{recipe_file}"], [f"Recipe.work_dir='{tmp_path}'"],
                             finalize=False)
   recipe = recipe_lib.Recipe()
   gin.clear_config()
@@ -210,10 +210,10 @@ def test_every_recipe_uses_existing_configs(recipe_file, tmp_path):
       continue
     for arg in step.run:
       if str(arg).startswith("--gin_file="):
-        gin_utils._resolve(arg.split("=", 1)[1], [gin_utils.REPO_GIN_DIR])  # exists
+        gin_config.resolve(arg.split("=", 1)[1], [gin_config.configs_dir()])  # exists
   kmeans = next(s for s in steps if s.name == "kmeans").run
   assert str(settings["SEMANTIC_CLUSTERS"]) == kmeans[kmeans.index("--clusters") + 1]
-  # The stage files' layout is the tokenizers' of the same size (tests/test_stage_gin.py).
+  # The stage files' layout is the tokenizers' of the same size (tests/unit/test_stage_gin.py).
   assert any(f"stages/{size}/coarse.gin" in a for s in steps if s.name == "coarse"
              for a in s.run)
 

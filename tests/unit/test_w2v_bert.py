@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from musiclm_jax import gin_utils
+from musiclm_jax import configurables, gin_config
 from musiclm_jax.layers import conformer
 from musiclm_jax.training import partitioning
 from musiclm_jax.w2v_bert import model as model_lib
@@ -350,18 +350,18 @@ def test_every_parameter_has_logical_axes():
 
 
 def test_gin_sizes():
-  gin_utils.import_configurables()
+  configurables.import_configurables()
   counts = {}
   for size in ("tiny", "paper"):
     gin.clear_config()
-    gin_utils.parse_gin_flags([f"w2v_bert/{size}.gin"], finalize=False)
+    gin_config.parse_gin_flags([f"w2v_bert/{size}.gin"], finalize=False)
     config = model_lib.W2vBertConfig()
     counts[size] = model_lib.count_parameters(config)
   gin.clear_config()
   assert counts["tiny"] < 100_000
   # The paper's w2v-BERT XL: about 600M parameters.
   assert 550e6 < counts["paper"] < 650e6, counts
-  assert os.path.isfile(os.path.join(gin_utils.REPO_GIN_DIR, "runs", "w2v_bert.gin"))
+  assert os.path.isfile(os.path.join(gin_config.configs_dir(), "runs", "w2v_bert.gin"))
 
 
 def test_training_on_8_devices_equals_one_device():

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from musiclm_jax import audio_tokenizers
 from musiclm_jax.mulan import tokenizer as mulan_tokenizer
 from musiclm_jax.soundstream import codec as codec_lib
 from musiclm_jax.tasks import stages, tokenize_job
@@ -94,7 +95,7 @@ def test_rerun_skips_finished_shards_and_redoes_broken_ones(tokenizers, data_dir
   assert os.path.getmtime(paths[0]) == mtimes[0] and os.path.getmtime(paths[3]) == mtimes[3]
   assert all(os.path.exists(p + ".json") for p in paths)
   # Other tokenizers into the same folder: refused.
-  other = tokenize_job.Tokenizers(tokenizers.codec, tokenizers.semantic, tokenizers.mulan)
+  other = audio_tokenizers.Tokenizers(tokenizers.codec, tokenizers.semantic, tokenizers.mulan)
   other.mulan = mulan_tokenizer.MuLanTokenizer(
       tokenizers.mulan.config, tokenizers.mulan.params, np.zeros((2, 8, 16), np.float32))
   with pytest.raises(ValueError, match="layout.json records other tokenizers"):
@@ -114,7 +115,7 @@ def test_a_retrained_tokenizer_is_refused_or_its_stale_shards_redone(tokenizers,
   out = str(tmp_path / "tokens")
   run(tokenizers, out)
   codec = tokenizers.codec
-  retrained = tokenize_job.Tokenizers(
+  retrained = audio_tokenizers.Tokenizers(
       codec_lib.Codec(codec.config, {**codec.variables, "params": jax.tree_util.tree_map(
           lambda x: x * 1.5, codec.variables["params"])}), tokenizers.semantic, tokenizers.mulan)
   assert retrained.layout() == tokenizers.layout()

@@ -6,7 +6,7 @@ that size's tokenizers write. Config parsing only: no training."""
 import gin
 import pytest
 
-from musiclm_jax import gin_utils
+from musiclm_jax import configurables, gin_config
 from musiclm_jax.lm import decoder_lm
 from musiclm_jax.soundstream import model as soundstream_model
 from musiclm_jax.tasks import stages
@@ -17,8 +17,8 @@ SIZES = ("tiny", "small", "paper")
 
 def _parse(*files: str) -> None:
   gin.clear_config()
-  gin_utils.import_configurables()
-  gin_utils.parse_gin_flags(files, ["TOKENS_DIR='/nowhere'"], finalize=False)
+  configurables.import_configurables()
+  gin_config.parse_gin_flags(files, ["TOKENS_DIR='/nowhere'"], finalize=False)
 
 
 @pytest.mark.parametrize("size", SIZES)

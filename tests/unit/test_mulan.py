@@ -21,7 +21,8 @@ from musiclm_jax.mulan import tokenizer as tokenizer_lib
 from tests import bert_reference, harness
 from tests import mulan_fixtures as fx
 
-REFERENCE = os.path.join(os.path.dirname(__file__), "data", "minilm_l6_reference.npz")
+REFERENCE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data",
+                         "minilm_l6_reference.npz")
 
 
 @pytest.fixture(scope="module")
@@ -257,13 +258,13 @@ def test_rvq_tokens_shapes_ranges_and_file(tokenizer, tmp_path):
 
 def test_gin_sizes():
   import gin
-  from musiclm_jax import gin_utils
+  from musiclm_jax import configurables, gin_config
   sizes = {}
   for size in ("tiny", "small", "paper"):
     gin.clear_config()
     try:
-      gin_utils.import_configurables()
-      gin_utils.parse_gin_flags([f"mulan/{size}.gin"], ["TRAIN_STEPS = 10"], finalize=False)
+      configurables.import_configurables()
+      gin_config.parse_gin_flags([f"mulan/{size}.gin"], ["TRAIN_STEPS = 10"], finalize=False)
       config = model_lib.MuLanConfig()
     finally:
       gin.clear_config()

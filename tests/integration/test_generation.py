@@ -13,7 +13,8 @@ import numpy as np
 import optax
 import pytest
 
-from musiclm_jax.generation import pipeline
+from musiclm_jax.generation import bundle
+from musiclm_jax.generation import musiclm as musiclm_lib
 from musiclm_jax.lm import decoder_lm, models as lm_models
 from musiclm_jax.lm import token_layout
 from tests import tokenize_fixtures
@@ -21,7 +22,7 @@ from tests import tokenize_fixtures
 LAYOUT_FIELDS = dict(mulan_levels=4, mulan_codes=16, semantic_codes=16, semantic_rate=25,
                      acoustic_levels=4, acoustic_codes=32, acoustic_rate=400, coarse_levels=2)
 # Contexts far shorter than the clips generated below: every stage slides.
-WINDOWS = pipeline.Windows(semantic_seconds=0.2, coarse_seconds=0.12, fine_seconds=0.02,
+WINDOWS = musiclm_lib.Windows(semantic_seconds=0.2, coarse_seconds=0.12, fine_seconds=0.02,
                            overlap=0.5)
 
 
@@ -34,28 +35,28 @@ def _stage(layout, stage, seed):
   params = nn.meta.unbox(model.get_initial_variables(
       jax.random.key(seed), {"prefix_tokens": (1, 4), "decoder_input_tokens": (1, 8)},
       {})["params"])
-  return pipeline.StageLM(model, params)
+  return musiclm_lib.StageLM(model, params)
 
 
 @pytest.fixture(scope="module")
 def musiclm():
   layout = token_layout.TokenLayout(**LAYOUT_FIELDS)
   parts = tokenize_fixtures.tiny_tokenizers()
-  return pipeline.MusicLM(layout, parts.mulan, *(_stage(layout, s, i) for i, s in
+  return musiclm_lib.MusicLM(layout, parts.mulan, *(_stage(layout, s, i) for i, s in
                                                   enumerate(token_layout.STAGES)),
                           parts.codec, WINDOWS, semantic_tokenizer=parts.semantic)
 
 
 def test_windows_cover_the_clip_with_overlap():
-  assert pipeline.window_starts(10, 4, 2) == [0, 2, 4, 6]
-  assert pipeline.window_starts(3, 4, 2) == [0]
+  assert musiclm_lib.window_starts(10, 4, 2) == [0, 2, 4, 6]
+  assert musiclm_lib.window_starts(3, 4, 2) == [0]
   calls = []
 
   def sample(start, frames, prompt, new):
     calls.append((start, prompt.shape[1], new))
     return np.concatenate([prompt, np.full((1, new), start, np.int32)], axis=1)
 
-  out = pipeline.generate_by_windows(7, 4, 2, 1, sample, 1)
+  out = musiclm_lib.generate_by_windows(7, 4, 2, 1, sample, 1)
   assert out.shape == (1, 7)
   assert calls == [(0, 0, 4), (2, 2, 2), (3, 3, 1)]   # each window continues the last
 
@@ -108,8 +109,8 @@ def test_acoustic_stages_alone_render_given_semantic_tokens(musiclm):
 
 
 def test_story_mode_switches_the_conditioning_at_window_starts(musiclm):
-  story = [pipeline.TimedPrompt("calm piano", 0.0, 0.2),
-           pipeline.TimedPrompt("fast drums", 0.2, 1.0)]
+  story = [musiclm_lib.TimedPrompt("calm piano", 0.0, 0.2),
+           musiclm_lib.TimedPrompt("fast drums", 0.2, 1.0)]
   seen = []
   original = musiclm.mulan.text_tokens
   try:
@@ -144,25 +145,24 @@ def test_continues_an_audio_prompt_from_its_own_tokens(musiclm):
 
 
 def test_bundle_round_trip_gives_the_same_audio_and_refuses_damage(musiclm, tmp_path):
-  from musiclm_jax.generation import bundle
   path = str(tmp_path / "bundle")
   musiclm.codec.provenance = {"trained_with": "musiclm-jax train", "step": 7}
   try:
-    musiclm.save(path)
+    bundle.save_bundle(musiclm, path)
   finally:
     musiclm.codec.provenance = None
   manifest = json.load(open(os.path.join(path, "manifest.json")))
   assert {rel.split(os.sep)[0] for rel in manifest["files"]} == set(bundle.PARTS)
   assert manifest["provenance"] == {"codec": {"trained_with": "musiclm-jax train", "step": 7}}
-  loaded = pipeline.MusicLM.from_bundle(path)
+  loaded = bundle.load_bundle(path)
   assert loaded.codec.provenance == manifest["provenance"]["codec"]
   prompts = ["calm piano", "fast drums"]
   np.testing.assert_array_equal(loaded.generate(prompts, 0.2, seed=3),
                                 musiclm.generate(prompts, 0.2, seed=3))
   # bfloat16 parameters: half the bytes, still a working pipeline.
   small = str(tmp_path / "bundle_bf16")
-  musiclm.save(small, dtype="bfloat16")
-  wave = pipeline.MusicLM.from_bundle(small).generate(prompts, 0.2, seed=3)
+  bundle.save_bundle(musiclm, small, dtype="bfloat16")
+  wave = bundle.load_bundle(small).generate(prompts, 0.2, seed=3)
   assert wave.shape == (2, 3200) and np.all(np.isfinite(wave))
   # A flipped byte, a missing part, a params tree that does not fit the config.
   victim = next(os.path.join(path, rel) for rel in sorted(manifest["files"])
@@ -171,15 +171,15 @@ def test_bundle_round_trip_gives_the_same_audio_and_refuses_damage(musiclm, tmp_
   data[len(data) // 2] ^= 0xFF
   open(victim, "wb").write(bytes(data))
   with pytest.raises(bundle.BundleError, match="does not match its checksum"):
-    pipeline.MusicLM.from_bundle(path)
+    bundle.load_bundle(path)
   shutil.rmtree(os.path.join(small, "fine"))
   with pytest.raises(bundle.BundleError, match="lacks the part 'fine'"):
-    pipeline.MusicLM.from_bundle(small)
+    bundle.load_bundle(small)
   with pytest.raises(bundle.BundleError, match="no manifest.json"):
-    pipeline.MusicLM.from_bundle(str(tmp_path))
+    bundle.load_bundle(str(tmp_path))
   # A config edited (and its checksum updated): the parameters no longer fit it.
   edited = str(tmp_path / "bundle_edited")
-  musiclm.save(edited)
+  bundle.save_bundle(musiclm, edited)
   config_path = os.path.join(edited, "semantic", "config.json")
   config = json.load(open(config_path))
   config["mlp_dim"] *= 2
@@ -189,14 +189,14 @@ def test_bundle_round_trip_gives_the_same_audio_and_refuses_damage(musiclm, tmp_
       "sha256": bundle._sha256(config_path), "bytes": os.path.getsize(config_path)}
   json.dump(manifest, open(os.path.join(edited, "manifest.json"), "w"))
   with pytest.raises(bundle.BundleError, match="'semantic': parameters do not match"):
-    pipeline.MusicLM.from_bundle(edited)
+    bundle.load_bundle(edited)
 
 
 def test_generate_cli_writes_wavs_for_prompts_stories_and_batches(musiclm, tmp_path, capsys):
   from musiclm_jax.audio import io as audio_io
   from musiclm_jax.generation import cli
   path = str(tmp_path / "bundle")
-  musiclm.save(path)
+  bundle.save_bundle(musiclm, path)
   out = str(tmp_path / "one.wav")
   cli.main(["--bundle", path, "--prompt", "calm piano", "--seconds", "0.2", "--out", out,
             "--temperature", "0.8", "--fine_top_k", "5"])

@@ -158,17 +158,6 @@ class MusicLM:
         fine, level_codes=layout.acoustic_codes,
         levels_per_frame=layout.acoustic_levels - layout.coarse_levels)
 
-  @classmethod
-  def from_bundle(cls, path: str) -> "MusicLM":
-    """Loads an exported bundle (`generation.bundle`), checksums and shapes verified."""
-    from musiclm_jax.generation import bundle  # pylint: disable=g-import-not-at-top
-    return bundle.load_bundle(path)
-
-  def save(self, path: str, dtype: str = "float32") -> None:
-    """Writes this pipeline as a bundle (parameters optionally in bfloat16)."""
-    from musiclm_jax.generation import bundle  # pylint: disable=g-import-not-at-top
-    bundle.save_bundle(self, path, dtype)
-
   @property
   def sample_rate(self) -> int:
     return self.codec.config.sample_rate
@@ -176,7 +165,7 @@ class MusicLM:
   def tokenize_prompt(self, audio: np.ndarray, sample_rate: int) -> PromptTokens:
     """Audio prompt(s) float [B, samples] (or [samples]) at `sample_rate` -> their tokens,
     cut to whole semantic frames (the codec re-synthesises that span)."""
-    from musiclm_jax.tasks import tokenize_job  # pylint: disable=g-import-not-at-top
+    from musiclm_jax import audio_tokenizers  # pylint: disable=g-import-not-at-top
     if self.semantic_tokenizer is None:
       raise ValueError("continuing an audio prompt needs the semantic tokenizer (a bundle "
                        "has it; give semantic_tokenizer= to MusicLM)")
@@ -185,7 +174,7 @@ class MusicLM:
     if audio.ndim != 2:
       raise ValueError(f"audio prompt must be [samples] or [batch, samples], got shape "
                        f"{audio.shape}")
-    tokenizers = tokenize_job.Tokenizers(self.codec, self.semantic_tokenizer, self.mulan)
+    tokenizers = audio_tokenizers.Tokenizers(self.codec, self.semantic_tokenizer, self.mulan)
     mulan, semantic, acoustic = zip(*(tokenizers.tokenize(wave, sample_rate)
                                       for wave in audio))
     return PromptTokens(np.stack(mulan).astype(np.int32), np.stack(semantic).astype(np.int32),

@@ -252,7 +252,7 @@ CODEC_GIN = ("soundstream/tiny.gin", "runs/soundstream.gin")
 @pytest.fixture(scope="module")
 def loops_data_dir(tmp_path_factory):
   """A TFDS data_dir with `audio_folder/16khz_2s` built from 8 real sonic-pi loops (the
-  `build-data` command is tested by tests/test_mulan_training.py)."""
+  `build-data` command is tested by tests/integration/test_mulan_training.py)."""
   import shutil
   from musiclm_jax.tasks import builders
   root = tmp_path_factory.mktemp("loops")

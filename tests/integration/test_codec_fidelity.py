@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from musiclm_jax import gin_utils
+from musiclm_jax import configurables, gin_config
 from musiclm_jax.evaluation import fidelity
 from musiclm_jax.music import music_captions, render
 from musiclm_jax.soundstream import codec as codec_lib, model as model_lib
@@ -98,8 +98,8 @@ def demo_codec_model(bindings=TEST_BINDINGS):
   """SoundStreamModel as gin/soundstream/tiny.gin (the demo's codec) defines it."""
   gin.clear_config()
   try:
-    gin_utils.import_configurables()
-    gin_utils.parse_gin_flags(["soundstream/tiny.gin"], bindings, finalize=False)
+    configurables.import_configurables()
+    gin_config.parse_gin_flags(["soundstream/tiny.gin"], bindings, finalize=False)
     return model_lib.SoundStreamModel()   # every argument bound by the gin file
   finally:
     gin.clear_config()
