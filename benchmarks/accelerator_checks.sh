@@ -1,17 +1,17 @@
 #!/bin/bash
-# The device checks for a lent GPU machine, in one call. Its image has jax, flax, optax,
+# The device checks for a GPU machine, in one call. Its image has jax, flax, optax,
 # numpy, safetensors and torch, but no TensorFlow, SeqIO, gin-config, soundfile or soxr, and
 # no network. Run from the repository root with what benchmarks/prepare_accelerator.sh put
 # in .whl (wheels) and .gpu (audio); results go to $OUT (default /tmp/accelerator_out), at
 # most 8 files (the device tool's limit):
-#   1. w2v-BERT `small` self-supervised training on the wesnoth training tracks (issue #4),
+#   1. w2v-BERT `small` self-supervised training on the wesnoth training tracks,
 #      W2V_SECONDS each (0: none, the codec gets the GPU alone), one or several gin
 #      variants at once on the one GPU
 #      (W2V_VARIANTS="name:Binding=value,Binding=value name2:...", default: small.gin as
 #      is): $OUT/w2v/ holds the export (learning.json + float16 shards) of the variant whose
 #      codebook stayed most used (highest code perplexity over its last three logged steps:
 #      a collapsed codebook has ~1 and trivial tasks); every curve is in results.tar.
-#   2. at the same time, SoundStream `small` GAN training for CODEC_MINUTES (issue #3):
+#   2. at the same time, SoundStream `small` GAN training for CODEC_MINUTES:
 #      $OUT/codec.tar, a float16 codec bundle with training.json, for
 #      `benchmarks/codec_quality.py --bundle` here (Opus is not on that machine).
 #   3. CODEC_SPEED=1: SoundStream `paper` encode + decode speed; LM_MFU=1: paper-size stage

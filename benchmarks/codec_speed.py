@@ -6,7 +6,7 @@ Builds the paper codec (24 kHz, hop 480, C=32, D=128, 12 x 1024 RVQ) with random
 (speed does not depend on training), encodes and decodes a clip of real music
 (wesnoth-1.16-music via Debian, or sonic-pi-samples loops when that is unavailable), and
 reports how many seconds of audio pass through per second of wall time, whole-clip and in
-streaming 0.5 s chunks. Issue #3's target: >= 20x real time at batch 1 on this CPU.
+streaming 0.5 s chunks. The target: >= 20x real time at batch 1 on this CPU.
 
 Because "this CPU" changes between machines, it also reports the work (XLA's FLOP count of
 the compiled encode and decode, per second of audio), the throughput achieved (GFLOP/s),
@@ -41,7 +41,7 @@ from musiclm_jax.soundstream import codec as codec_lib, model as model_lib  # no
 import flax.linen as nn  # noqa: E402
 
 
-TARGET_X_REALTIME = 20.0  # issue #3: encode + decode, batch 1
+TARGET_X_REALTIME = 20.0  # encode + decode, batch 1
 
 
 def real_music(seconds: float, sample_rate: int) -> tuple[np.ndarray, str]:

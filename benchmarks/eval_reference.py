@@ -1,4 +1,4 @@
-r"""Reference values of FAD, KLD and MCC (issue #8): what a good and a bad value look like.
+r"""Reference values of FAD, KLD and MCC: what a good and a bad value look like.
 
   python benchmarks/eval_reference.py [--data_dir DIR] [--dataset small_16khz]
       [--mulan_model_dir RUN] [--out FILE]

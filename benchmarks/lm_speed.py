@@ -1,8 +1,8 @@
 r"""Decoder-only LM speed: training tokens/s and cached-sampling tokens/s.
 
-The size of audiolm-pytorch's SemanticTransformer comparison (issue #2): d_model 512,
+The size of audiolm-pytorch's SemanticTransformer comparison: d_model 512,
 6 layers, 8 heads, vocab 1024, length 512, batch 8. Reference numbers for audiolm-pytorch
-on the same kind of 2-core CPU machine (quoted in issue #2): 266 training tokens/s,
+on the same kind of 2-core CPU machine (as quoted by its comparison): 266 training tokens/s,
 56 / 309 sampling tokens/s at batch 1 / 8. Targets: >= 3x, >= 5x, >= 2x.
 
   python benchmarks/lm_speed.py [--dtype float32|bfloat16] [--steps 5] [--out FILE]
@@ -38,7 +38,7 @@ from musiclm_jax.lm import decoder_lm, models as lm_models  # noqa: E402
 from musiclm_jax.training import partitioning, trainer as trainer_lib  # noqa: E402
 
 QUOTED_REFERENCE = {"source": "audiolm-pytorch SemanticTransformer, same size, 2-core CPU "
-                              "(numbers quoted in issue #2, not measured in this run)",
+                              "(quoted numbers, not measured in this run)",
                     "train_tokens_per_s": 266.0, "sample_tokens_per_s_batch1": 56.0,
                     "sample_tokens_per_s_batch8": 309.0}
 TARGET_RATIO = {"train_tokens_per_s": 3.0, "sample_tokens_per_s_batch1": 5.0,

@@ -1,4 +1,4 @@
-r"""MuLan retrieval on held-out captioned music (issue #5).
+r"""MuLan retrieval on held-out captioned music.
 
   python benchmarks/mulan_retrieval.py [--size small] [--steps 1500] [--dataset small_16khz]
       [--data_dir DIR] [--model_dir DIR] [--batch 32] [--gin 'BINDING' ...] [--out FILE]

@@ -1,5 +1,5 @@
 #!/bin/bash
-# Puts here what benchmarks/accelerator_checks.sh needs on a lent GPU machine, which has no
+# Puts here what benchmarks/accelerator_checks.sh needs on a GPU machine that has no
 # network: wheels for Python 3.12 missing from its image (.whl) and real audio (.gpu).
 # Both folders are git-ignored (.git/info/exclude); name them in the device call's carry.
 set -eu

@@ -1,4 +1,4 @@
-r"""Do semantic tokens carry musical content? (issue #4)
+r"""Do semantic tokens carry musical content?
 
   python benchmarks/semantic_quality.py --model_dir W2V_RUN --centroids CENTROIDS.npz
       [--data_dir DIR --dataset small_16khz] [--step N] [--no_ema] [--layer_sweep]
