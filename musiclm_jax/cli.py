@@ -54,7 +54,8 @@ def main(argv=None) -> None:
     raise SystemExit(0 if len(argv) >= 2 else 2)
   command = argv[1]
   if command not in COMMANDS:
-    print(f"error: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+    print(f"error: unknown command {command!r} (musiclm-jax --help lists the commands)",
+          file=sys.stderr)
     raise SystemExit(2)
   module = importlib.import_module(COMMANDS[command][0])
   if command in PLAIN_COMMANDS:

@@ -11,15 +11,50 @@ import numpy as np
 from musiclm_jax import atomic
 
 
+class ArgumentParser(argparse.ArgumentParser):
+  """argparse with a one-line error: `error: PROG: MESSAGE (PROG --help lists the flags)`,
+  exit status 2. Sub-command parsers inherit it."""
+
+  def error(self, message):
+    self.exit(2, f"error: {self.prog}: {message} ({self.prog} --help lists the flags)\n")
+
+
+def first_paragraph(doc: str) -> str:
+  """A module docstring's first paragraph as one line: a command's --help description."""
+  return " ".join(doc.strip().split("\n\n")[0].split())
+
+
 def run(parser: argparse.ArgumentParser, argv=None) -> None:
   """Parses argv and runs the chosen sub-command; bad input exits 2 with the message."""
   args = parser.parse_args(argv)
   from musiclm_jax.audio import io as audio_io  # pylint: disable=g-import-not-at-top
   try:
     args.run(args)
-  except (audio_io.AudioError, ValueError, FileNotFoundError) as e:
+  except (audio_io.AudioError, ValueError, OSError) as e:  # OSError: names its path
     print(f"error: {e}", file=sys.stderr)
     raise SystemExit(2)
+
+
+def positive_int(text: str) -> int:
+  """argparse type: an integer >= 1 (argparse reports anything else in one line)."""
+  try:
+    value = int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+  if value < 1:
+    raise argparse.ArgumentTypeError(f"{value} is not >= 1")
+  return value
+
+
+def check_levels(levels, available: int, source: str = "the codec") -> int:
+  """The number of RVQ levels to use: `levels` (None: all) within 1..available, the levels
+  `source` has."""
+  if levels is None:
+    return available
+  if not 1 <= levels <= available:
+    raise ValueError(f"--levels {levels}: {source} has {available} levels (give 1 to "
+                     f"{available})")
+  return levels
 
 
 def save_npy(path: str, array: np.ndarray) -> None:

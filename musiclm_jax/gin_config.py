@@ -12,6 +12,7 @@ them all for the entry points).
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from typing import Optional, Sequence
@@ -19,6 +20,18 @@ from typing import Optional, Sequence
 import gin
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+class _GinSearchMisses(logging.Filter):
+  """Drops gin's ERROR record for each search folder that lacks an included file: gin
+  tries every folder in turn, so a file found in the last one logs an error per miss."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not (record.msg == "Path not found: %s" and
+                record.pathname.endswith(os.path.join("gin", "resource_reader.py")))
+
+
+_SEARCH_MISSES = _GinSearchMisses()
 
 
 class GinConfigError(ValueError):
@@ -65,6 +78,7 @@ def parse_gin_flags(gin_files: Sequence[str], gin_bindings: Sequence[str] = (),
                     finalize: bool = True) -> None:
   """Parses files then bindings (later ones win). Raises GinConfigError with the culprit."""
   paths = search_paths(gin_search_paths)
+  logging.getLogger().addFilter(_SEARCH_MISSES)   # once: a logger keeps a set of filters
   for root in paths:
     gin.add_config_file_search_path(root)
   resolved = [resolve(f, paths) for f in gin_files]
@@ -79,4 +93,19 @@ def parse_gin_flags(gin_files: Sequence[str], gin_bindings: Sequence[str] = (),
     except Exception as e:
       raise GinConfigError(f"in gin binding {binding!r}: {type(e).__name__}: {e}") from e
   if finalize:
-    gin.finalize()
+    try:
+      gin.finalize()  # checks that every macro and reference has a value
+    except ValueError as e:
+      missing = unset_value(e)
+      if missing is None:
+        raise
+      raise GinConfigError(f"the gin files leave {missing} unset (add the gin file that "
+                           f"sets it, or --gin.{missing}=VALUE)") from None
+
+
+def unset_value(error: ValueError) -> Optional[str]:
+  """The macro or parameter a gin 'No bindings specified' / 'Required bindings' error
+  names, or None for any other error."""
+  match = re.match(r"(?:No bindings specified for|Required bindings for) '?([^'\s`]+)",
+                   str(error))
+  return match.group(1).replace("/gin.macro", "") if match else None

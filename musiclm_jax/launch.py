@@ -9,7 +9,7 @@ import gin
 
 from absl import app, flags, logging
 
-from musiclm_jax import configurables, gin_config
+from musiclm_jax import cli_utils, configurables, gin_config
 from musiclm_jax.training import distributed
 
 FLAGS = flags.FLAGS
@@ -24,8 +24,25 @@ flags.DEFINE_bool("multiprocess_auto", False,
                   "Call jax.distributed.initialize() with cluster auto-detection.")
 
 
+def _help(main: Callable[[], None], full: bool) -> str:
+  """--help: the command's purpose and its flags (--helpfull: absl's flags too)."""
+  doc = sys.modules[main.__module__].__doc__ or ""
+  prog = sys.argv[0] if sys.argv[0].startswith("musiclm-jax") else "musiclm-jax COMMAND"
+  return "\n".join([
+      f"usage: {prog} --gin_file=FILE ... [--gin.KEY=VALUE ...] [flags]", "",
+      cli_utils.first_paragraph(doc), "",
+      "Gin files are looked up in --gin_search_paths, the working directory and the "
+      "project's configs; --gin.MODEL_DIR=\"'/path'\" sets the run folder.", "",
+      "flags:", FLAGS.get_help() if full else FLAGS.module_help(__name__)])
+
+
 def run(main: Callable[[], None]) -> None:
   """Parses flags (with --gin.KEY=VALUE), starts multi-process JAX, parses gin, runs main."""
+  # absl's own --help lists the flags of the __main__ module (here, none) and exits 1.
+  for arg in sys.argv[1:]:
+    if arg in ("-h", "--help", "--helpshort", "--helpfull", "-?"):
+      print(_help(main, full=arg == "--helpfull"))
+      sys.exit(0)
 
   def _main(argv):
     if len(argv) > 1:
@@ -43,7 +60,15 @@ def run(main: Callable[[], None]) -> None:
     except gin_config.GinConfigError as e:
       print(f"error: {e}", file=sys.stderr)
       sys.exit(2)
-    main()
+    try:
+      main()
+    except ValueError as e:  # a value the gin files left unset: one line, not a traceback
+      missing = gin_config.unset_value(e)
+      if missing is None:
+        raise
+      print(f"error: the gin files leave {missing} unset (add the gin file that sets it, "
+            f"or --gin.{missing}=VALUE)", file=sys.stderr)
+      sys.exit(2)
 
   app.run(_main, argv=gin_config.rewrite_gin_args(sys.argv))
 
@@ -53,4 +78,5 @@ def required_model_dir() -> str:
   try:
     return gin.query_parameter("%MODEL_DIR")
   except ValueError:
-    raise SystemExit("error: set the model directory with --gin.MODEL_DIR=\"'/path'\"")
+    print("error: set the run folder with --gin.MODEL_DIR=\"'/path'\"", file=sys.stderr)
+    sys.exit(2)

@@ -21,11 +21,21 @@ from musiclm_jax import atomic
 
 # Why a file was skipped; jobs report counts per reason.
 SKIP_REASONS = ("unreadable", "empty", "non_finite", "silent", "too_short",
+                # not plausible music audio: see check_audio
+                "bad_rate", "constant", "out_of_range",
                 # dataset builders: a listed clip with no file, or a file of the wrong length
                 "missing", "length_mismatch")
 
 # Peak below this (about -80 dBFS) counts as digital silence.
 SILENCE_PEAK = 1e-4
+# Sample rates of real recordings: telephone speech (8 kHz) needs no less than 4 kHz, and
+# no studio format exceeds 384 kHz. A header outside says the file is damaged (a "1 Hz"
+# header turns a second of samples into hours of audio).
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 4000, 384000
+# Float files may peak a little above full scale (hot masters, resampling overshoot): those
+# peaks are clipped to [-1, 1]. A peak beyond this is not audio in [-1, 1] at all (raw
+# integers stored as float, or a broken scale): rejected, not clipped to a square wave.
+MAX_FLOAT_PEAK = 4.0
 
 
 class AudioError(ValueError):
@@ -63,7 +73,12 @@ def resample(wave: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
 
 def check_audio(wave: np.ndarray, sample_rate: int, path: str = "<array>",
                 min_seconds: float = 0.0) -> None:
-  """Raises AudioError if `wave` is empty, non-finite, silent or shorter than min_seconds."""
+  """Raises AudioError unless `wave` ([time] or [time, channels]) is plausible music audio:
+  a sample rate of real recordings, samples present, finite and within MAX_FLOAT_PEAK, at
+  least min_seconds, not silent and not a constant (DC) signal."""
+  if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
+    raise AudioError(path, "bad_rate", f"{sample_rate} Hz is outside {MIN_SAMPLE_RATE}.."
+                     f"{MAX_SAMPLE_RATE} Hz")
   if wave.size == 0:
     raise AudioError(path, "empty")
   if not np.all(np.isfinite(wave)):
@@ -71,8 +86,14 @@ def check_audio(wave: np.ndarray, sample_rate: int, path: str = "<array>",
   seconds = wave.shape[0] / sample_rate
   if seconds < min_seconds:
     raise AudioError(path, "too_short", f"{seconds:.2f} s < {min_seconds:.2f} s")
-  if float(np.max(np.abs(wave))) < SILENCE_PEAK:
+  peak = float(np.max(np.abs(wave)))
+  if peak > MAX_FLOAT_PEAK:
+    raise AudioError(path, "out_of_range", f"peak {peak:.3g}, more than {MAX_FLOAT_PEAK} "
+                     "times full scale")
+  if peak < SILENCE_PEAK:
     raise AudioError(path, "silent")
+  if float(np.max(np.ptp(wave, axis=0))) < SILENCE_PEAK:
+    raise AudioError(path, "constant", f"every sample {float(wave.flat[0]):.3g}")
 
 
 def load_audio(path: str, sample_rate: Optional[int] = None, mono: bool = True,
@@ -85,12 +106,15 @@ def load_audio(path: str, sample_rate: Optional[int] = None, mono: bool = True,
     mono: average the channels ([time]); otherwise [time, channels].
     min_seconds: shorter files raise AudioError('too_short').
   Returns:
-    float32 samples in [-1, 1] (values beyond are clipped).
+    float32 samples in [-1, 1]: peaks up to MAX_FLOAT_PEAK are clipped, larger ones
+    rejected (AudioError 'out_of_range').
   """
   wave, rate = read_audio(path)
   check_audio(wave, rate, path, min_seconds)
   if mono:
     wave = to_mono(wave)
+    if float(np.max(np.abs(wave))) < SILENCE_PEAK:  # channels that cancel each other
+      raise AudioError(path, "silent", "after the down-mix to mono")
   if sample_rate is not None:
     wave = resample(wave, rate, sample_rate)
   return np.clip(wave, -1.0, 1.0)

@@ -20,7 +20,6 @@ A metric without its inputs (no pairs, no MuLan) is reported as null with the re
 
 from __future__ import annotations
 
-import argparse
 import collections
 import csv
 import dataclasses
@@ -33,29 +32,49 @@ import numpy as np
 from musiclm_jax import atomic, cli_utils
 
 
+# Shorter clips carry too little music for the embedders' windows (musicnn reads 3 s).
+MIN_CLIP_SECONDS = 0.5
+
+
 @dataclasses.dataclass
 class ClipSet:
-  """Mono clips by id (float32 [samples] each, at `sample_rate`)."""
+  """Mono clips by id (float32 [samples] each, at `sample_rate`); `skipped` lists the files
+  that could not be used ({'file', 'reason', 'detail'})."""
   clips: Dict[str, np.ndarray]
   sample_rate: int
   source: str
+  skipped: List[dict] = dataclasses.field(default_factory=list)
 
   def resampled(self, rate: int) -> Dict[str, np.ndarray]:
     from musiclm_jax.audio import io as audio_io  # pylint: disable=g-import-not-at-top
     return {k: audio_io.resample(v, self.sample_rate, rate) for k, v in self.clips.items()}
 
 
-def load_folder(path: str, sample_rate: int = 16000) -> ClipSet:
-  """Every audio file under `path` (any format, rate, channels) at `sample_rate`."""
+def load_folder(path: str, sample_rate: int = 16000, strict: bool = False) -> ClipSet:
+  """Every audio file under `path` (any format, rate, channels) at `sample_rate`.
+
+  A file that is not usable audio (`audio.io.AudioError`: unreadable, silent, too short,
+  ...) is skipped and listed in `ClipSet.skipped`, unless `strict`; a folder with no usable
+  file is an error.
+  """
   from musiclm_jax.audio import io as audio_io  # pylint: disable=g-import-not-at-top
-  clips = {}
+  clips, skipped = {}, []
   for file in cli_utils.audio_paths([path]):
     clip_id = os.path.splitext(os.path.relpath(file, path))[0]
     if clip_id in clips:
       raise ValueError(f"{path}: two files make the clip id {clip_id!r} (ids drop the "
                        "extension)")
-    clips[clip_id] = audio_io.load_audio(file, sample_rate)
-  return ClipSet(clips, sample_rate, path)
+    try:
+      clips[clip_id] = audio_io.load_audio(file, sample_rate, min_seconds=MIN_CLIP_SECONDS)
+    except audio_io.AudioError as e:
+      if strict:
+        raise
+      skipped.append({"file": file, "reason": e.reason, "detail": str(e)})
+  if not clips:
+    reasons = collections.Counter(s["reason"] for s in skipped)
+    raise ValueError(f"{path}: no usable audio file ({len(skipped)} skipped: "
+                     f"{dict(sorted(reasons.items()))})")
+  return ClipSet(clips, sample_rate, path, skipped)
 
 
 def load_tfds(spec: str, data_dir: Optional[str] = None, max_clips: Optional[int] = None
@@ -113,7 +132,14 @@ def evaluate(generated: ClipSet, reference: ClipSet, prompts: Optional[List[dict
   report = {"generated": generated.source, "reference": reference.source,
             "n_generated": len(generated.clips), "n_reference": len(reference.clips),
             "fad": {}}
+  report["skipped"] = {"generated": generated.skipped, "reference": reference.skipped}
   gen_ids, ref_ids = sorted(generated.clips), sorted(reference.clips)
+  # Prompts of skipped clips are left out (and counted); any other unknown id is an error.
+  skipped_ids = {os.path.splitext(os.path.relpath(s["file"], generated.source))[0]
+                 for s in generated.skipped}
+  if prompts:
+    report["prompts_of_skipped_clips"] = sum(row["id"] in skipped_ids for row in prompts)
+    prompts = [row for row in prompts if row["id"] not in skipped_ids]
   unknown = [row["id"] for row in prompts or () if row["id"] not in generated.clips]
   if unknown:
     raise ValueError(f"the prompts name {len(unknown)} clip(s) not in {generated.source}, "
@@ -176,8 +202,8 @@ def format_table(report: dict) -> str:
 
 
 def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(prog="musiclm-jax evaluate",
-                                   description=__doc__.split("\n")[0])
+  parser = cli_utils.ArgumentParser(prog="musiclm-jax evaluate",
+                                    description=cli_utils.first_paragraph(__doc__))
   parser.add_argument("--generated", required=True, help="folder of generated clips")
   parser.add_argument("--reference", required=True,
                       help="folder of reference clips, or tfds:NAME/CONFIG:SPLIT")
@@ -193,10 +219,18 @@ def main(argv=None) -> None:
   parser.add_argument("--bootstrap", type=int, default=200)
   parser.add_argument("--out", required=True, help="report JSON")
 
+  parser.add_argument("--strict", action="store_true",
+                      help="stop at the first unusable audio file (default: skip and list "
+                           "them all in the report)")
+
   def go(args):
-    generated = load_folder(args.generated)
+    generated = load_folder(args.generated, strict=args.strict)
     reference = (load_tfds(args.reference[len("tfds:"):], args.data_dir, args.max_reference)
-                 if args.reference.startswith("tfds:") else load_folder(args.reference))
+                 if args.reference.startswith("tfds:")
+                 else load_folder(args.reference, strict=args.strict))
+    for clips in (generated, reference):
+      for s in clips.skipped:
+        print(f"skipped: {s['detail']}")
     prompts = read_prompts(args.prompts) if args.prompts else None
     mulan = None
     if args.mulan_model_dir:

@@ -455,7 +455,8 @@ def _export(args) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="musiclm-jax listen", description=__doc__.split("\n")[0])
+  p = cli_utils.ArgumentParser(prog="musiclm-jax listen",
+                               description=cli_utils.first_paragraph(__doc__))
   p.add_argument("--pairs", required=True, help="folder with pairs.csv and the clips")
   p.add_argument("--db", default=None, help="answers database (default PAIRS/answers.sqlite)")
   p.add_argument("--host", default="127.0.0.1")

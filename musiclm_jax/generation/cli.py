@@ -105,9 +105,13 @@ def _generate(args) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="musiclm-jax generate", description=__doc__.split("\n")[0])
+  p = cli_utils.ArgumentParser(prog="musiclm-jax generate",
+                               description=cli_utils.first_paragraph(__doc__))
   p.add_argument("--bundle", required=True, help="exported MusicLM bundle")
-  p.add_argument("--prompt", action="append", default=[])
+  p.add_argument("--prompt", action="append", default=[],
+                 help="a text prompt; several make a batch. 'TEXT@START-END' (seconds) "
+                      "prompts make one story whose prompt changes over time, e.g. "
+                      "--prompt 'calm piano@0-15' --prompt 'fast drums@15-30'")
   p.add_argument("--prompts", default=None, help="a text file, one prompt per line")
   p.add_argument("--audio_prompt", default=None,
                  help="a recording to continue (the output starts with it)")

@@ -15,7 +15,6 @@ saved them (--no_ema: the raw ones).
 
 from __future__ import annotations
 
-import argparse
 from typing import Optional
 
 from musiclm_jax import cli_utils
@@ -88,8 +87,8 @@ def from_runs(mulan_model_dir: str, mulan_rvq: str, semantic_model_dir: str, cen
 
 
 def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(prog="musiclm-jax export",
-                                   description=__doc__.split("\n")[0])
+  parser = cli_utils.ArgumentParser(prog="musiclm-jax export",
+                                    description=cli_utils.first_paragraph(__doc__))
   parser.add_argument("--out", required=True, help="bundle folder to write")
   parser.add_argument("--bfloat16", action="store_true", help="parameters in bfloat16")
   parser.add_argument("--no_ema", action="store_true", help="raw params even if EMA saved")

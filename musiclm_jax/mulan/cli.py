@@ -88,7 +88,8 @@ def _fit_rvq(args) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="musiclm-jax mulan", description=__doc__.split("\n")[0])
+  p = cli_utils.ArgumentParser(prog="musiclm-jax mulan",
+                               description=cli_utils.first_paragraph(__doc__))
   sub = p.add_subparsers(dest="command", required=True)
 
   with_run = lambda q: cli_utils.add_run_arguments(q, "MuLan")

@@ -24,7 +24,8 @@ from musiclm_jax import cli_utils, gin_config
 
 
 def parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="musiclm-jax pipeline", description=__doc__.split("\n")[0])
+  p = cli_utils.ArgumentParser(prog="musiclm-jax pipeline",
+                               description=cli_utils.first_paragraph(__doc__))
   p.add_argument("--gin_file", action="append", default=[], help="e.g. pipeline/tiny.gin")
   p.add_argument("--gin_bindings", action="append", default=[],
                  help="a binding; also written --gin.KEY=VALUE")
@@ -42,6 +43,12 @@ def parser() -> argparse.ArgumentParser:
     gin.clear_config()
     steps = recipe_lib.build_steps(recipe, recipe_lib.size_settings(recipe.size))
     split = lambda text: [s for s in text.split(",") if s]
+    names = [step.name for step in steps]
+    for flag, value in (("--only", args.only), ("--redo", args.redo)):
+      unknown = [name for name in split(value) if name not in names]
+      if unknown:  # before anything is written
+        raise ValueError(f"{flag} {value}: no step {', '.join(unknown)} (the steps: "
+                         f"{', '.join(names)})")
     if not args.list:
       for field, (old, new) in recipe.save().items():
         print(f"note: Recipe.{field} changed from {old!r} to {new!r}; finished steps keep "

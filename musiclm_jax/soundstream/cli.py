@@ -22,8 +22,9 @@ def _encode(args) -> None:
   from musiclm_jax.audio import io as audio_io
   from musiclm_jax.soundstream import codec as codec_lib
   codec = codec_lib.Codec.load(args.bundle)
+  levels = cli_utils.check_levels(args.levels, codec.config.num_quantizers)
   wave = audio_io.load_audio(args.input, sample_rate=codec.config.sample_rate)
-  codes = codec.encode(wave[None], args.levels)[0]
+  codes = codec.encode(wave[None], levels)[0]
   cli_utils.save_npy(args.output, codes.astype(np.int32))
   print(f"{args.input}: {wave.shape[0] / codec.config.sample_rate:.2f} s -> codes "
         f"{codes.shape} ({codec.config.bitrate(codes.shape[-1]) / 1000:.1f} kbps) -> "
@@ -34,15 +35,21 @@ def _decode(args) -> None:
   from musiclm_jax.audio import io as audio_io
   from musiclm_jax.soundstream import codec as codec_lib
   codec = codec_lib.Codec.load(args.bundle)
+  if not os.path.isfile(args.input):
+    raise FileNotFoundError(f"{args.input}: no such file")
   try:
     codes = np.load(args.input, allow_pickle=False)
-  except (OSError, ValueError) as e:
-    raise ValueError(f"{args.input}: not a readable .npy file ({e})") from e
-  if codes.ndim != 2:
-    raise ValueError(f"{args.input}: codes must be [frames, levels], got shape {codes.shape}")
-  if args.levels:
-    codes = codes[:, :args.levels]
-  wave = codec.decode(codes[None])[0]
+  except (OSError, ValueError, EOFError) as e:  # empty, truncated, or not an .npy at all
+    raise ValueError(f"{args.input}: not a codes file written by `codec encode` (an int "
+                     f".npy of [frames, levels]): {type(e).__name__}") from None
+  if codes.ndim != 2 or codes.shape[0] < 1:
+    raise ValueError(f"{args.input}: codes must be [frames >= 1, levels], got shape "
+                     f"{codes.shape}")
+  codes = codes[:, :cli_utils.check_levels(args.levels, codes.shape[1], args.input)]
+  try:
+    wave = codec.decode(codes[None])[0]
+  except ValueError as e:  # integer ids within the codec's levels and codebook
+    raise ValueError(f"{args.input}: {e}") from None
   audio_io.save_audio(args.output, wave, codec.config.sample_rate)
   print(f"{args.input}: codes {codes.shape} -> {wave.shape[0] / codec.config.sample_rate:.2f} "
         f"s -> {args.output}")
@@ -68,19 +75,22 @@ def _export(args) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="musiclm-jax codec", description=__doc__.split("\n")[0])
+  p = cli_utils.ArgumentParser(prog="musiclm-jax codec",
+                               description=cli_utils.first_paragraph(__doc__))
   sub = p.add_subparsers(dest="command", required=True)
   enc = sub.add_parser("encode", help="audio file -> codes .npy")
   enc.add_argument("input")
   enc.add_argument("output")
   enc.add_argument("--bundle", required=True, help="codec bundle folder (codec export)")
-  enc.add_argument("--levels", type=int, default=None, help="keep the first Q levels")
+  enc.add_argument("--levels", type=cli_utils.positive_int, default=None,
+                   help="keep the first Q levels (default all)")
   enc.set_defaults(run=_encode)
   dec = sub.add_parser("decode", help="codes .npy -> audio file")
   dec.add_argument("input")
   dec.add_argument("output")
-  dec.add_argument("--bundle", required=True)
-  dec.add_argument("--levels", type=int, default=None, help="decode the first Q levels")
+  dec.add_argument("--bundle", required=True, help="codec bundle folder (codec export)")
+  dec.add_argument("--levels", type=cli_utils.positive_int, default=None,
+                   help="decode the first Q levels of the file (default all)")
   dec.set_defaults(run=_decode)
   exp = sub.add_parser("export", help="training run checkpoint -> codec bundle")
   exp.add_argument("--model_dir", required=True)

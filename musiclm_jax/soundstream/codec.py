@@ -111,6 +111,9 @@ class Codec:
   def encode(self, wave: np.ndarray, num_levels: Optional[int] = None) -> np.ndarray:
     """Audio [batch, samples] (or [samples]) at config.sample_rate -> int32 codes
     [batch, ceil(samples / hop), levels] (the tail is zero-padded to a whole frame)."""
+    if num_levels is not None and not 1 <= num_levels <= self.config.num_quantizers:
+      raise ValueError(f"num_levels {num_levels}: this codec has 1.."
+                       f"{self.config.num_quantizers} levels")
     wave = self.pad_to_hop(wave)
     if wave.shape[1] == 0:
       raise ValueError("cannot encode empty audio")

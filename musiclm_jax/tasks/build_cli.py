@@ -10,8 +10,9 @@ script in tensorflow-datasets 4.9 imports apache_beam at start-up (not a depende
 
 from __future__ import annotations
 
-import argparse
 import sys
+
+from musiclm_jax import cli_utils
 
 NEEDS_MANUAL_DIR = {"audio_folder": True, "music_captions": False, "musiccaps": True}
 DEFAULT_CONFIG = {"audio_folder": "24khz", "music_captions": "small_24khz",
@@ -19,17 +20,22 @@ DEFAULT_CONFIG = {"audio_folder": "24khz", "music_captions": "small_24khz",
 
 
 def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(prog="musiclm-jax build-data",
-                                   description=__doc__.split("\n")[0])
+  parser = cli_utils.ArgumentParser(prog="musiclm-jax build-data",
+                                    description=cli_utils.first_paragraph(__doc__))
   parser.add_argument("name", choices=sorted(NEEDS_MANUAL_DIR))
   parser.add_argument("--manual_dir", default=None, help="the folder of source files")
   parser.add_argument("--data_dir", required=True, help="TFDS data_dir to write into")
-  parser.add_argument("--config", default=None, help="builder config (e.g. 24khz, tiny_16khz)")
+  parser.add_argument("--config", default=None,
+                      help="builder config (default: " + ", ".join(
+                          f"{k} {v}" for k, v in DEFAULT_CONFIG.items()) + ")")
   args = parser.parse_args(argv)
   if NEEDS_MANUAL_DIR[args.name] and not args.manual_dir:
     parser.error(f"{args.name} needs --manual_dir (the folder of source files)")
   from musiclm_jax.tasks import builders  # pylint: disable=g-import-not-at-top
   config = args.config or DEFAULT_CONFIG[args.name]
+  configs = [c.name for c in builders.builder_cls(args.name).BUILDER_CONFIGS]
+  if config not in configs:
+    parser.error(f"--config {config}: {args.name} has the configs {', '.join(configs)}")
   try:
     builder = builders.build(args.name, args.data_dir, config, args.manual_dir)
   except (FileNotFoundError, ValueError) as e:

@@ -35,7 +35,7 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-from musiclm_jax import atomic, audio_tokenizers
+from musiclm_jax import atomic, audio_tokenizers, cli_utils
 from musiclm_jax.audio import io as audio_io
 from musiclm_jax.tasks import stages
 
@@ -200,10 +200,8 @@ def run(tokenizers: audio_tokenizers.Tokenizers, dataset: str, data_dir: Optiona
 
 
 def main(argv=None) -> None:
-  import argparse  # pylint: disable=g-import-not-at-top
-  from musiclm_jax import cli_utils  # pylint: disable=g-import-not-at-top
-  parser = argparse.ArgumentParser(prog="musiclm-jax tokenize",
-                                   description=__doc__.split("\n")[0])
+  parser = cli_utils.ArgumentParser(prog="musiclm-jax tokenize",
+                                    description=cli_utils.first_paragraph(__doc__))
   parser.add_argument("--dataset", required=True, help="TFDS name, e.g. music_captions/small_24khz")
   parser.add_argument("--data_dir", default=None, help="TFDS data_dir holding it")
   parser.add_argument("--splits", default="train,validation")

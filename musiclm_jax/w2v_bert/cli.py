@@ -78,7 +78,8 @@ def _tokenize(args) -> None:
 
 def parser() -> argparse.ArgumentParser:
   from musiclm_jax.w2v_bert import tokenizer as tokenizer_lib
-  p = argparse.ArgumentParser(prog="musiclm-jax semantic", description=__doc__.split("\n")[0])
+  p = cli_utils.ArgumentParser(prog="musiclm-jax semantic",
+                               description=cli_utils.first_paragraph(__doc__))
   sub = p.add_subparsers(dest="command", required=True)
 
   model_args = lambda q: cli_utils.add_run_arguments(q, "w2v-BERT")

@@ -65,6 +65,16 @@ def fuzz_set(tmp_path, sonic_pi_files):
   cases["nan"] = (_write(tmp_path / "nan.wav", nan, 16000, subtype="FLOAT"), "non_finite")
   cases["silent"] = (_write(tmp_path / "silent.wav", np.zeros((16000, 1)), 16000), "silent")
   cases["too_short"] = (_write(tmp_path / "short.wav", noise[:100], 16000), "too_short")
+  # Not plausible music: a damaged header's rate, channels that cancel in the down-mix, a
+  # DC signal, floats far beyond full scale (raw integers stored as float).
+  cases["rate_1hz"] = (_write(tmp_path / "rate1.wav", noise[:100], 1), "bad_rate")
+  cancel = np.concatenate([noise, -noise], axis=1)
+  cases["cancelling"] = (_write(tmp_path / "cancel.wav", cancel, 16000), "silent")
+  cases["dc"] = (_write(tmp_path / "dc.wav", np.full((16000, 1), 0.5), 16000), "constant")
+  cases["huge_floats"] = (_write(tmp_path / "huge.wav", noise * 3e5, 16000, subtype="FLOAT"),
+                          "out_of_range")
+  cases["hot_floats"] = (_write(tmp_path / "hot.wav", noise * 1.5, 16000, subtype="FLOAT"),
+                         None)   # a little over full scale: clipped
   (tmp_path / "text.mp3").write_text("not audio at all")
   cases["not_audio"] = (str(tmp_path / "text.mp3"), "unreadable")
   # Usable files in awkward shapes.
@@ -97,9 +107,9 @@ def test_fuzz_set_is_loaded_or_skipped_with_the_right_reason(fuzz_set):
     assert expected is None, (name, "loaded but should be skipped")
     assert wave.ndim == 1 and np.all(np.isfinite(wave)) and np.abs(wave).max() <= 1.0
     loaded[name] = wave
-  assert counter.counts == {"unreadable": 3, "empty": 1, "non_finite": 1, "silent": 1,
-                            "too_short": 1}
-  assert "skipped 7 files" in counter.summary()
+  assert counter.counts == {"unreadable": 3, "empty": 1, "non_finite": 1, "silent": 2,
+                            "too_short": 1, "bad_rate": 1, "constant": 1, "out_of_range": 1}
+  assert "skipped 11 files" in counter.summary()
   assert abs(loaded["8kHz"].shape[0] - 24000) <= 2
   assert abs(loaded["96kHz"].shape[0] - 24000) <= 2
 

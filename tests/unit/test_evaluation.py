@@ -137,6 +137,45 @@ def test_evaluate_cli_writes_a_report(tmp_path, capsys):
   assert "1 clip(s) not in" in capsys.readouterr().err
 
 
+def test_evaluate_skips_and_lists_every_unusable_clip_unless_strict(tmp_path, capsys):
+  clips = music_clips()[::3][:4]
+  generated, reference = tmp_path / "generated", tmp_path / "reference"
+  generated.mkdir()
+  reference.mkdir()
+  for i, clip in enumerate(clips):
+    audio_io.save_audio(str(reference / f"c{i}.wav"), clip, 16000)
+    audio_io.save_audio(str(generated / f"c{i}.wav"), with_noise(clip[None], 10, seed=i)[0],
+                        16000)
+  # Three bad generated clips at once: silent, too short, not audio.
+  audio_io.save_audio(str(generated / "silent.wav"), np.zeros(16000), 16000)
+  audio_io.save_audio(str(generated / "short.wav"), clips[0][:800], 16000)
+  (generated / "garbage.flac").write_bytes(b"\x00garbage")
+  prompts = tmp_path / "prompts.csv"
+  prompts.write_text("id,caption\n" + "".join(f"c{i},clip {i}\n" for i in range(4))
+                     + "silent,nothing\n")
+  out = tmp_path / "report.json"
+  evaluate.main(["--generated", str(generated), "--reference", str(reference), "--prompts",
+                 str(prompts), "--bootstrap", "10", "--out", str(out)])
+  report = json.loads(out.read_text())
+  skipped = {os.path.basename(s["file"]): s["reason"] for s in report["skipped"]["generated"]}
+  assert skipped == {"silent.wav": "silent", "short.wav": "too_short",
+                     "garbage.flac": "unreadable"}
+  assert report["prompts_of_skipped_clips"] == 1 and report["kld"]["n_pairs"] == 4
+  printed = capsys.readouterr().out
+  assert all(name in printed for name in skipped)
+  with pytest.raises(SystemExit) as e:
+    evaluate.main(["--generated", str(generated), "--reference", str(reference), "--strict",
+                   "--out", str(tmp_path / "strict.json")])
+  assert e.value.code == 2 and not (tmp_path / "strict.json").exists()
+  only_bad = tmp_path / "only_bad"
+  only_bad.mkdir()
+  (only_bad / "garbage.wav").write_bytes(b"nope")
+  with pytest.raises(SystemExit):
+    evaluate.main(["--generated", str(only_bad), "--reference", str(reference),
+                   "--out", str(out)])
+  assert "no usable audio file (1 skipped: {'unreadable': 1})" in capsys.readouterr().err
+
+
 def test_a_savedmodel_on_disk_plugs_in_as_an_embedder(tmp_path):
   import tensorflow as tf
 
