@@ -42,6 +42,7 @@ import json
 import os
 import re
 import sqlite3
+import threading
 import urllib.parse
 from typing import Dict, Optional, Tuple
 
@@ -355,12 +356,34 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 class ListeningServer(http.server.ThreadingHTTPServer):
-  """A ThreadingHTTPServer whose handlers share one ListeningTest (`app`)."""
+  """A ThreadingHTTPServer whose handlers share one ListeningTest (`app`).
+
+  At most `max_handlers` requests are handled at once: the accept loop waits for a free
+  slot, and further connections queue in the listen backlog (`request_queue_size`), so a
+  burst of raters cannot exhaust the server's threads or SQLite's connections.
+  """
   daemon_threads = True
+  max_handlers = 32
+  request_queue_size = 256
 
   def __init__(self, address: Tuple[str, int], app: ListeningTest):
     self.app = app
+    self._slots = threading.BoundedSemaphore(self.max_handlers)
     super().__init__(address, _Handler)
+
+  def process_request(self, request, client_address):
+    self._slots.acquire()
+    try:
+      super().process_request(request, client_address)
+    except BaseException:
+      self._slots.release()
+      raise
+
+  def process_request_thread(self, request, client_address):
+    try:
+      super().process_request_thread(request, client_address)
+    finally:
+      self._slots.release()
 
 
 def make_server(pairs_dir: str, db_path: Optional[str] = None, host: str = "127.0.0.1",
