@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import sys
 
@@ -64,13 +65,16 @@ def save_npy(path: str, array: np.ndarray) -> None:
 
 
 def audio_paths(inputs) -> list:
-  """Files, and the audio files under folders (recursively), in order; errors name the
-  missing path."""
+  """Files, and the entries with an audio extension under folders (recursively), in order;
+  errors name the missing path. Entries that are not readable files (a dangling link, a
+  folder named like a file) are kept, so the reader names them with its reason instead of
+  their vanishing from the count."""
   from musiclm_jax.audio import debian_music  # pylint: disable=g-import-not-at-top
   paths = []
   for item in inputs:
     if os.path.isdir(item):
-      paths += debian_music.audio_files(item)
+      paths += sorted(p for p in glob.glob(os.path.join(item, "**", "*"), recursive=True)
+                      if p.lower().endswith(debian_music.AUDIO_EXTENSIONS))
     elif os.path.isfile(item):
       paths.append(item)
     else:

@@ -241,8 +241,8 @@ class _BuildReport:
   def __init__(self, root: str, config: AudioFolderConfig):
     self.root, self.config = root, config
     self.files_found = 0
-    self.file_skips = audio_io.SkipCounter()
-    self.clip_skips = audio_io.SkipCounter()
+    self.file_skips = audio_io.SkipCounter()   # every skipped file named in the report
+    self.clip_skips = audio_io.SkipCounter(examples_per_reason=3)  # clips: a few of each
     self.files = collections.Counter()
     self.clips = collections.Counter()
     self.seconds = collections.Counter()

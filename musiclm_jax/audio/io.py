@@ -141,16 +141,17 @@ def save_audio(path: str, wave: np.ndarray, sample_rate: int, subtype: str = "PC
 
 
 class SkipCounter:
-  """Counts files skipped per reason and keeps a few examples for the report."""
+  """Counts files skipped per reason and names them for the report: every one, or the
+  first `examples_per_reason` of each reason."""
 
-  def __init__(self, examples_per_reason: int = 3):
+  def __init__(self, examples_per_reason: Optional[int] = None):
     self.counts = collections.Counter()
     self.examples = collections.defaultdict(list)
     self._keep = examples_per_reason
 
   def add(self, error: AudioError) -> None:
     self.counts[error.reason] += 1
-    if len(self.examples[error.reason]) < self._keep:
+    if self._keep is None or len(self.examples[error.reason]) < self._keep:
       self.examples[error.reason].append(str(error))
 
   @property
