@@ -38,6 +38,8 @@ def atomic_file(path: str, suffix: str = ""):
   """Yields a temporary file name beside `path` (the file exists, empty, with the umask's
   permissions); on success it replaces `path`, on error it is removed. `suffix` is for
   writers that pick the format by extension (soundfile, np.save)."""
+  if os.path.isdir(path):
+    raise IsADirectoryError(f"{path}: is a folder (give the name of a file to write)")
   fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.path.basename(path)}-", suffix=suffix,
                              dir=_parent(path))
   os.close(fd)

@@ -69,6 +69,20 @@ def _cases(d):
        "nobundle"),
       (["generate", "--bundle", str(d), "--prompt", "piano", "--seconds", "-1", "--out",
         wav_out], "--seconds must be > 0"),
+      (["codec", "encode", str(d / "tone.wav"), str(d / "out"), "--bundle", BUNDLE],
+       "out: is a folder"),
+      (["semantic", "tokenize", str(d / "tone.wav"), out, "--model_dir", str(d / "norun"),
+        "--centroids", str(d / "c.npz")], "norun"),
+      (["mulan", "embed", "--model_dir", str(d / "norun"), "--text", "piano", "--output",
+        out], "norun"),
+      (["tokenize", "--dataset", "music_captions/tiny_16khz", "--out", str(d / "out"),
+        "--codec", BUNDLE, "--semantic_model_dir", str(d / "norun"), "--centroids",
+        str(d / "c.npz"), "--mulan_model_dir", str(d / "norun"), "--mulan_rvq",
+        str(d / "r.npz")], "norun"),
+      (["export", "--out", str(d / "out" / "bundle")], "the following arguments are required"),
+      (["evaluate", "--generated", str(d / "nowhere"), "--reference", str(d), "--out",
+        str(d / "out" / "r.json")], "nowhere: no such file or folder"),
+      (["listen", "--pairs", str(d / "nopairs")], "nopairs"),
       (["nosuchcommand"], "unknown command 'nosuchcommand'"),
   ]
 
@@ -101,17 +115,18 @@ def test_every_command_help_exits_0_and_lists_flags(capsys):
   assert "written as the token shards the LM stages train on" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("args,code,expected", [
-    (["--help"], 0, "--gin_file"),
-    (["--helpfull"], 0, "--gin_search_paths"),
-    (["--gin_file=lm/tiny.gin", "--gin_file=tasks/synthetic_arpeggios.gin"], 2,
+@pytest.mark.parametrize("command,args,code,expected", [
+    ("train", ["--help"], 0, "--gin_file"),
+    ("eval", ["--help"], 0, "--gin_file"),
+    ("infer", ["--helpfull"], 0, "--gin_search_paths"),
+    ("train", ["--gin_file=lm/tiny.gin", "--gin_file=tasks/synthetic_arpeggios.gin"], 2,
      "error: set the run folder with --gin.MODEL_DIR"),
-    (["--gin_file=lm/tiny.gin", "--gin.MODEL_DIR='/tmp/unused'"], 2,
+    ("train", ["--gin_file=lm/tiny.gin", "--gin.MODEL_DIR='/tmp/unused'"], 2,
      "error: the gin files leave TARGET_VOCAB_SIZE unset"),
-    (["--gin_file=lm/nosuch.gin"], 2, "gin file 'lm/nosuch.gin' not found"),
+    ("train", ["--gin_file=lm/nosuch.gin"], 2, "gin file 'lm/nosuch.gin' not found"),
 ])
-def test_gin_commands_help_and_config_errors(args, code, expected, tmp_path):
-  result = subprocess.run([sys.executable, "-m", "musiclm_jax.cli", "train", *args],
+def test_gin_commands_help_and_config_errors(command, args, code, expected, tmp_path):
+  result = subprocess.run([sys.executable, "-m", "musiclm_jax.cli", command, *args],
                           cwd=str(tmp_path), env=harness.env_with_devices(1),
                           capture_output=True, text=True, timeout=300)
   assert result.returncode == code, result.stderr[-2000:]
