@@ -1,6 +1,11 @@
 """musiclm-jax: MusicLM (text-to-music) in JAX/Flax, built T5X-style."""
 
+import importlib.abc as _abc
+import importlib.util as _util
 import os as _os
+import re as _re
+import sys as _sys
+import tempfile as _tempfile
 
 # TensorFlow only feeds the input pipelines (SeqIO/TFDS): silence its C++ start-up chatter
 # (CUDA probing, oneDNN notices) unless the user asked for it.
@@ -11,3 +16,48 @@ _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 _os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
 
 __version__ = "0.1.0"
+
+# TensorFlow's C++ logs a few INFO lines while it loads (oneDNN, "no CUDA drivers"), before
+# absl's logging is initialised, so TF_CPP_MIN_LOG_LEVEL does not reach them. Its first
+# import therefore runs with the process's stderr (fd 2) captured; afterwards every line but
+# those INFO/WARNING notices is written back, and all of it if the import fails.
+_TF_NOTICE = _re.compile(r"^(?:[IW]\d{4} [\d:. ]+\d+ \S+:\d+\] |WARNING: All log messages "
+                         r"before absl::InitializeLog\(\) is called)")
+
+
+class _QuietTensorFlowImport(_abc.MetaPathFinder, _abc.Loader):
+  """Finds `tensorflow` once and loads it with its native start-up notices dropped."""
+
+  def find_spec(self, name, path=None, target=None):
+    if name != "tensorflow" or int(_os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0")) < 1:
+      return None
+    _sys.meta_path.remove(self)
+    spec = _util.find_spec(name)
+    if spec is None or spec.loader is None:
+      return spec
+    self._loader, spec.loader = spec.loader, self
+    return spec
+
+  def create_module(self, spec):
+    return self._loader.create_module(spec)
+
+  def exec_module(self, module):
+    _sys.stderr.flush()
+    saved = _os.dup(2)
+    with _tempfile.TemporaryFile("w+", errors="replace") as captured:
+      _os.dup2(captured.fileno(), 2)
+      failed = True
+      try:
+        self._loader.exec_module(module)
+        failed = False
+      finally:
+        _sys.stderr.flush()
+        _os.dup2(saved, 2)
+        _os.close(saved)
+        captured.seek(0)
+        kept = [line for line in captured if failed or not _TF_NOTICE.match(line)]
+        _sys.stderr.write("".join(kept))
+
+
+if not any(isinstance(f, _QuietTensorFlowImport) for f in _sys.meta_path):
+  _sys.meta_path.insert(0, _QuietTensorFlowImport())

@@ -135,3 +135,17 @@ def test_gin_commands_help_and_config_errors(command, args, code, expected, tmp_
     ours = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(ours) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert "Path not found" not in result.stderr
+
+
+def test_tensorflow_start_up_notices_are_silenced_unless_asked_for(tmp_path):
+  code = "import musiclm_jax, tensorflow as tf; print(tf.constant(2.0).numpy())"
+  env = harness.env_with_devices(1)
+  env.pop("TF_CPP_MIN_LOG_LEVEL")
+  quiet = subprocess.run([sys.executable, "-c", code], cwd=str(tmp_path), env=env,
+                         capture_output=True, text=True, timeout=300)
+  assert quiet.returncode == 0 and quiet.stdout.strip() == "2.0"
+  assert "I0000" not in quiet.stderr and "absl::InitializeLog" not in quiet.stderr
+  env["TF_CPP_MIN_LOG_LEVEL"] = "0"   # the user asked for TensorFlow's notices
+  loud = subprocess.run([sys.executable, "-c", code], cwd=str(tmp_path), env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert loud.returncode == 0 and "I0000" in loud.stderr
