@@ -10,7 +10,7 @@ import gin
 from absl import app, flags, logging
 
 from musiclm_jax import cli_utils, configurables, gin_config
-from musiclm_jax.training import distributed
+from musiclm_jax.training import data, distributed
 
 FLAGS = flags.FLAGS
 flags.DEFINE_multi_string("gin_file", [], "Gin files, parsed in order (later ones win).")
@@ -50,8 +50,6 @@ def run(main: Callable[[], None]) -> None:
     if not FLAGS["verbosity"].present:
       # Orbax and SeqIO log every file at INFO; keep the console to progress and results.
       logging.set_verbosity(logging.WARNING)
-    from musiclm_jax.training import data  # pylint: disable=g-import-not-at-top
-    data.hide_gpus_from_tensorflow()  # before TF's first op: the GPUs are JAX's
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                            FLAGS.cpu_collectives, auto=FLAGS.multiprocess_auto)
     configurables.import_configurables()
@@ -70,6 +68,9 @@ def run(main: Callable[[], None]) -> None:
             f"or --gin.{missing}=VALUE)", file=sys.stderr)
       sys.exit(2)
 
+  # Before absl starts (its start-up callbacks make TensorFlow probe its devices) and before
+  # TF's first op: the GPUs are JAX's.
+  data.hide_gpus_from_tensorflow()
   app.run(_main, argv=gin_config.rewrite_gin_args(sys.argv))
 
 

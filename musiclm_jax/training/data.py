@@ -26,13 +26,18 @@ import seqio
 import tensorflow as tf
 from absl import logging
 
+import musiclm_jax
+
 
 def hide_gpus_from_tensorflow() -> None:
   """Hides GPUs from TensorFlow, which here only feeds input pipelines: a CUDA-enabled
   TensorFlow otherwise reserves most of each GPU's memory on its first op, and JAX then
   runs out of memory (what T5X and big_vision do at start-up too). Call before any TF op."""
   try:
-    tf.config.set_visible_devices([], "GPU")
+    # Listing the devices makes TF probe CUDA now, under the quiet block, not at its first op.
+    with musiclm_jax.quiet_tensorflow_notices():
+      tf.config.list_physical_devices("GPU")
+      tf.config.set_visible_devices([], "GPU")
   except RuntimeError:  # TF has already started its devices: too late to hide them.
     if tf.config.get_visible_devices("GPU"):
       logging.warning("TensorFlow already uses %s; it may hold GPU memory JAX needs",

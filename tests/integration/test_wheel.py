@@ -7,6 +7,7 @@ without running its .pth files, so the checkout's editable install stays invisib
 """
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -20,11 +21,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def _run(args, cwd, env, timeout=600):
+  """Runs a command that must succeed, with no ERROR-level log line."""
   result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout)
   assert result.returncode == 0, (
       f"{' '.join(args)} exited {result.returncode}\n{result.stdout[-3000:]}\n"
       f"{result.stderr[-3000:]}")
+  assert not re.search(r"^(E\d{4} |ERROR)", result.stderr, flags=re.M), result.stderr[-3000:]
   return result.stdout
 
 
