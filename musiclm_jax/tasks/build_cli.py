@@ -10,6 +10,7 @@ script in tensorflow-datasets 4.9 imports apache_beam at start-up (not a depende
 
 from __future__ import annotations
 
+import os
 import sys
 
 from musiclm_jax import cli_utils
@@ -17,6 +18,15 @@ from musiclm_jax import cli_utils
 NEEDS_MANUAL_DIR = {"audio_folder": True, "music_captions": False, "musiccaps": True}
 DEFAULT_CONFIG = {"audio_folder": "24khz", "music_captions": "small_24khz",
                   "musiccaps": "16khz"}
+
+
+def _check_every_file(builders, manual_dir: str) -> None:
+  """--strict: reads every audio file the audio_folder build would read; the first unusable
+  one raises AudioError naming it, before anything is written."""
+  from musiclm_jax.audio import io as audio_io  # pylint: disable=g-import-not-at-top
+  module = builders.builder_module("audio_folder")
+  for rel in module.find_audio_files(manual_dir):
+    audio_io.load_audio(os.path.join(manual_dir, rel))
 
 
 def main(argv=None) -> None:
@@ -28,6 +38,9 @@ def main(argv=None) -> None:
   parser.add_argument("--config", default=None,
                       help="builder config (default: " + ", ".join(
                           f"{k} {v}" for k, v in DEFAULT_CONFIG.items()) + ")")
+  parser.add_argument("--strict", action="store_true",
+                      help="audio_folder: check every file first and build nothing if any is "
+                           "unusable (default: skip them; the build report names each)")
   args = parser.parse_args(argv)
   if NEEDS_MANUAL_DIR[args.name] and not args.manual_dir:
     parser.error(f"{args.name} needs --manual_dir (the folder of source files)")
@@ -37,8 +50,10 @@ def main(argv=None) -> None:
   if config not in configs:
     parser.error(f"--config {config}: {args.name} has the configs {', '.join(configs)}")
   try:
+    if args.strict and args.name == "audio_folder":
+      _check_every_file(builders, args.manual_dir)
     builder = builders.build(args.name, args.data_dir, config, args.manual_dir)
-  except (FileNotFoundError, ValueError) as e:
+  except (OSError, ValueError) as e:  # AudioError is a ValueError
     print(f"error: {e}", file=sys.stderr)
     raise SystemExit(2)
   splits = {name: split.num_examples for name, split in builder.info.splits.items()}

@@ -23,12 +23,17 @@ def dataset_dir(name: str) -> str:
   return os.path.dirname(importlib.import_module(f"{DATASETS_PACKAGE}.{name}").__file__)
 
 
-def builder_cls(name: str):
-  """The `Builder` class of data/NAME, imported once under its package name: TFDS registers
-  a builder once per name."""
+def builder_module(name: str):
+  """The module of data/NAME's builder, imported once under its package name: TFDS
+  registers a builder once per name."""
   if name not in NAMES:
     raise ValueError(f"unknown dataset {name!r}: the builders are {', '.join(NAMES)}")
-  return importlib.import_module(f"{DATASETS_PACKAGE}.{name}.{name}_dataset_builder").Builder
+  return importlib.import_module(f"{DATASETS_PACKAGE}.{name}.{name}_dataset_builder")
+
+
+def builder_cls(name: str):
+  """The `Builder` class of data/NAME."""
+  return builder_module(name).Builder
 
 
 def build(name: str, data_dir: str, config: str, manual_dir: Optional[str] = None):

@@ -121,8 +121,10 @@ def _check_shard_count(out_dir: str, split: str, num_shards: int) -> None:
 
 def tokenize_shard(tokenizers: audio_tokenizers.Tokenizers, dataset: str,
                    data_dir: Optional[str], split, path: str, min_seconds: float,
-                   progress=None) -> Dict[str, object]:
-  """Tokenizes one part of a split into `path` (atomically); returns its counts."""
+                   progress=None, strict: bool = False) -> Dict[str, object]:
+  """Tokenizes one part of a split into `path` (atomically); returns its counts. An unusable
+  clip is skipped and counted, or with `strict` stops the job (AudioError naming it; the
+  shard is not written)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   skipped = audio_io.SkipCounter()
   ds = tfds.load(dataset, split=split, data_dir=data_dir, shuffle_files=False)
@@ -136,6 +138,8 @@ def tokenize_shard(tokenizers: audio_tokenizers.Tokenizers, dataset: str,
         audio_io.check_audio(wave, rate, id_, min_seconds)
         mulan, semantic, acoustic = tokenizers.tokenize(wave, rate)
       except audio_io.AudioError as e:
+        if strict:
+          raise
         skipped.add(e)
         continue
       finally:
@@ -152,10 +156,11 @@ def tokenize_shard(tokenizers: audio_tokenizers.Tokenizers, dataset: str,
 def run(tokenizers: audio_tokenizers.Tokenizers, dataset: str, data_dir: Optional[str],
         splits: Sequence[str], out_dir: str, num_shards: int, process_index: int = 0,
         process_count: int = 1, min_seconds: float = 1.0, show_progress: bool = True,
-        replace_stale: bool = False) -> Dict[str, object]:
+        replace_stale: bool = False, strict: bool = False) -> Dict[str, object]:
   """Tokenizes this process's shards of every split; returns the job summary (over the
   shards this process owns, finished now or before). replace_stale: redo shards other
-  tokenizers made (module docstring) instead of refusing the folder."""
+  tokenizers made (module docstring) instead of refusing the folder. strict: stop at the
+  first unusable clip (`tokenize_shard`)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   if not 0 <= process_index < process_count:
@@ -188,7 +193,7 @@ def run(tokenizers: audio_tokenizers.Tokenizers, dataset: str, data_dir: Optiona
         for stale in glob.glob(os.path.join(out_dir, f".tmp-{name}*")):
           os.remove(stale)  # a killed run's partial file for this shard
         counts = tokenize_shard(tokenizers, dataset, data_dir, parts[i], path, min_seconds,
-                                bar)
+                                bar, strict)
         counts["tokenizers"] = fingerprints
         _write_json(path + ".json", counts)
         summary["written_now"] += 1
@@ -202,7 +207,8 @@ def run(tokenizers: audio_tokenizers.Tokenizers, dataset: str, data_dir: Optiona
 def main(argv=None) -> None:
   parser = cli_utils.ArgumentParser(prog="musiclm-jax tokenize",
                                     description=cli_utils.first_paragraph(__doc__))
-  parser.add_argument("--dataset", required=True, help="TFDS name, e.g. music_captions/small_24khz")
+  parser.add_argument("--dataset", required=True,
+                      help="TFDS name, e.g. music_captions/small_24khz")
   parser.add_argument("--data_dir", default=None, help="TFDS data_dir holding it")
   parser.add_argument("--splits", default="train,validation")
   parser.add_argument("--out", required=True, help="folder of token shards")
@@ -219,15 +225,19 @@ def main(argv=None) -> None:
   parser.add_argument("--replace_stale", action="store_true",
                       help="redo the shards in --out that other tokenizers made (a retrained "
                            "codec, say) instead of refusing the folder")
+  parser.add_argument("--strict", action="store_true",
+                      help="stop at the first unusable clip (default: skip and count them; "
+                           "each shard's .json names them)")
 
   def go(args):
     from musiclm_jax.training import data  # pylint: disable=g-import-not-at-top
     data.hide_gpus_from_tensorflow()  # TF reads the clips; the tokenizers are JAX's
-    tokenizers = audio_tokenizers.Tokenizers.load(args.codec, args.semantic_model_dir, args.centroids,
-                                 args.mulan_model_dir, args.mulan_rvq)
+    tokenizers = audio_tokenizers.Tokenizers.load(
+        args.codec, args.semantic_model_dir, args.centroids, args.mulan_model_dir,
+        args.mulan_rvq)
     summary = run(tokenizers, args.dataset, args.data_dir, args.splits.split(","), args.out,
                   args.num_shards, args.process_index, args.process_count,
-                  args.min_seconds, not args.no_progress, args.replace_stale)
+                  args.min_seconds, not args.no_progress, args.replace_stale, args.strict)
     print(f"process {args.process_index}/{args.process_count}: {summary['examples']} clips in "
           f"{summary['written_now']} new + {summary['already_done']} finished shards; "
           f"skipped {summary['skipped'] or 'none'} -> {args.out}")

@@ -138,3 +138,37 @@ def test_build_data_uses_the_good_files_and_names_every_bad_one(fuzz, tmp_path, 
       assert audio.size and np.all(np.isfinite(audio)) and np.abs(audio).max() <= 1.0
       used += 1
   assert used > 0
+
+
+def test_codec_encode_of_a_folder_skips_and_lists_or_stops_when_strict(fuzz, tmp_path, capsys):
+  folder, expected = fuzz
+  out = tmp_path / "codes"
+  cli.main(["musiclm-jax", "codec", "encode", str(folder), str(out), "--bundle",
+            "pretrained:tiny_16khz"])
+  listed = {s["file"]: s["reason"] for s in json.loads((out / "skipped.json").read_text())}
+  bad = {n: r for n, r in expected.items() if r not in (None, "too_short")}
+  assert listed == {**bad, "folder_named.wav": "unreadable"}
+  written = sorted(f for f in os.listdir(out) if f.endswith(".npy"))
+  assert written == sorted(n + ".npy" for n, r in expected.items() if r in (None, "too_short"))
+  assert all(np.load(out / f).shape[1] == 8 for f in written)
+  printed = capsys.readouterr().out
+  assert all(f"{name}: {reason}" in printed for name, reason in bad.items())
+  with pytest.raises(SystemExit) as e:     # the folder exists now: nothing is overwritten
+    cli.main(["musiclm-jax", "codec", "encode", str(folder), str(out), "--bundle",
+              "pretrained:tiny_16khz"])
+  assert e.value.code == 2 and "exists" in capsys.readouterr().err
+  with pytest.raises(SystemExit) as e:
+    cli.main(["musiclm-jax", "codec", "encode", str(folder), str(tmp_path / "strict"),
+              "--bundle", "pretrained:tiny_16khz", "--strict"])
+  assert e.value.code == 2 and not (tmp_path / "strict").exists()
+  assert sorted(os.listdir(tmp_path)) == ["codes"]
+
+
+def test_build_data_strict_writes_nothing_when_a_file_is_bad(fuzz, tmp_path, capsys):
+  folder, _ = fuzz
+  with pytest.raises(SystemExit) as e:
+    cli.main(["musiclm-jax", "build-data", "audio_folder", "--config", "16khz_2s",
+              "--manual_dir", str(folder), "--data_dir", str(tmp_path / "tfds"), "--strict"])
+  err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+  assert e.value.code == 2 and len(err) == 1 and str(folder) in err[0]
+  assert not (tmp_path / "tfds").exists()

@@ -17,6 +17,7 @@ import pytest
 import tensorflow as tf
 
 from musiclm_jax import audio_tokenizers
+from musiclm_jax.audio import io as audio_io
 from musiclm_jax.mulan import tokenizer as mulan_tokenizer
 from musiclm_jax.soundstream import codec as codec_lib
 from musiclm_jax.tasks import stages, tokenize_job
@@ -195,6 +196,12 @@ def test_unusable_clips_are_skipped_and_counted(tokenizers, data_dir, tmp_path):
                              min_seconds=5.0, show_progress=False)
   # Every tiny clip lasts 4 s: all too short for a 5 s minimum, none written, none crash.
   assert summary["examples"] == 0 and summary["skipped"]["too_short"] > 0
+  # --strict: the first such clip stops the job, naming it; no shard, no temporary.
+  out = tmp_path / "strict"
+  with pytest.raises(audio_io.AudioError, match="too_short"):
+    tokenize_job.run(tokenizers, DATASET, data_dir, ["test"], str(out), 1, min_seconds=5.0,
+                     show_progress=False, strict=True)
+  assert not [f for f in os.listdir(out) if f.endswith(".tfrecord") or f.startswith(".tmp")]
 
 
 def test_stage_tasks_read_the_shards(tokenizers, data_dir, tmp_path):
