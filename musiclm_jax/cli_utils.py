@@ -47,6 +47,19 @@ def positive_int(text: str) -> int:
   return value
 
 
+def output_path(text: str) -> str:
+  """argparse type for a file or folder a command will write: its nearest existing folder
+  must be writable, so a bad --out fails at once, not after the work."""
+  path = os.path.abspath(text)
+  parent = os.path.dirname(path)
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+    raise argparse.ArgumentTypeError(f"{text}: cannot write there ({parent} is not a "
+                                     "writable folder)")
+  return text
+
+
 def check_levels(levels, available: int, source: str = "the codec") -> int:
   """The number of RVQ levels to use: `levels` (None: all) within 1..available, the levels
   `source` has."""

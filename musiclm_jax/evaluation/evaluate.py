@@ -217,7 +217,8 @@ def main(argv=None) -> None:
                            "savedmodel:PATH[@RATE]; repeat for several")
   parser.add_argument("--kld_mode", default="softmax", choices=("softmax", "bernoulli"))
   parser.add_argument("--bootstrap", type=int, default=200)
-  parser.add_argument("--out", required=True, help="report JSON")
+  parser.add_argument("--out", type=cli_utils.output_path, required=True,
+                      help="report JSON")
 
   parser.add_argument("--strict", action="store_true",
                       help="stop at the first unusable audio file (default: skip and list "

@@ -116,7 +116,8 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--audio_prompt", default=None,
                  help="a recording to continue (the output starts with it)")
   p.add_argument("--seconds", type=float, default=10.0, help="output length, in all")
-  p.add_argument("--out", required=True, help="WAV file (one clip) or folder")
+  p.add_argument("--out", type=cli_utils.output_path, required=True,
+                 help="WAV file (one clip) or folder")
   p.add_argument("--num_samples", type=int, default=1)
   p.add_argument("--rerank", action="store_true",
                  help="rank each prompt's samples by MuLan text-audio similarity")

@@ -89,7 +89,8 @@ def from_runs(mulan_model_dir: str, mulan_rvq: str, semantic_model_dir: str, cen
 def main(argv=None) -> None:
   parser = cli_utils.ArgumentParser(prog="musiclm-jax export",
                                     description=cli_utils.first_paragraph(__doc__))
-  parser.add_argument("--out", required=True, help="bundle folder to write")
+  parser.add_argument("--out", type=cli_utils.output_path, required=True,
+                      help="bundle folder to write")
   parser.add_argument("--bfloat16", action="store_true", help="parameters in bfloat16")
   parser.add_argument("--no_ema", action="store_true", help="raw params even if EMA saved")
   for flag, what in (("mulan_model_dir", "MuLan training run"),

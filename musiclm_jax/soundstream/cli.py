@@ -119,7 +119,8 @@ def parser() -> argparse.ArgumentParser:
   sub = p.add_subparsers(dest="command", required=True)
   enc = sub.add_parser("encode", help="audio file -> codes .npy; folder -> folder of them")
   enc.add_argument("input", help="an audio file, or a folder of them")
-  enc.add_argument("output", help="the .npy, or a new folder for a folder's codes")
+  enc.add_argument("output", type=cli_utils.output_path,
+                   help="the .npy, or a new folder for a folder's codes")
   enc.add_argument("--bundle", required=True, help="codec bundle folder (codec export)")
   enc.add_argument("--levels", type=cli_utils.positive_int, default=None,
                    help="keep the first Q levels (default all)")
@@ -128,14 +129,14 @@ def parser() -> argparse.ArgumentParser:
   enc.set_defaults(run=_encode)
   dec = sub.add_parser("decode", help="codes .npy -> audio file")
   dec.add_argument("input")
-  dec.add_argument("output")
+  dec.add_argument("output", type=cli_utils.output_path)
   dec.add_argument("--bundle", required=True, help="codec bundle folder (codec export)")
   dec.add_argument("--levels", type=cli_utils.positive_int, default=None,
                    help="decode the first Q levels of the file (default all)")
   dec.set_defaults(run=_decode)
   exp = sub.add_parser("export", help="training run checkpoint -> codec bundle")
   exp.add_argument("--model_dir", required=True)
-  exp.add_argument("output")
+  exp.add_argument("output", type=cli_utils.output_path)
   exp.add_argument("--step", type=int, default=None)
   exp.add_argument("--no_ema", action="store_true", help="export raw, not EMA, params")
   exp.set_defaults(run=_export)

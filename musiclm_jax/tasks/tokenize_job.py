@@ -211,7 +211,8 @@ def main(argv=None) -> None:
                       help="TFDS name, e.g. music_captions/small_24khz")
   parser.add_argument("--data_dir", default=None, help="TFDS data_dir holding it")
   parser.add_argument("--splits", default="train,validation")
-  parser.add_argument("--out", required=True, help="folder of token shards")
+  parser.add_argument("--out", type=cli_utils.output_path, required=True,
+                      help="folder of token shards")
   parser.add_argument("--num_shards", type=int, default=16, help="shards per split")
   parser.add_argument("--codec", required=True, help="SoundStream codec bundle")
   parser.add_argument("--semantic_model_dir", required=True, help="w2v-BERT training run")

@@ -83,6 +83,10 @@ def _cases(d):
       (["evaluate", "--generated", str(d / "nowhere"), "--reference", str(d), "--out",
         str(d / "out" / "r.json")], "nowhere: no such file or folder"),
       (["listen", "--pairs", str(d / "nopairs")], "nopairs"),
+      (["codec", "encode", str(d / "tone.wav"), str(d / "notes.txt" / "x.npy"), "--bundle",
+        BUNDLE], "notes.txt/x.npy: cannot write there"),
+      (["generate", "--bundle", BUNDLE, "--prompt", "piano", "--out",
+        str(d / "notes.txt" / "a" / "x.wav")], "cannot write there"),
       (["nosuchcommand"], "unknown command 'nosuchcommand'"),
   ]
 
