@@ -59,6 +59,10 @@ def fuzz(tmp_path_factory):
   os.makedirs(d / "folder_named.wav")                      # a folder, not a file
   os.symlink(str(d / "gone.wav"), str(d / "dangling.wav"))
   expected["dangling.wav"] = "unreadable"
+  if os.geteuid() != 0:  # permissions do not stop root (CI runs as root)
+    write("locked.wav", _tone())
+    os.chmod(d / "locked.wav", 0)
+    expected["locked.wav"] = "unreadable"
   return d, expected
 
 
