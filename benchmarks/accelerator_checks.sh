@@ -3,7 +3,7 @@
 # numpy, safetensors and torch, but no TensorFlow, SeqIO, gin-config, soundfile or soxr, and
 # no network. Run from the repository root with what benchmarks/prepare_accelerator.sh put
 # in .whl (wheels) and .gpu (audio); results go to $OUT (default /tmp/accelerator_out), at
-# most 8 files (the device tool's limit):
+# most 8 files, so that a short remote run returns everything in one transfer:
 #   1. w2v-BERT `small` self-supervised training on the wesnoth training tracks,
 #      W2V_SECONDS each (0: none, the codec gets the GPU alone), one or several gin
 #      variants at once on the one GPU

@@ -96,16 +96,19 @@ def parse_gin_flags(gin_files: Sequence[str], gin_bindings: Sequence[str] = (),
     try:
       gin.finalize()  # checks that every macro and reference has a value
     except ValueError as e:
-      missing = unset_value(e)
-      if missing is None:
+      message = unset_value_message(e)
+      if message is None:
         raise
-      raise GinConfigError(f"the gin files leave {missing} unset (add the gin file that "
-                           f"sets it, or --gin.{missing}=VALUE)") from None
+      raise GinConfigError(message) from None
 
 
-def unset_value(error: ValueError) -> Optional[str]:
-  """The macro or parameter a gin 'No bindings specified' / 'Required bindings' error
-  names, or None for any other error."""
+def unset_value_message(error: ValueError) -> Optional[str]:
+  """For gin's 'No bindings specified' / 'Required bindings' errors, one line naming the
+  macro or parameter left unset and how to set it; None for any other error."""
   match = re.match(r"(?:No bindings specified for|Required bindings for) '?([^'\s`]+)",
                    str(error))
-  return match.group(1).replace("/gin.macro", "") if match else None
+  if not match:
+    return None
+  missing = match.group(1).replace("/gin.macro", "")
+  return (f"the gin files leave {missing} unset (add the gin file that sets it, or "
+          f"--gin.{missing}=VALUE)")

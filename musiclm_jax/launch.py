@@ -61,11 +61,10 @@ def run(main: Callable[[], None]) -> None:
     try:
       main()
     except ValueError as e:  # a value the gin files left unset: one line, not a traceback
-      missing = gin_config.unset_value(e)
-      if missing is None:
+      message = gin_config.unset_value_message(e)
+      if message is None:
         raise
-      print(f"error: the gin files leave {missing} unset (add the gin file that sets it, "
-            f"or --gin.{missing}=VALUE)", file=sys.stderr)
+      print(f"error: {message}", file=sys.stderr)
       sys.exit(2)
 
   # Before absl starts (its start-up callbacks make TensorFlow probe its devices) and before
