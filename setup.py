@@ -57,9 +57,13 @@ setup(
                                               "pretrained/*/*.msgpack"]},
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": ["pytest>=8", "pytest-timeout>=2.3", "pytest-xdist>=3.5",
-                             "scikit-learn>=1.5",  # reference k-means in tests
-                             "selenium>=4.30"]},  # drives Debian's chromium (listening test)
+    extras_require={
+        # Dataset builds on Apache Beam (--beam_pipeline_options); mlcroissant: the `tfds`
+        # script imports it at start-up.
+        "beam": ["apache-beam>=2.77,<3", "mlcroissant>=1.1"],
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "pytest-xdist>=3.5",
+                 "scikit-learn>=1.5",  # reference k-means in tests
+                 "selenium>=4.30"]},  # drives Debian's chromium (listening test)
     entry_points={"console_scripts": ["musiclm-jax=musiclm_jax.cli:main"]},
     license="Apache-2.0",
 )

@@ -14,7 +14,9 @@ Without --config, `tfds build` builds every config in CONFIGS. The manual dir is
 of the dataset's name: give each folder its own --data_dir.
 
 Input (the manual dir): any tree of audio files (`AUDIO_EXTENSIONS`; hidden files and
-folders are ignored). Captions are optional; per file, the first found wins:
+folders are ignored), or a `files.txt` at its root listing them (one path relative to the
+root per line; blanks, `#` lines and other extensions ignored), which replaces the walk.
+Captions are optional; per file, the first found wins:
   NAME.json beside NAME.flac   {"caption": "..."}
   NAME.txt beside NAME.flac    the whole text
   captions.csv at the root     columns `path,caption`; path relative to the root
@@ -30,6 +32,13 @@ when files are added or removed, and all clips of a file share its split (no ove
 audio across train and test). A split that no file hashes into is left out; one whose files
 are all unusable stops the build with an error naming them (TFDS cannot write an empty
 split; the held-out splits are written first, so that comes early).
+
+On Apache Beam (`--beam_pipeline_options=...`, the `[beam]` extra) the same examples come
+out (same ids, crops and splits): each top-level folder, or each byte range of files.txt,
+is listed on a worker, files are spread over the workers, and the skip reasons are Beam
+counters, printed and kept in the report as `beam_counters` (musiclm_jax/dataset_builds/).
+Every split with a non-zero share is declared up front there (the listing happens on the
+workers): a split that no usable file reaches fails the build.
 
 Unusable files (`AudioError`: unreadable, empty, non_finite, silent, too_short) are skipped
 and counted, and so are unusable clips of the files kept (silent stretches, short tails); a
@@ -56,26 +65,22 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import csv
 import dataclasses
-import hashlib
-import json
 import os
-import posixpath
-import unicodedata
-from typing import Iterator, Optional
+from typing import Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
 
-from musiclm_jax.audio import debian_music
-from musiclm_jax.audio import io as audio_io
+from musiclm_jax import dataset_builds
+from musiclm_jax.dataset_builds import audio_folder as af
 
-AUDIO_EXTENSIONS = debian_music.AUDIO_EXTENSIONS
-CAPTIONS_CSV = "captions.csv"
-SPLITS = ("train", "validation", "test")
+AUDIO_EXTENSIONS = af.AUDIO_EXTENSIONS
+CAPTIONS_CSV = af.CAPTIONS_CSV
+SPLITS = af.SPLITS
+split_for, find_audio_files, cut_clips = af.split_for, af.find_audio_files, af.cut_clips
 # Files decoded at once, in threads (libsndfile and soxr do the work in C); also bounds
 # memory to this many decoded files in flight.
 DECODE_THREADS = min(8, os.cpu_count() or 1)
@@ -112,12 +117,9 @@ class AudioFolderConfig(tfds.core.BuilderConfig):
       raise ValueError(f"audio_folder config {self.name!r}: {'; '.join(problems)}")
 
   @property
-  def clip_samples(self) -> int:
-    return int(round(self.clip_seconds * self.sample_rate))
-
-  @property
-  def min_clip_samples(self) -> int:
-    return int(round(self.min_clip_seconds * self.sample_rate))
+  def spec(self) -> af.ClipSpec:
+    return af.ClipSpec(self.name, self.sample_rate, self.clip_seconds, self.min_clip_seconds,
+                       self.validation_percent, self.test_percent)
 
 
 # The configs, as data: a new rate or clip length is a new line. 10 s clips bound an
@@ -138,163 +140,6 @@ CONFIGS = {
 }
 
 
-def split_for(relpath: str, validation_percent: float, test_percent: float) -> str:
-  """'train', 'validation' or 'test' for a file, from a hash of its relative path alone."""
-  key = unicodedata.normalize("NFC", relpath.replace(os.sep, "/"))
-  bucket = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") % 10000
-  if bucket < validation_percent * 100:
-    return "validation"
-  if bucket < (validation_percent + test_percent) * 100:
-    return "test"
-  return "train"
-
-
-def find_audio_files(root: str) -> list[str]:
-  """Relative paths ('/'-separated, sorted) of the audio files under root; hidden ignored."""
-  found, seen = [], set()
-  for directory, subdirs, names in os.walk(root, followlinks=True):
-    real = os.path.realpath(directory)
-    if real in seen:  # a symlink loop, or a folder linked twice
-      subdirs[:] = []
-      continue
-    seen.add(real)
-    subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
-    for name in names:
-      if not name.startswith(".") and name.lower().endswith(AUDIO_EXTENSIONS):
-        rel = os.path.relpath(os.path.join(directory, name), root)
-        found.append(rel.replace(os.sep, "/"))
-  return sorted(found)
-
-
-def _read_captions_csv(path: str) -> dict[str, str]:
-  """captions.csv -> {relpath: caption}. Raises ValueError naming the file and row."""
-  with open(path, encoding="utf-8-sig", newline="") as f:  # -sig: tolerate a BOM
-    reader = csv.DictReader(f)
-    columns = reader.fieldnames or []
-    if "path" not in columns or "caption" not in columns:
-      raise ValueError(f"{path}: needs the columns 'path' and 'caption', found {columns}")
-    out, rows = {}, {}
-    for row in reader:
-      raw = (row["path"] or "").strip().replace("\\", "/")
-      if not raw or raw.startswith("/"):
-        raise ValueError(f"{path}, line {reader.line_num}: path {raw!r} must be relative "
-                         "to the folder")
-      rel = posixpath.normpath(raw)
-      caption = (row["caption"] or "").strip()
-      if rel in out and out[rel] != caption:
-        raise ValueError(f"{path}, line {reader.line_num}: {rel!r} already has another "
-                         f"caption on line {rows[rel]}")
-      out[rel], rows[rel] = caption, reader.line_num
-  return out
-
-
-def _read_sidecar(path: str) -> str:
-  """The caption in NAME.json ({"caption": ...}) or NAME.txt. Raises ValueError naming it."""
-  with open(path, encoding="utf-8-sig") as f:
-    text = f.read()
-  if not path.endswith(".json"):
-    return text.strip()
-  try:
-    value = json.loads(text)
-  except json.JSONDecodeError as e:
-    raise ValueError(f"{path}: not valid JSON ({e})") from e
-  if not isinstance(value, dict) or not isinstance(value.get("caption"), str):
-    raise ValueError(f'{path}: expected {{"caption": "..."}}, got {text[:80]!r}')
-  return value["caption"].strip()
-
-
-def read_captions(root: str, relpaths: list[str]) -> tuple[dict[str, str], dict]:
-  """{relpath: caption} for the files that have one, and where captions came from.
-
-  Returns the captions and stats {'json': n, 'txt': n, 'csv': n, 'csv_unmatched': [...]}
-  (csv rows naming no audio file: usually a typo, so the report lists them).
-  """
-  csv_path = os.path.join(root, CAPTIONS_CSV)
-  from_csv = _read_captions_csv(csv_path) if os.path.isfile(csv_path) else {}
-  captions, sources = {}, collections.Counter()
-  for rel in relpaths:
-    stem = os.path.splitext(os.path.join(root, rel))[0]
-    for ext in (".json", ".txt"):
-      if os.path.isfile(stem + ext):
-        caption, source = _read_sidecar(stem + ext), ext[1:]
-        break
-    else:
-      caption, source = from_csv.get(rel, ""), "csv"
-    if caption:
-      captions[rel] = caption
-      sources[source] += 1
-  unmatched = sorted(set(from_csv) - set(relpaths))
-  return captions, {**{k: sources[k] for k in ("json", "txt", "csv")},
-                    "csv_unmatched": unmatched}
-
-
-def cut_clips(wave: np.ndarray, clip_samples: int, min_clip_samples: int):
-  """[time] -> [(clip_index, clip [<= clip_samples])], consecutive; the short tail dropped."""
-  return [(i, wave[start:start + clip_samples])
-          for i, start in enumerate(range(0, wave.shape[0], clip_samples))
-          if wave.shape[0] - start >= min_clip_samples]
-
-
-class _BuildReport:
-  """What the build used and skipped; stored as info.metadata['build_report']."""
-
-  def __init__(self, root: str, config: AudioFolderConfig):
-    self.root, self.config = root, config
-    self.files_found = 0
-    self.file_skips = audio_io.SkipCounter()   # every skipped file named in the report
-    self.clip_skips = audio_io.SkipCounter(examples_per_reason=3)  # clips: a few of each
-    self.files = collections.Counter()
-    self.clips = collections.Counter()
-    self.seconds = collections.Counter()
-    self.short_clip_samples = collections.defaultdict(list)
-    self.captioned_clips = collections.Counter()
-    self.captions: dict = {}
-    self.empty_splits: list[str] = []
-
-  def as_dict(self) -> dict:
-    cfg = self.config
-    return {
-        "manual_dir": self.root, "config": cfg.name, "sample_rate": cfg.sample_rate,
-        "clip_seconds": cfg.clip_seconds, "min_clip_seconds": cfg.min_clip_seconds,
-        "files_found": self.files_found, "files_used": sum(self.files.values()),
-        "files_skipped": dict(sorted(self.file_skips.counts.items())),
-        "files_skipped_examples": dict(self.file_skips.examples),
-        "clips_dropped": dict(sorted(self.clip_skips.counts.items())),
-        "clips_dropped_examples": dict(self.clip_skips.examples),
-        "files": dict(self.files), "clips": dict(self.clips),
-        "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
-        "captioned_clips": dict(self.captioned_clips), "captions": self.captions,
-        # Lengths of the clips shorter than clip_seconds (at most one per file): how many
-        # clips a crop of n samples drops is known without reading the data.
-        "short_clip_samples": {k: sorted(v) for k, v in self.short_clip_samples.items()},
-        "splits_without_files": self.empty_splits,
-    }
-
-  def format(self) -> str:
-    r = self.as_dict()
-    lines = [f"\naudio_folder/{r['config']} from {r['manual_dir']}: {r['files_found']} audio "
-             f"files, {r['files_used']} used; {self.file_skips.summary()}"]
-    for reason, examples in r["files_skipped_examples"].items():
-      lines += [f"  {reason}: {e}" for e in examples]
-    for split in SPLITS:
-      if split in r["clips"]:
-        lines.append(f"  {split}: {r['files'][split]} files, {r['clips'][split]} clips, "
-                     f"{r['seconds'][split]:.1f} s at {r['sample_rate']} Hz, "
-                     f"{r['captioned_clips'][split]} clips captioned")
-    dropped = ", ".join(f"{k}: {v}" for k, v in r["clips_dropped"].items()) or "none"
-    lines.append(f"  clips dropped: {dropped}")
-    caps = r["captions"]
-    lines.append(f"  captions from .json: {caps['json']}, .txt: {caps['txt']}, "
-                 f"{CAPTIONS_CSV}: {caps['csv']}")
-    if caps["csv_unmatched"]:
-      lines.append(f"  {CAPTIONS_CSV} rows naming no audio file: "
-                   f"{len(caps['csv_unmatched'])}, e.g. {caps['csv_unmatched'][:3]}")
-    if r["splits_without_files"]:
-      lines.append(f"  splits left out (no file hashes into them): "
-                   f"{r['splits_without_files']}")
-    return "\n".join(lines)
-
-
 class Builder(tfds.core.GeneratorBasedBuilder):
   """Clips of every usable audio file in the manual dir, resampled to the config's rate."""
 
@@ -309,8 +154,6 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       "--manual_dir. Optional captions: NAME.json ({\"caption\": ...}) or NAME.txt beside "
       f"NAME.flac, or a {CAPTIONS_CSV} (columns path,caption) at the root.")
 
-  _report: Optional[_BuildReport] = None
-
   @tfds.core.utils.classproperty
   @classmethod
   def code_path(cls) -> epath.Path:
@@ -324,7 +167,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         features=tfds.features.FeaturesDict({
             "audio": tfds.features.Audio(
                 shape=(None,), dtype=np.float32, sample_rate=cfg.sample_rate,
-                doc=f"mono, [-1, 1], up to {cfg.clip_samples} samples"),
+                doc=f"mono, [-1, 1], up to {cfg.spec.clip_samples} samples"),
             "caption": tfds.features.Text(doc="the file's caption; '' when none"),
             "id": tfds.features.Text(doc="'relpath:clip_index'"),
             "file": tfds.features.Text(doc="source file, relative to the manual dir"),
@@ -337,95 +180,77 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   def _download_and_prepare(self, dl_manager, download_config=None):
     # The report spans all splits; it is complete only when every split is written, and
     # DatasetInfo (with its metadata) is written right after this returns.
-    self._report = None
+    self._use_beam = dataset_builds.beam_requested(download_config)
+    self._report, self._unmatched, self._beam_counters = af.BuildReport(), [], None
     super()._download_and_prepare(dl_manager, download_config)
-    self.info.metadata["build_report"] = self._report.as_dict()
-    text = self._report.format()
+    if self._use_beam:  # the workers' reports, one per split
+      from musiclm_jax.dataset_builds import beam as beam_builds  # pylint: disable=g-import-not-at-top
+      for split in self._splits:
+        path = dataset_builds.report_path(os.fspath(self.data_dir), split)
+        self._report.merge(beam_builds.read_pickle(path))
+        self._unmatched += beam_builds.read_pickle(path + ".unmatched")
+        os.remove(path)
+        os.remove(path + ".unmatched")
+    report = self._report.as_dict(self._root, self.builder_config.spec, self._unmatched)
+    if self._use_beam:
+      report["beam_counters"] = self._beam_counters
+    self.info.metadata["build_report"] = report
+    text = af.format_report(report)
     logging.info("%s", text)
     print(text, flush=True)  # `tfds build` shows stdout; absl logs may be filtered
 
+  def _process_pipeline_result(self, pipeline_result):
+    from musiclm_jax.dataset_builds import beam as beam_builds  # pylint: disable=g-import-not-at-top
+    self._beam_counters = beam_builds.counters(pipeline_result, "audio_folder")
+
   def _split_generators(self, dl_manager):
-    cfg = self.builder_config
-    root = os.path.abspath(os.fspath(dl_manager.manual_dir))
-    relpaths = find_audio_files(root)
+    spec = self.builder_config.spec
+    self._root = root = os.path.abspath(os.fspath(dl_manager.manual_dir))
+    if self._use_beam:  # listed on the workers; every split with a share is declared
+      from musiclm_jax.dataset_builds import beam as beam_builds  # pylint: disable=g-import-not-at-top
+      af.root_captions(root)  # a malformed captions.csv fails here, before the pipeline
+      shares = {"train": 1, "validation": spec.validation_percent, "test": spec.test_percent}
+      self._splits = [split for split in SPLITS if shares[split] > 0]
+      return {split: beam_builds.AudioFolderSplit(  # pylint: disable=no-value-for-parameter
+          root, spec, split, dataset_builds.report_path(os.fspath(self.data_dir), split))
+          for split in self._splits}
+    relpaths = af.find_audio_files(root)
     if not relpaths:
       raise ValueError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) under {root}")
-    captions, caption_stats = read_captions(root, relpaths)  # fails fast on bad captions
-    self._report = _BuildReport(root, cfg)
-    self._report.files_found = len(relpaths)
-    self._report.captions = caption_stats
+    from_csv = af.root_captions(root)
+    # Every caption file is read before any audio: a malformed one fails at once.
+    captions = {rel: af.caption_for(root, rel, from_csv) for rel in relpaths}
+    self._unmatched = sorted(set(from_csv) - set(relpaths))
     per_split = collections.defaultdict(list)
     for rel in relpaths:
-      per_split[split_for(rel, cfg.validation_percent, cfg.test_percent)].append(rel)
-    self._report.empty_splits = [s for s in SPLITS if s not in per_split]
+      per_split[spec.split_of(rel)].append(rel)
+    self._splits = [split for split in SPLITS if split in per_split]
     # The small held-out splits first: a split with no usable file fails in seconds.
     return {split: self._generate_examples(split, root, per_split[split], captions)
             for split in ("validation", "test", "train") if split in per_split}
 
   def _generate_examples(self, split: str, root: str, relpaths: list[str],
-                         captions: dict[str, str]) -> Iterator:
-    cfg, report = self.builder_config, self._report
+                         captions: dict) -> Iterator:
+    """The split's examples, DECODE_THREADS files in flight (in order)."""
+    spec = self.builder_config.spec
+
+    def work(rel):
+      return list(af.process_file(root, rel, split, spec, *captions[rel]))
+
     yielded, skipped = 0, collections.Counter()
-    for rel, wave in self._decode(root, relpaths):
-      if isinstance(wave, audio_io.AudioError):
-        report.file_skips.add(wave)
-        skipped[wave.reason] += 1
-        continue
-      kept, dropped = 0, []
-      for index, clip in cut_clips(wave, cfg.clip_samples, cfg.min_clip_samples):
-        try:
-          audio_io.check_audio(clip, cfg.sample_rate, f"{rel}:{index}")
-        except audio_io.AudioError as e:  # e.g. a silent stretch
-          dropped.append(e)
-          continue
-        kept += 1
-        report.clips[split] += 1
-        report.seconds[split] += clip.shape[0] / cfg.sample_rate
-        report.captioned_clips[split] += bool(captions.get(rel))
-        if clip.shape[0] < cfg.clip_samples:
-          report.short_clip_samples[split].append(int(clip.shape[0]))
-        key = f"{rel}:{index}"
-        yield key, {"audio": clip, "caption": captions.get(rel, ""), "id": key,
-                    "file": rel, "sample_rate": cfg.sample_rate}
-      tail = wave.shape[0] % cfg.clip_samples
-      if 0 < tail < cfg.min_clip_samples:
-        dropped.append(audio_io.AudioError(
-            f"{rel}:{wave.shape[0] // cfg.clip_samples}", "too_short",
-            f"tail of {tail / cfg.sample_rate:.2f} s < {cfg.min_clip_seconds} s"))
-      if kept:
-        report.files[split] += 1
-        for e in dropped:
-          report.clip_skips.add(e)
-      else:  # no usable clip (e.g. near-silence that resampling took below the threshold)
-        e = audio_io.AudioError(os.path.join(root, rel), dropped[0].reason,
-                                f"no usable clip: {'; '.join(str(d) for d in dropped[:3])}")
-        report.file_skips.add(e)
-        skipped[e.reason] += 1
-      yielded += kept
+    with concurrent.futures.ThreadPoolExecutor(DECODE_THREADS) as pool:
+      pending = collections.deque()
+      for rel in relpaths + [None] * DECODE_THREADS:
+        if rel is not None:
+          pending.append(pool.submit(work, rel))
+        if len(pending) > DECODE_THREADS or (rel is None and pending):
+          *examples, outcome = pending.popleft().result()
+          self._report.add(outcome)
+          skipped[outcome.reason] += bool(outcome.reason)
+          yielded += len(examples)
+          yield from examples
     if not yielded:  # TFDS cannot write an empty split: say which files are at fault
       raise ValueError(
           f"split {split!r} of {root} has no usable clip: its {len(relpaths)} files "
-          f"{relpaths[:10]} were skipped ({dict(skipped)}) or had only silent clips. "
+          f"{relpaths[:10]} were skipped ({dict(+skipped)}) or had only silent clips. "
           "Fix or remove them, or add files.")
-
-  def _decode(self, root: str, relpaths: list[str]):
-    """(relpath, wave [time] or AudioError) in order, DECODE_THREADS files in flight."""
-    cfg = self.builder_config
-
-    def load(rel):
-      try:
-        return audio_io.load_audio(os.path.join(root, rel), sample_rate=cfg.sample_rate,
-                                   min_seconds=cfg.min_clip_seconds)
-      except audio_io.AudioError as e:
-        return e
-
-    with concurrent.futures.ThreadPoolExecutor(DECODE_THREADS) as pool:
-      pending = collections.deque()
-      for rel in relpaths:
-        pending.append((rel, pool.submit(load, rel)))
-        if len(pending) > DECODE_THREADS:
-          rel_done, future = pending.popleft()
-          yield rel_done, future.result()
-      while pending:
-        rel_done, future = pending.popleft()
-        yield rel_done, future.result()

@@ -1,8 +1,8 @@
 """The project's TFDS builders (`data/NAME/NAME_dataset_builder.py`), built from Python.
 
-`tfds build data/NAME --config=C [--manual_dir=DIR] --data_dir=OUT` does the same, but its
-script in tensorflow-datasets 4.9 imports apache_beam at start-up (not a dependency here);
-`musiclm-jax build-data NAME ...` calls `build`.
+`musiclm-jax build-data NAME ...` calls `build`; `tfds build data/NAME --config=C
+[--manual_dir=DIR] --data_dir=OUT [--beam_pipeline_options=...]` does the same (the `tfds`
+script needs the `[beam]` extra: it imports apache_beam and mlcroissant at start-up).
 """
 
 from __future__ import annotations
@@ -36,12 +36,27 @@ def builder_cls(name: str):
   return builder_module(name).Builder
 
 
-def build(name: str, data_dir: str, config: str, manual_dir: Optional[str] = None):
+def beam_options(flags: str):
+  """'runner=DirectRunner,direct_num_workers=2' (tfds build's --beam_pipeline_options) ->
+  Beam PipelineOptions. ImportError naming the extra when apache_beam is not installed."""
+  try:
+    from apache_beam.options import pipeline_options  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError("Beam builds need apache-beam: pip install 'musiclm-jax[beam]' "
+                      f"({e})") from e
+  return pipeline_options.PipelineOptions(
+      flags=[f"--{flag.strip()}" for flag in flags.split(",") if flag.strip()])
+
+
+def build(name: str, data_dir: str, config: str, manual_dir: Optional[str] = None,
+          beam_pipeline_options: Optional[str] = None):
   """Builds data/NAME's `config` into data_dir (a prepared dataset is reused); returns the
-  builder. `manual_dir` is the source folder of builders that read local files."""
+  builder. `manual_dir` is the source folder of builders that read local files;
+  `beam_pipeline_options` ('runner=...,...') runs the build on Apache Beam."""
   if manual_dir is not None and not os.path.isdir(manual_dir):
     raise FileNotFoundError(f"manual_dir {manual_dir} is not a folder")
   builder = builder_cls(name)(config=config, data_dir=data_dir)
-  download_config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
-  builder.download_and_prepare(download_config=download_config)
+  options = beam_options(beam_pipeline_options) if beam_pipeline_options else None
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      manual_dir=manual_dir, beam_options=options))
   return builder

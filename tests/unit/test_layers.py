@@ -17,7 +17,7 @@ LAYERS = (
     ("arrays_file", "audio", "layers"),
     ("cli_utils",),
     ("training",),
-    ("lm", "soundstream", "w2v_bert", "mulan", "music"),
+    ("lm", "soundstream", "w2v_bert", "mulan", "music", "dataset_builds"),
     ("evaluation", "audio_tokenizers"),
     ("tasks", "datasets"),
     ("generation", "configurables"),
