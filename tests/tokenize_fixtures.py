@@ -44,6 +44,8 @@ def tiny_tokenizers() -> audio_tokenizers.Tokenizers:
   return audio_tokenizers.Tokenizers(codec, semantic, mulan)
 
 
-def run_job(out_dir: str, data_dir: str, num_shards: int) -> None:
-  tokenize_job.run(tiny_tokenizers(), DATASET, data_dir, ["validation"], out_dir, num_shards,
-                   show_progress=False)
+def run_job(out_dir: str, data_dir: str, num_shards: int, process_index: int = 0,
+            process_count: int = 1) -> dict:
+  """The job over the validation split: this process's share of num_shards."""
+  return tokenize_job.run(tiny_tokenizers(), DATASET, data_dir, ["validation"], out_dir,
+                          num_shards, process_index, process_count, show_progress=False)

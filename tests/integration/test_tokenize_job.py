@@ -191,6 +191,31 @@ def test_a_killed_job_restarted_writes_what_an_uninterrupted_one_writes(data_dir
       assert a.read() == b.read(), name
 
 
+def test_two_hosts_at_once_write_what_one_process_writes(data_dir, tmp_path):
+  """The pod layout: two processes started together on one folder, each with its
+  --process_index, write the shards (and their .json counts, fingerprints included) that one
+  process writes alone, byte for byte; a host started again finds its shards done."""
+  shared, alone = str(tmp_path / "shared"), str(tmp_path / "alone")
+  worker = [sys.executable, "-c", "import sys, json; from tests import tokenize_fixtures as t; "
+            "print(json.dumps(t.run_job(sys.argv[1], sys.argv[2], 6, int(sys.argv[3]), 2)))"]
+  env = harness.env_with_devices(1)
+  hosts = [subprocess.Popen(worker + [shared, data_dir, str(p)], cwd=harness.REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for p in (0, 1)]
+  outputs = [host.communicate(timeout=600) for host in hosts]
+  assert [host.returncode for host in hosts] == [0, 0], [err[-2000:] for _, err in outputs]
+  summaries = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+  assert [s["written_now"] for s in summaries] == [3, 3]   # shards 0,2,4 and 1,3,5
+  tokenize_fixtures.run_job(alone, data_dir, 6)
+  names = sorted(os.listdir(alone))
+  assert sorted(os.listdir(shared)) == names and len(names) == 2 + 2 * 6
+  for name in names:
+    with open(os.path.join(shared, name), "rb") as a, open(os.path.join(alone, name), "rb") as b:
+      assert a.read() == b.read(), name
+  again = tokenize_fixtures.run_job(shared, data_dir, 6, 1, 2)  # host 1 restarted
+  assert again["written_now"] == 0 and again["already_done"] == 3
+
+
 def test_unusable_clips_are_skipped_and_counted(tokenizers, data_dir, tmp_path):
   summary = tokenize_job.run(tokenizers, DATASET, data_dir, ["test"], str(tmp_path / "t"), 1,
                              min_seconds=5.0, show_progress=False)
