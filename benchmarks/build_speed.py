@@ -4,11 +4,12 @@ Apache Beam's DirectRunner with 1 and 2 worker processes.
   python benchmarks/build_speed.py [--config 16khz] [--out FILE]
 
 Each engine builds `audio_folder/<config>` from the wesnoth music (Debian's
-wesnoth-1.16-music: 41 OGG tracks, 2.1 h) into a fresh data_dir with `musiclm-jax
-build-data`, in its own process. Work per build: decode, resample, check, cut into clips,
-serialise, shuffle and write the TFRecords. Core-hours are the processes' CPU time (the
-build and every worker: user + system). The builds must give the same examples (their
-ids and audio checksums are compared). Writes benchmarks/results/build_speed_cpu.json.
+wesnoth-1.16-music: 41 OGG tracks, 2.1 h) into a fresh data_dir (`tasks.builders.build`,
+what `musiclm-jax build-data` runs), in its own process. Work per build: decode, resample,
+check, cut into clips, serialise, shuffle and write the TFRecords. Core-hours are CPU time
+(user + system) of the launching process (for Beam: the runner, which holds the shuffle in
+memory) and of its worker processes, both recorded. The builds must give the same examples
+(ids and audio checksums compared). Writes benchmarks/results/build_speed_cpu.json.
 """
 
 from __future__ import annotations
@@ -36,9 +37,24 @@ ENGINES = {
 }
 
 
-def _children_cpu_seconds() -> float:
-  usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+def _cpu_seconds(who) -> float:
+  usage = resource.getrusage(who)
   return usage.ru_utime + usage.ru_stime
+
+
+def build_child(music: str, data_dir: str, config: str, options: str) -> None:
+  """The build in this process; prints {wall, own CPU, workers' CPU} as JSON."""
+  import json
+  from musiclm_jax import dataset_builds
+  from musiclm_jax.tasks import builders
+  if options:
+    dataset_builds.quiet_beam_logs()
+    options += ",default_sdk_harness_log_level=WARNING"
+  start = time.time()
+  builders.build("audio_folder", data_dir, config, music, options or None)
+  print(json.dumps({"wall": time.time() - start,
+                    "own_cpu": _cpu_seconds(resource.RUSAGE_SELF),
+                    "workers_cpu": _cpu_seconds(resource.RUSAGE_CHILDREN)}))
 
 
 def _fingerprint(data_dir: str, name: str) -> tuple[int, str]:
@@ -60,7 +76,13 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--config", default="16khz")
   parser.add_argument("--out", default=None)
+  parser.add_argument("--child", nargs=3, metavar=("MUSIC", "DATA_DIR", "OPTIONS"),
+                      help=argparse.SUPPRESS)
   args = parser.parse_args()
+  if args.child:
+    build_child(*args.child[:2], args.config, args.child[2])
+    return
+  import json
   import machine
   import tensorflow_datasets as tfds
   from musiclm_jax.audio import debian_music
@@ -69,13 +91,12 @@ def main():
   runs, fingerprints = [], set()
   for engine, options in ENGINES.items():
     data_dir = tempfile.mkdtemp(prefix="build_speed-")
-    command = [sys.executable, "-m", "musiclm_jax.cli", "build-data", "audio_folder",
-               f"--manual_dir={music}", f"--data_dir={data_dir}", f"--config={args.config}"]
-    if options:
-      command.append(f"--beam_pipeline_options={options}")
-    cpu_before, start = _children_cpu_seconds(), time.time()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, cwd=REPO)
-    wall, cpu = time.time() - start, _children_cpu_seconds() - cpu_before
+    run = subprocess.run([sys.executable, __file__, f"--config={args.config}", "--child",
+                          music, data_dir, options or ""],
+                         check=True, capture_output=True, text=True, cwd=REPO)
+    measured = json.loads(run.stdout.strip().splitlines()[-1])
+    wall = measured["wall"]
+    cpu = measured["own_cpu"] + measured["workers_cpu"]
     report = tfds.builder(name, data_dir=data_dir).info.metadata["build_report"]
     hours = sum(report["seconds"].values()) / 3600
     count, digest = _fingerprint(data_dir, name)
@@ -83,12 +104,15 @@ def main():
     shutil.rmtree(data_dir)
     runs.append({"engine": engine, "beam_pipeline_options": options,
                  "wall_seconds": round(wall, 2), "cpu_seconds": round(cpu, 2),
+                 "launcher_cpu_seconds": round(measured["own_cpu"], 2),
+                 "worker_processes_cpu_seconds": round(measured["workers_cpu"], 2),
                  "examples": count, "audio_hours": round(hours, 4),
                  "audio_hours_per_wall_hour": round(hours / (wall / 3600), 1),
                  "audio_hours_per_core_hour": round(hours / (cpu / 3600), 1)})
     print(f"{engine:30s} {count} clips, {hours:.2f} h of audio in {wall:.1f} s wall, "
           f"{cpu:.1f} s CPU: {runs[-1]['audio_hours_per_wall_hour']} h/h wall, "
-          f"{runs[-1]['audio_hours_per_core_hour']} h per core-hour")
+          f"{runs[-1]['audio_hours_per_core_hour']} h per core-hour (launcher "
+          f"{measured['own_cpu']:.1f} s CPU, workers {measured['workers_cpu']:.1f} s)")
   by_engine = {r["engine"]: r for r in runs}
   speedup = (by_engine["Beam DirectRunner, 2 workers"]["audio_hours_per_wall_hour"]
              / by_engine["Beam DirectRunner, 1 worker"]["audio_hours_per_wall_hour"])

@@ -30,8 +30,10 @@ def describe_jax(**extra) -> dict:
 
 def save_result(report: dict, name: str, out: str | None = None) -> str:
   """Writes `report` as JSON to `out`, default benchmarks/results/<name>_<backend>.json
-  (backend from JAX), and returns the path."""
+  (backend from JAX), with today's date unless it has one, and returns the path."""
+  import datetime  # pylint: disable=g-import-not-at-top
   import json  # pylint: disable=g-import-not-at-top
+  report.setdefault("date", datetime.date.today().isoformat())
   if out is None:
     import jax  # pylint: disable=g-import-not-at-top
     out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",

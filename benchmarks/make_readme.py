@@ -84,6 +84,13 @@ def _codec_quality(report: dict) -> dict:
   return out
 
 
+def _build_speed(report: dict) -> dict:
+  """The runs keyed by engine: one process, Beam with 1 and 2 workers."""
+  keys = {"one process (thread pool)": "one_process", "Beam DirectRunner, 1 worker": "beam_1",
+          "Beam DirectRunner, 2 workers": "beam_2"}
+  return {keys[r["engine"]]: r for r in report.get("runs", []) if r.get("engine") in keys}
+
+
 def _input_pipeline_speed(report: dict) -> dict:
   """The read settings keyed by what they are, not by their position in the list."""
   out = {}
@@ -196,6 +203,24 @@ SPECS: dict[str, Spec] = {
             Column("End-to-end ×RT", "stages.end_to_end.real_time_factor", "{:.2f}"),
             Column("End-to-end s", "stages.end_to_end.seconds", "{:.1f}"),
         )),
+    "build_speed": Spec(
+        script="build_speed.py", derive=_build_speed,
+        caption="Building audio_folder from the wesnoth music: audio hours per wall-hour "
+                "(per core-hour: the CPU time of the build and its workers), one process "
+                "and Beam's DirectRunner with 1 and 2 worker processes; the builds' "
+                "examples compared.",
+        columns=(
+            Column("Audio h", "one_process.audio_hours", "{:.2f}"),
+            Column("One process", "one_process.audio_hours_per_wall_hour", "{:.0f}"),
+            Column("Beam, 1 worker", "beam_1.audio_hours_per_wall_hour", "{:.0f}"),
+            Column("Beam, 2 workers", "beam_2.audio_hours_per_wall_hour", "{:.0f}"),
+            Column("Per core-hour (one / Beam 2)", ("one_process.audio_hours_per_core_hour",
+                                                     "beam_2.audio_hours_per_core_hour"),
+                   "{:.0f}"),
+            Column("Beam 2 / 1 workers", "beam_2_vs_1_workers", "{:.2f}"),
+            Column("Target", "target_beam_2_vs_1_workers", "{:.1f}"),
+            Column("Same examples", "same_examples"),
+        )),
     "input_pipeline_speed": Spec(
         script="input_pipeline_speed.py", derive=_input_pipeline_speed,
         caption="Seconds of audio per wall-clock second: building the TFDS set, and "
@@ -303,13 +328,16 @@ SPECS: dict[str, Spec] = {
         )),
     "tokenize_speed": Spec(
         script="tokenize_speed.py",
-        caption="Seconds of audio tokenised (semantic and acoustic tokens) per wall-clock "
-                "second; the first pass includes compilation.",
+        caption="Seconds of audio tokenised (MuLan, semantic and acoustic tokens) per "
+                "wall-clock second, by random-init tokenizers at the gin sizes; the first "
+                "pass includes compilation. Token bytes: shard bytes per audio second.",
         columns=(
+            Column("Tokenizers", "size", "{}"),
             Column("Clips", "clips", "{:d}"),
             Column("Audio s", "audio_seconds", "{:.0f}"),
-            Column("First pass", "passes.0.audio_seconds_per_wall_second", "{:.0f}"),
-            Column("Steady", "passes.-1.audio_seconds_per_wall_second", "{:.0f}"),
+            Column("First pass", "passes.0.audio_seconds_per_wall_second", "{:.3g}"),
+            Column("Steady", "passes.-1.audio_seconds_per_wall_second", "{:.3g}"),
+            Column("Token bytes/s", "passes.-1.token_bytes_per_audio_second", "{:.0f}"),
         )),
     "w2v_bert_learning": Spec(
         script="w2v_bert_learning.py", derive=_w2v_bert_learning,

@@ -9,15 +9,15 @@ written as the token shards the LM stages train on (`tasks.stages`).
 Each split is cut into --num_shards equal parts (`tfds.even_splits`); part i becomes
 `<split>-0000i-of-000NN.tfrecord`, written to a temporary name and renamed when complete,
 then `<shard>.json` (its counts). Process p of N takes the parts i with i % N == p, so the
-same command runs on one machine or on many (every host with its --process_index). A shard
-with its .json is finished and skipped when the job runs again; anything else (a temporary
-file of a killed run, a shard without its .json) is redone. `layout.json` records the token
-vocabularies and rates (`TokenLayout`'s fields), and `tokenizers.json`, like each shard's
-.json, a content fingerprint of each tokenizer's weights: a later run with other tokenizers
-(a retrained codec, say) into the same folder is refused, or with --replace_stale redoes
-every shard they did not make (each replaced atomically, so an interrupted run still
-resumes). A folder holding shards of another --num_shards is refused: the stages would
-read both.
+same command runs on one machine or on many (one process per accelerator, each with its
+--process_index: docs/data.md). A shard with its .json is finished and skipped when the
+job runs again; anything else (a temporary file of a killed run, a shard without its
+.json) is redone. `layout.json` records the token vocabularies and rates (`TokenLayout`'s
+fields), and `tokenizers.json`, like each shard's .json, a content fingerprint of each
+tokenizer's weights: a later run with other tokenizers (a retrained codec, say) into the
+same folder is refused, or with --replace_stale redoes every shard they did not make (each
+replaced atomically, so an interrupted run still resumes). A folder holding shards of
+another --num_shards is refused: the stages would read both.
 
 Per clip (any rate; resampled with soxr): SoundStream codes at the codec's rate, semantic
 tokens at 16 kHz, MuLan tokens of the clip's window-averaged audio embedding. Semantic and
