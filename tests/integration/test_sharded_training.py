@@ -25,7 +25,7 @@ def test_sharded_training_matches_single_device():
   batches = lm_fixtures.batches(4)
   single_state, single_losses = _train(lm_fixtures.single_device_partitioner(), batches, 4)
   mesh = partitioning.Partitioner(num_partitions=2)
-  assert dict(mesh.mesh.shape) == {"data": 4, "model": 2}
+  assert dict(mesh.mesh.shape) == {"data": 4, "fsdp": 1, "model": 2}
   sharded_state, sharded_losses = _train(mesh, batches, 4)
 
   np.testing.assert_allclose(sharded_losses, single_losses, rtol=2e-5)
