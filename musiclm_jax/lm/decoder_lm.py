@@ -156,7 +156,8 @@ class DecoderOnlyLM(nn.Module):
   @nn.compact
   def __call__(self, decoder_input_tokens: jnp.ndarray,
                prefix_tokens: Optional[jnp.ndarray] = None, *, deterministic: bool = True,
-               decode: bool = False, cache_length: Optional[int] = None) -> jnp.ndarray:
+               decode: bool = False, cache_length: Optional[int] = None,
+               return_hidden: bool = False) -> jnp.ndarray:
     """Next-token logits for the target positions.
 
     Args:
@@ -167,6 +168,8 @@ class DecoderOnlyLM(nn.Module):
       deterministic: disables dropout.
       decode: use and extend the key/value cache ('cache' collection, pass it mutable).
       cache_length: cache size (positions) for decode mode; set on the first call.
+      return_hidden: return the final hidden states [batch, T, emb_dim] instead (the
+        chunked loss projects them to logits a chunk at a time).
     Returns:
       float32 logits [batch, T, padded_target_vocab] (ids >= target_vocab_size masked).
     """
@@ -224,11 +227,25 @@ class DecoderOnlyLM(nn.Module):
 
     x = linear.RMSNorm(dtype=dtype, name="final_norm")(x[:, length - num_targets:])
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
-    logits = linear.DenseGeneral(cfg.padded_target_vocab, ("embed", "vocab"), dtype=dtype,
-                                 name="logits_dense")(x).astype(jnp.float32)
-    logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
-    real = jnp.arange(cfg.padded_target_vocab) < cfg.target_vocab_size
-    return jnp.where(real, logits, -1e10)
+    if return_hidden:
+      return x
+    return masked_logits(cfg, logits_head(cfg, name="logits_dense")(x))
+
+
+def logits_head(config: DecoderConfig, name: Optional[str] = None) -> linear.DenseGeneral:
+  """The output projection [.., emb_dim] -> [.., padded_target_vocab] (parameters
+  'logits_dense'); also applied chunk by chunk by the chunked loss."""
+  return linear.DenseGeneral(config.padded_target_vocab, ("embed", "vocab"),
+                             dtype=config.jnp_dtype, name=name)
+
+
+def masked_logits(config: DecoderConfig, logits: jnp.ndarray) -> jnp.ndarray:
+  """Projected logits [.., padded_vocab] -> float32, padding ids (>= target_vocab_size)
+  masked to -1e10."""
+  logits = nn.with_logical_constraint(logits.astype(jnp.float32),
+                                      ("batch", "length", "vocab"))
+  real = jnp.arange(config.padded_target_vocab) < config.target_vocab_size
+  return jnp.where(real, logits, -1e10)
 
 
 @gin.configurable

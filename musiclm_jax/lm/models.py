@@ -34,24 +34,63 @@ def cross_entropy_with_z_loss(logits: jnp.ndarray, targets: jnp.ndarray,
   return total * weights, nll * weights, correct * weights
 
 
+def chunked_cross_entropy(hidden: jnp.ndarray, targets: jnp.ndarray, weights: jnp.ndarray,
+                          project, chunk_length: int, z_loss: float = 0.0):
+  """Sums over [B, T] of `cross_entropy_with_z_loss`'s (total, nll, correct), with the
+  logits [B, chunk_length, V] made from hidden [B, T, E] one chunk at a time by
+  project(hidden chunk) -> logits, and made again in the backward pass (jax.checkpoint):
+  the float32 [B, T, V] logits and their gradient never exist whole. T is zero-weight
+  padded to a multiple of chunk_length.
+  """
+  batch, length, _ = hidden.shape
+  pad = -length % chunk_length
+  if pad:
+    hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
+    targets = jnp.pad(targets, ((0, 0), (0, pad)))
+    weights = jnp.pad(weights, ((0, 0), (0, pad)))
+  chunks = (length + pad) // chunk_length
+  as_chunks = lambda x: jnp.swapaxes(
+      x.reshape((batch, chunks, chunk_length) + x.shape[2:]), 0, 1)
+
+  @jax.checkpoint
+  def chunk_sums(h, t, w):
+    total, nll, correct = cross_entropy_with_z_loss(project(h), t, w, z_loss)
+    return jnp.sum(total), jnp.sum(nll), jnp.sum(correct)
+
+  def body(sums, chunk):
+    return tuple(a + b for a, b in zip(sums, chunk_sums(*chunk))), None
+
+  zero = jnp.zeros((), jnp.float32)
+  sums, _ = jax.lax.scan(body, (zero, zero, zero),
+                         (as_chunks(hidden), as_chunks(targets), as_chunks(weights)))
+  return sums
+
+
 @gin.configurable
 class DecoderOnlyLMModel(models_lib.BaseModel):
   """Prefix-conditioned LM with classifier-free-guidance training and cached sampling."""
 
   def __init__(self, module: decoder_lm.DecoderOnlyLM, optimizer_def: optax.GradientTransformation,
-               prefix_dropout_rate: float = 0.0, z_loss: float = 0.0):
+               prefix_dropout_rate: float = 0.0, z_loss: float = 0.0,
+               loss_chunk_length: int = 0):
     """Args:
       module: the network.
       optimizer_def: optax transformation (see `training.optimizers.create_optimizer`).
       prefix_dropout_rate: probability that a training example's prefix is replaced by
         NULL tokens, which trains the unconditional model used for guidance.
       z_loss: weight of the log-partition-function penalty.
+      loss_chunk_length: > 0: the training loss makes the logits this many positions at a
+        time (`chunked_cross_entropy`), so the float32 [batch, length, vocab] logits are
+        never whole; 0: all at once.
     """
     super().__init__(module, optimizer_def)
     if not 0.0 <= prefix_dropout_rate <= 1.0:
       raise ValueError(f"prefix_dropout_rate must be in [0, 1], got {prefix_dropout_rate}")
+    if loss_chunk_length < 0:
+      raise ValueError(f"loss_chunk_length must be >= 0, got {loss_chunk_length}")
     self.prefix_dropout_rate = prefix_dropout_rate
     self.z_loss = z_loss
+    self.loss_chunk_length = loss_chunk_length
 
   @property
   def config(self) -> decoder_lm.DecoderConfig:
@@ -75,7 +114,8 @@ class DecoderOnlyLMModel(models_lib.BaseModel):
       prefix = jnp.zeros(input_shapes["prefix_tokens"], jnp.int32)
     return self.module.init({"params": rng}, tokens, prefix, deterministic=True)
 
-  def _logits(self, params, batch, dropout_rng):
+  def _logits(self, params, batch, dropout_rng, return_hidden: bool = False):
+    """Logits [B, T, V] (or with return_hidden the final hidden states [B, T, E])."""
     prefix = self._prefix(batch)
     rngs = None
     if dropout_rng is not None:
@@ -86,18 +126,27 @@ class DecoderOnlyLMModel(models_lib.BaseModel):
                                     (prefix.shape[0], 1))
         prefix = jnp.where(drop, self.config.null_prefix_id, prefix)
     return self.module.apply({"params": params}, batch["decoder_input_tokens"], prefix,
-                             deterministic=dropout_rng is None, rngs=rngs)
+                             deterministic=dropout_rng is None, rngs=rngs,
+                             return_hidden=return_hidden)
 
   def loss_fn(self, params, batch, dropout_rng, group=models_lib.DEFAULT_GROUP):
     """Token-averaged cross-entropy (+ z-loss) over weighted target positions."""
-    logits = self._logits(params, batch, dropout_rng)
+    chunked = self.loss_chunk_length > 0
+    out = self._logits(params, batch, dropout_rng, return_hidden=chunked)
     weights = batch["decoder_loss_weights"].astype(jnp.float32)
-    total, nll, correct = cross_entropy_with_z_loss(
-        logits, batch["decoder_target_tokens"], weights, self.z_loss)
+    targets = batch["decoder_target_tokens"]
+    if chunked:  # `out` is the hidden states
+      head = decoder_lm.logits_head(self.config)
+      project = lambda h: decoder_lm.masked_logits(
+          self.config, head.apply({"params": params["logits_dense"]}, h))
+      total, nll, correct = chunked_cross_entropy(out, targets, weights, project,
+                                                  self.loss_chunk_length, self.z_loss)
+    else:
+      total, nll, correct = (jnp.sum(x) for x in cross_entropy_with_z_loss(
+          out, targets, weights, self.z_loss))
     weight_sum = jnp.sum(weights)
-    loss = jnp.sum(total) / jnp.maximum(weight_sum, 1.0)
-    metrics = {"loss_sum": jnp.sum(nll), "accuracy_sum": jnp.sum(correct),
-               "weight_sum": weight_sum}
+    loss = total / jnp.maximum(weight_sum, 1.0)
+    metrics = {"loss_sum": nll, "accuracy_sum": correct, "weight_sum": weight_sum}
     return loss, metrics
 
   def score_batch(self, params, batch):

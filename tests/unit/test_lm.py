@@ -177,3 +177,26 @@ def test_bad_configuration_and_inputs_are_named():
   with pytest.raises(ValueError, match="prefix_vocab_size=0"):
     unconditional.init(jax.random.key(0), np.zeros((1, 4), np.int32),
                        np.zeros((1, 2), np.int32))
+
+
+@pytest.mark.parametrize("chunk", [8, 5, 64])
+def test_chunked_loss_equals_the_plain_loss_and_gradients(batch, chunk):
+  """Logits made a chunk at a time (5: padded; 64: one chunk longer than the targets),
+  z-loss and the metrics included, equal the whole-logits loss."""
+  import optax
+  from musiclm_jax.lm import decoder_lm, models as lm_models
+  make = lambda n: lm_models.DecoderOnlyLMModel(
+      decoder_lm.DecoderOnlyLM(lm_fixtures.tiny_config()), optax.adam(1e-3), z_loss=1e-3,
+      loss_chunk_length=n)
+  plain, chunked = make(0), make(chunk)
+  params = init_params(plain, batch)
+  run = lambda m: jax.value_and_grad(lambda q: m.loss_fn(q, batch, None), has_aux=True)(
+      params)
+  ((loss_a, metrics_a), grads_a), ((loss_b, metrics_b), grads_b) = run(plain), run(chunked)
+  np.testing.assert_allclose(float(loss_b), float(loss_a), rtol=1e-6)
+  for key in metrics_a:
+    np.testing.assert_allclose(float(metrics_b[key]), float(metrics_a[key]), rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(grads_a), jax.tree.leaves(grads_b)):
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
+  with pytest.raises(ValueError, match="loss_chunk_length"):
+    make(-1)
