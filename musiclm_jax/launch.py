@@ -10,7 +10,7 @@ import gin
 from absl import app, flags, logging
 
 from musiclm_jax import cli_utils, configurables, gin_config
-from musiclm_jax.training import data, distributed
+from musiclm_jax.training import data, distributed, xla_flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_multi_string("gin_file", [], "Gin files, parsed in order (later ones win).")
@@ -68,7 +68,8 @@ def run(main: Callable[[], None]) -> None:
       sys.exit(2)
 
   # Before absl starts (its start-up callbacks make TensorFlow probe its devices) and before
-  # TF's first op: the GPUs are JAX's.
+  # TF's first op: the GPUs are JAX's. The GPU throughput flags go in before JAX's backends.
+  xla_flags.apply_gpu_flags()
   data.hide_gpus_from_tensorflow()
   app.run(_main, argv=gin_config.rewrite_gin_args(sys.argv))
 
