@@ -140,8 +140,8 @@ def _file_list_entries(line: str):
 
 
 @beam.ptransform_fn
-def AudioFolderSplit(pbegin, root: str, spec: af.ClipSpec, split: str,  # pylint: disable=invalid-name
-                     report_path: str):
+def AudioFolderSplit(  # pylint: disable=invalid-name  (a PTransform, named as one)
+    pbegin, root: str, spec: af.ClipSpec, split: str, report_path: str):
   """The (key, example) pairs of one split of audio_folder; the report goes to
   report_path and the csv rows of this split naming no file to report_path + '.unmatched'."""
   list_path = os.path.join(root, af.FILE_LIST)
@@ -173,8 +173,8 @@ def AudioFolderSplit(pbegin, root: str, spec: af.ClipSpec, split: str,  # pylint
 # musiccaps -------------------------------------------------------------------------------
 
 @beam.ptransform_fn
-def MusicCapsSplit(pbegin, sources: list, split: str, sample_rate: int,  # pylint: disable=invalid-name
-                   report_path: str):
+def MusicCapsSplit(  # pylint: disable=invalid-name  (a PTransform, named as one)
+    pbegin, sources: list, split: str, sample_rate: int, report_path: str):
   """The (key, example) pairs of one musiccaps split from its (row, path) sources."""
   return (pbegin | "Rows" >> beam.Create(sources)
           | "Clips" >> SourcesToExamples(
