@@ -18,7 +18,10 @@ import numpy as np
 from musiclm_jax.layers import linear, rotary
 
 NEG_INF = -1e10
-IMPLEMENTATIONS = ("einsum", "xla", "cudnn")
+# 'pallas': the TPU flash-attention kernel (jax.experimental.pallas.ops.tpu); on other
+# platforms it runs in Pallas's TPU interpret mode (tests only: slow).
+IMPLEMENTATIONS = ("einsum", "xla", "cudnn", "pallas")
+PALLAS_BLOCK = 128  # the kernel's tile along the sequence; lengths are padded to it
 
 
 class MultiHeadAttention(nn.Module):
@@ -38,8 +41,9 @@ class MultiHeadAttention(nn.Module):
     implementation: 'einsum' (written out here: float32 scores, any dropout) or one of
       `jax.nn.dot_product_attention`'s, 'xla' or 'cudnn' (fused flash attention on NVIDIA
       GPUs, bfloat16/float16 only: the [batch, heads, length, keys] scores never reach
-      memory). The library calls have no dropout on the probabilities, so they need
-      dropout_rate 0 in training; decoding (the cache) always takes the einsum path.
+      memory), or 'pallas', the Pallas flash-attention kernel for TPUs (bias included;
+      its gradient too). The library calls have no dropout on the probabilities, so they
+      need dropout_rate 0 in training; decoding (the cache) always takes the einsum path.
   """
   num_heads: int
   head_dim: int
@@ -133,9 +137,51 @@ class MultiHeadAttention(nn.Module):
     if bias is not None:  # [1 or batch, heads, length, keys], in the inputs' dtype (cuDNN)
       bias = jnp.broadcast_to(bias, bias.shape[:1] + (self.num_heads,) + bias.shape[2:])
       bias = bias.astype(q.dtype)
-    out = jax.nn.dot_product_attention(q, k, v, bias=bias, is_causal=self.causal,
-                                       implementation=self.implementation)
+    if self.implementation == "pallas":
+      out = self._pallas_attention(q, k, v, bias)
+    else:
+      out = jax.nn.dot_product_attention(q, k, v, bias=bias, is_causal=self.causal,
+                                         implementation=self.implementation)
     return nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
+
+  def _pallas_attention(self, q, k, v, bias) -> jnp.ndarray:
+    """The TPU flash-attention kernel: q [batch, length, heads, head_dim], k, v [batch,
+    length, kv_heads, head_dim], bias [1 or batch, heads, length, length] -> like q.
+
+    The kernel computes (q k + bias) * sm_scale, so q is scaled first and sm_scale is 1.
+    Lengths are padded to PALLAS_BLOCK: padded keys lie after every query (hidden by the
+    causal mask) or in another segment (bidirectional). The bias goes in per example
+    ([batch, heads, L, L] in the compute dtype; the kernel indexes it by example).
+    """
+    from jax.experimental.pallas.ops.tpu import flash_attention as tpu_flash  # pylint: disable=g-import-not-at-top
+    batch, length = q.shape[:2]
+    groups = self.num_heads // k.shape[2]
+    k, v = (jnp.repeat(x, groups, axis=2) if groups > 1 else x for x in (k, v))
+    padded = -(-length // PALLAS_BLOCK) * PALLAS_BLOCK
+    pad = padded - length
+    heads_first = lambda x: jnp.pad(jnp.swapaxes(x, 1, 2), ((0, 0), (0, 0), (0, pad), (0, 0)))
+    q = heads_first(q * jnp.asarray(1.0 / np.sqrt(self.head_dim), q.dtype))
+    k, v = heads_first(k), heads_first(v)
+    if bias is not None:
+      bias = jnp.broadcast_to(bias, (batch,) + bias.shape[1:])
+      bias = jnp.pad(bias, ((0, 0), (0, 0), (0, pad), (0, pad)))
+    segments = None
+    if pad and not self.causal:
+      ids = jnp.broadcast_to((jnp.arange(padded) < length).astype(jnp.int32), (batch, padded))
+      segments = tpu_flash.SegmentIds(q=ids, kv=ids)
+    block = min(PALLAS_BLOCK, padded)
+    sizes = tpu_flash.BlockSizes(
+        block_q=block, block_k_major=block, block_k=block, block_b=1,
+        block_q_major_dkv=block, block_k_major_dkv=block, block_k_dkv=block,
+        block_q_dkv=block, block_k_major_dq=block, block_k_dq=block, block_q_dq=block)
+    if jax.default_backend() != "tpu":
+      # Pallas TPU kernels run nowhere else but in interpret mode; set globally, as the
+      # kernel's backward pass is traced after this call returns.
+      from jax.experimental.pallas import tpu as pltpu  # pylint: disable=g-import-not-at-top
+      pltpu.set_tpu_interpret_mode()
+    out = tpu_flash.flash_attention(q, k, v, bias, segments, causal=self.causal, sm_scale=1.0,
+                                    block_sizes=sizes)
+    return jnp.swapaxes(out[:, :, :length], 1, 2)
 
   def _update_cache(self, k: jnp.ndarray, v: jnp.ndarray, cache_start: jnp.ndarray,
                     kv_name: str):

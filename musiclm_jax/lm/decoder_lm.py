@@ -51,7 +51,8 @@ class DecoderConfig:
     attention_dropout_rate: dropout on the attention probabilities alone (None: dropout_rate).
     attention_implementation: 'einsum' (float32 scores in memory), or 'xla' / 'cudnn'
       through `jax.nn.dot_product_attention` ('cudnn': fused flash attention on NVIDIA GPUs,
-      bfloat16 only); the library ones need attention_dropout_rate 0.
+      bfloat16 only), or 'pallas' (the Pallas flash-attention kernel for TPUs); all but
+      einsum need attention_dropout_rate 0.
     max_length: longest prefix + target sequence the model is meant for (decoding caches
       are sized per call; this bounds them and documents the model).
     dtype: computation dtype ('float32' or 'bfloat16'); parameters are always float32.

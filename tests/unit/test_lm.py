@@ -120,13 +120,16 @@ def test_grouped_query_attention_equals_multi_head_with_shared_key_values(batch)
   assert params["layers_0"]["self_attention"]["key"]["kernel"].shape[1] == 1
 
 
+@pytest.mark.parametrize("implementation", ["xla", "pallas"])
 @pytest.mark.parametrize("overrides", [{}, {"num_kv_heads": 1},
                                        {"position_embedding": "rotary"}])
-def test_library_attention_computes_the_same_function(batch, overrides):
-  """jax.nn.dot_product_attention ('xla' here; 'cudnn', its fused kernel, on GPUs) with the
-  T5 bias, grouped-query heads or rotary positions: the einsum path's loss and gradients."""
+def test_library_attention_computes_the_same_function(batch, overrides, implementation):
+  """jax.nn.dot_product_attention ('xla' here; 'cudnn', its fused kernel, on GPUs) and the
+  Pallas TPU flash-attention kernel (in Pallas's interpret mode here), with the T5 bias,
+  grouped-query heads or rotary positions: the einsum path's loss and gradients (the bias
+  table's included)."""
   einsum = lm_fixtures.tiny_model(**overrides)
-  library = lm_fixtures.tiny_model(attention_implementation="xla", **overrides)
+  library = lm_fixtures.tiny_model(attention_implementation=implementation, **overrides)
   params = init_params(einsum, batch)
   grad = lambda m: jax.value_and_grad(lambda q: m.loss_fn(q, batch, None)[0])(params)
   (loss_a, grads_a), (loss_b, grads_b) = grad(einsum), grad(library)
@@ -200,3 +203,23 @@ def test_chunked_loss_equals_the_plain_loss_and_gradients(batch, chunk):
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
   with pytest.raises(ValueError, match="loss_chunk_length"):
     make(-1)
+
+
+def test_cached_decoding_matches_the_pallas_kernel_forward(batch):
+  """Decoding (its cache takes the einsum path) fed the targets one at a time gives the
+  logits of one full forward through the Pallas kernel. (The decoding tests' per-step
+  full recomputation is too slow for Pallas's interpret mode.)"""
+  model = lm_fixtures.tiny_model(attention_implementation="pallas")
+  params = init_params(model, batch)
+  tokens, prefix = batch["decoder_input_tokens"][:, :8], batch["prefix_tokens"]
+  full = model.module.apply({"params": params}, tokens, prefix)
+  length = prefix.shape[1] + tokens.shape[1]
+  step = lambda variables, chunk, prefix: model.module.apply(
+      variables, chunk, prefix, decode=True, cache_length=length, mutable=["cache"])
+  logits, variables = step({"params": params}, tokens[:, :1], prefix)
+  cached = [logits[:, -1]]
+  for i in range(1, tokens.shape[1]):
+    logits, variables = step({"params": params, "cache": variables["cache"]},
+                             tokens[:, i:i + 1], None)
+    cached.append(logits[:, -1])
+  np.testing.assert_allclose(np.stack(cached, axis=1), full, rtol=1e-4, atol=1e-4)
