@@ -91,6 +91,23 @@ def _build_speed(report: dict) -> dict:
   return {keys[r["engine"]]: r for r in report.get("runs", []) if r.get("engine") in keys}
 
 
+def _memory_layouts(report: dict) -> dict:
+  """Headline numbers: the smallest fsdp saving over the parts at 8 devices, the coarse
+  stage's state per device, and its compiled step's temporaries per variant."""
+  per = report.get("state_per_device", {})
+  at8 = [v["fsdp_reduction"] for k, v in per.items() if k.endswith(", 8 devices")]
+  out = {"min_fsdp8_reduction": min(at8) if at8 else None,
+         "coarse8": per.get("coarse stage, 8 devices", {}),
+         "coarse64": per.get("coarse stage, 64 devices", {})}
+  for run in report.get("runs", []):
+    for row in run.get("coarse_stage_compiled", []):
+      key = ("einsum" if row["variant"].startswith("einsum") else
+             "xla_chunked_" + row["variant"].split("remat ")[1].split(",")[0]
+             if "chunked" in row["variant"] else "xla")
+      out[f"compiled_{key}"] = dict(row, temp_GiB=row["temp_bytes"] / 2**30)
+  return out
+
+
 def _input_pipeline_speed(report: dict) -> dict:
   """The read settings keyed by what they are, not by their position in the list."""
   out = {}
@@ -220,6 +237,29 @@ SPECS: dict[str, Spec] = {
             Column("Beam 2 / 1 workers", "beam_2_vs_1_workers", "{:.2f}"),
             Column("Target", "target_beam_2_vs_1_workers", "{:.1f}"),
             Column("Same examples", "same_examples"),
+        )),
+    "memory_layouts": Spec(
+        script="memory_layouts.py", derive=_memory_layouts,
+        caption="Per-device memory of the paper-size parts on simulated CPU devices "
+                "(compile only). State: parameters + AdamW + EMA, MiB per device, "
+                "replicated / fsdp; reduction: the smallest over the six parts at 8 "
+                "devices. Coarse step: batch 16 x 2048 under fsdp=8, XLA's temporaries "
+                "(GiB) and f32 [L, L] buffers, by attention, loss and remat.",
+        columns=(
+            Column("Min fsdp-8 reduction", "min_fsdp8_reduction", "{:.2f}"),
+            Column("Coarse state, 8 dev.", ("coarse8.replicated_MiB", "coarse8.fsdp_MiB"),
+                   "{:.0f}"),
+            Column("Coarse state, 64 dev.", ("coarse64.replicated_MiB",
+                                             "coarse64.fsdp_MiB"), "{:.0f}"),
+            Column("Temp GiB einsum / xla", ("compiled_einsum.temp_GiB",
+                                            "compiled_xla.temp_GiB"), "{:.1f}"),
+            Column("Temp GiB xla + chunked loss, remat dots_no_batch / full / dots",
+                   ("compiled_xla_chunked_dots_no_batch.temp_GiB",
+                    "compiled_xla_chunked_full.temp_GiB",
+                    "compiled_xla_chunked_dots.temp_GiB"), "{:.1f}"),
+            Column("f32 LxL einsum / xla", ("compiled_einsum.f32_LxL_buffers",
+                                           "compiled_xla.f32_LxL_buffers"), "{:d}"),
+            Column("Meets 6x", "meets_target"),
         )),
     "input_pipeline_speed": Spec(
         script="input_pipeline_speed.py", derive=_input_pipeline_speed,
