@@ -15,7 +15,8 @@
 #      $OUT/codec.tar, a float16 codec bundle with training.json, for
 #      `benchmarks/codec_quality.py --bundle` here (Opus is not on that machine).
 #   3. CODEC_SPEED=1: SoundStream `paper` encode + decode speed; LM_MFU=1: paper-size stage
-#      LM train step throughput and MFU, with einsum attention and with cuDNN's fused one.
+#      LM train step throughput and MFU, with einsum attention, with cuDNN's fused one, and
+#      with cuDNN's and the chunked loss.
 #      Their JSONs go into $OUT/results.tar.
 # Import the w2v-BERT export with `benchmarks/w2v_bert_learning.py import`, then run
 # `musiclm-jax semantic fit-kmeans` and benchmarks/semantic_quality.py on it.
@@ -101,5 +102,12 @@ if [ "${LM_MFU:-0}" = 1 ]; then
     --gin "DecoderConfig.attention_implementation = 'cudnn'" \
     --gin "DecoderConfig.attention_dropout_rate = 0.0" 2>&1 | grep -v "Path not found"
   tar rf "$OUT/results.tar" -C "$RESULTS" lm_mfu_cudnn_gpu.json
+  # The same with the chunked loss (the stage's float32 logits never whole).
+  timeout 150 python3 benchmarks/lm_mfu.py --steps 5 \
+    --out "$RESULTS/lm_mfu_cudnn_chunked_gpu.json" \
+    --gin "DecoderConfig.attention_implementation = 'cudnn'" \
+    --gin "DecoderConfig.attention_dropout_rate = 0.0" \
+    --gin "DecoderOnlyLMModel.loss_chunk_length = 512" 2>&1 | grep -v "Path not found"
+  tar rf "$OUT/results.tar" -C "$RESULTS" lm_mfu_cudnn_chunked_gpu.json
 fi
 ls -la "$OUT" "$OUT/w2v" 2>&1
