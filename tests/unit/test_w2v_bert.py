@@ -374,7 +374,7 @@ def test_training_on_8_devices_equals_one_device():
   _, initial, _ = harness.train_on_batch(model, clips, 0)
   _, single, single_history = harness.train_on_batch(model, clips, 3)
   mesh = partitioning.Partitioner(num_partitions=2)
-  assert dict(mesh.mesh.shape) == {"data": 4, "model": 2}
+  assert dict(mesh.mesh.shape) == {"data": 4, "fsdp": 1, "model": 2}
   _, sharded, sharded_history = harness.train_on_batch(model, clips, 3,
                                                            partitioner=mesh)
   np.testing.assert_allclose([h["loss"] for h in sharded_history],
