@@ -8,6 +8,11 @@ on the same kind of 2-core CPU machine (as quoted by its comparison): 266 traini
   python benchmarks/lm_speed.py [--dtype float32|bfloat16] [--steps 5] [--out FILE]
       [--reference_python /work/bench-venv/bin/python]
 
+Each rate is also read against this machine's limit: model FLOP/s (PaLM's count per token:
+6 N + 12 L H Q T in training, 2 N + 2 L H Q T in cached sampling, N the parameters, T the
+length; the sampled token attends to T/2 positions on average) over the float32 matmul
+peak measured here (`matmul_peak_flops`: the best of square matmuls through XLA).
+
 With --reference_python (a Python with torch and audiolm-pytorch, see
 benchmarks/audiolm_pytorch_speed.py), the reference is measured in the same run, right after
 this side, and the ratios use those numbers; without it they use the quoted numbers, and
@@ -97,6 +102,29 @@ def bench_sampling(model, batch_size: int, repeats: int) -> float:
   return batch_size * LENGTH * repeats / (time.perf_counter() - start)
 
 
+def matmul_peak_flops(size: int = 2048, repeats: int = 10) -> float:
+  """FLOP/s of the fastest of `repeats` float32 [size, size] @ [size, size] products: what
+  XLA's dense matmul reaches on this machine (its practical peak)."""
+  a = jnp.asarray(np.random.default_rng(0).normal(size=(size, size)), jnp.float32)
+  matmul = jax.jit(lambda x, y: x @ y)
+  jax.block_until_ready(matmul(a, a))
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(matmul(a, a))
+    best = min(best, time.perf_counter() - start)
+  return 2 * size ** 3 / best
+
+
+def model_flops_per_token(model, params: int) -> dict:
+  """PaLM's model FLOPs per token (module docstring), training and cached sampling."""
+  config = model.module.config
+  attention = config.num_layers * config.num_heads * config.head_dim * LENGTH
+  return {"train_tokens_per_s": 6 * params + 12 * attention,
+          "sample_tokens_per_s_batch1": 2 * params + 2 * attention,
+          "sample_tokens_per_s_batch8": 2 * params + 2 * attention}
+
+
 def measure_reference(python: str, steps: int, repeats: int) -> dict:
   """Runs benchmarks/audiolm_pytorch_speed.py under `python`; returns its report."""
   script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "audiolm_pytorch_speed.py")
@@ -131,6 +159,12 @@ def main():
                            "(benchmarks/audiolm_pytorch_speed.py)",
                  "report": measured, **measured["results"]}
   ratios = {k: v / reference[k] for k, v in results.items()}
+  params = sum(x.size for x in jax.tree.leaves(jax.eval_shape(
+      lambda: model.get_initial_variables(jax.random.key(0),
+                                          {"decoder_input_tokens": (1, LENGTH)})["params"])))
+  peak = matmul_peak_flops()
+  per_token = model_flops_per_token(model, params)
+  of_peak = {k: v * per_token[k] / peak for k, v in results.items()}
   report = {"benchmark": "lm_speed", "size": {"d_model": 512, "layers": 6, "heads": 8,
                                               "mlp_dim": MLP_DIM,
                                               "num_kv_heads": NUM_KV_HEADS,
@@ -142,13 +176,16 @@ def main():
             "ratio_vs_quoted_reference": {k: v / QUOTED_REFERENCE[k]
                                           for k, v in results.items()},
             "meets_target": {k: ratios[k] >= TARGET_RATIO[k] for k in ratios},
+            "parameters": int(params), "model_flops_per_token": per_token,
+            "matmul_peak_gflops": peak / 1e9, "fraction_of_matmul_peak": of_peak,
             "date": time.strftime("%Y-%m-%d %H:%M:%S")}
   out = machine.save_result(report, "lm_speed", args.out or os.path.join(
       os.path.dirname(os.path.abspath(__file__)), "results",
       f"lm_speed_{jax.default_backend()}_{args.dtype}.json"))
   for name, value in results.items():
     print(f"{name:30s} {value:10.1f}  ({ratios[name]:.2f}x reference, "
-          f"target {TARGET_RATIO[name]:.0f}x)")
+          f"target {TARGET_RATIO[name]:.0f}x; {of_peak[name]:.2f} of the matmul peak, "
+          f"{peak / 1e9:.0f} GFLOP/s)")
   print(f"-> {out}")
 
 

@@ -91,6 +91,12 @@ def _build_speed(report: dict) -> dict:
   return {keys[r["engine"]]: r for r in report.get("runs", []) if r.get("engine") in keys}
 
 
+def _lm_speed(report: dict) -> dict:
+  """Whether the reference was measured in the same run or is the quoted numbers."""
+  source = str(report.get("reference", {}).get("source", ""))
+  return {"reference_kind": "quoted" if "quoted" in source else "measured"}
+
+
 def _memory_layouts(report: dict) -> dict:
   """Headline numbers: the smallest fsdp saving over the parts at 8 devices, the coarse
   stage's state per device, and its compiled step's temporaries per variant."""
@@ -286,12 +292,15 @@ SPECS: dict[str, Spec] = {
             Column("MFU", "results.mfu", "{:.1%}"),
         )),
     "lm_speed": Spec(
-        script="lm_speed.py",
+        script="lm_speed.py", derive=_lm_speed,
         caption="Tokens per second over audiolm-pytorch's SemanticTransformer of the same "
-                "size on the same machine (benchmarks/audiolm_pytorch_speed.py); training, "
-                "and sampling at batch 1 and 8.",
+                "size (benchmarks/audiolm_pytorch_speed.py, measured in the same run, or "
+                "its quoted numbers where the file's reference.source says so); training, "
+                "and sampling at batch 1 and 8. Of peak: model FLOP/s over the float32 "
+                "matmul rate measured in the same run.",
         columns=(
             Column("dtype", "dtype", "{}"),
+            Column("Reference", "reference_kind", "{}"),
             Column("Train tokens/s", "results.train_tokens_per_s", "{:.0f}"),
             Column("Train ×", "ratio_vs_reference.train_tokens_per_s", "{:.2f}"),
             Column("Sample b1 ×", "ratio_vs_reference.sample_tokens_per_s_batch1", "{:.2f}"),
@@ -302,6 +311,12 @@ SPECS: dict[str, Spec] = {
             Column("Meets target", ("meets_target.train_tokens_per_s",
                                     "meets_target.sample_tokens_per_s_batch1",
                                     "meets_target.sample_tokens_per_s_batch8")),
+            Column("Of peak: train / b1 / b8", ("fraction_of_matmul_peak.train_tokens_per_s",
+                                                "fraction_of_matmul_peak."
+                                                "sample_tokens_per_s_batch1",
+                                                "fraction_of_matmul_peak."
+                                                "sample_tokens_per_s_batch8"), "{:.2f}"),
+            Column("Peak GFLOP/s", "matmul_peak_gflops", "{:.0f}"),
         )),
     "mulan_retrieval": Spec(
         script="mulan_retrieval.py",
