@@ -8,7 +8,6 @@ import sys
 import pytest
 import tensorflow_datasets as tfds
 
-from musiclm_jax.audio import io as audio_io
 from musiclm_jax.tasks import audio as audio_tasks
 from musiclm_jax.tasks import builders
 from tests.integration import test_audio_folder as folder_fixture
@@ -32,6 +31,19 @@ def _examples(data_dir, name):
       rows[key] = (ex["audio"].tobytes(), {k: v for k, v in ex.items() if k != "audio"})
     out[split] = rows
   return out
+
+
+def _beam_build(name, data_dir, config, manual_dir, options, patch=""):
+  """builders.build on Beam in a fresh process (`patch`: Python run first), so no runner
+  threads or servers outlive it in the test process (TensorFlow shares that process)."""
+  code = (f"{patch}\nfrom musiclm_jax.tasks import builders\n"
+          f"builders.build({name!r}, {str(data_dir)!r}, {config!r}, {str(manual_dir)!r}, "
+          f"{options!r})")
+  run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=600, cwd=os.path.dirname(os.path.dirname(os.path.dirname(
+                           os.path.abspath(__file__)))))
+  assert run.returncode == 0, run.stderr[-3000:]
+  return tfds.builder(f"{name}/{config}", data_dir=str(data_dir))
 
 
 def _report(data_dir, name):
@@ -86,8 +98,8 @@ def test_build_data_on_beam_reads_a_file_list(one_process, tmp_path):
     f.write("# made by find\n" + "".join(f"./{rel}\n" for rel in listed) + "notes.md\n\n")
   try:
     plain = builders.build("audio_folder", str(tmp_path / "plain"), CONFIG, music)
-    beam = builders.build("audio_folder", str(tmp_path / "beam"), CONFIG, music,
-                          "runner=DirectRunner")
+    beam = _beam_build("audio_folder", tmp_path / "beam", CONFIG, music,
+                       "runner=DirectRunner")
   finally:
     os.remove(os.path.join(music, "files.txt"))
   name = f"audio_folder/{CONFIG}"
@@ -100,23 +112,25 @@ def test_build_data_on_beam_reads_a_file_list(one_process, tmp_path):
   assert report["files_skipped"] == {"non_finite": 1}
 
 
-def test_a_worker_failing_once_is_retried_and_each_example_written_once(one_process, tmp_path,
-                                                                        monkeypatch):
+def test_a_worker_failing_once_is_retried_and_each_example_written_once(one_process,
+                                                                        tmp_path):
   """The runner that retries failed bundles in-process (BundleBasedDirectRunner; cluster
   runners do the same across machines): one file's decode raises once."""
   music, expected, expected_report = one_process
   failed = tmp_path / "failed-once"
-  load_audio = audio_io.load_audio
-
-  def flaky(path, *args, **kwargs):
-    if path.endswith("bass_voxy_c.flac") and not failed.exists():
-      failed.write_text(path)
-      raise RuntimeError(f"worker lost while decoding {path}")
-    return load_audio(path, *args, **kwargs)
-
-  monkeypatch.setattr(audio_io, "load_audio", flaky)
-  builder = builders.build("audio_folder", str(tmp_path / "tfds"), CONFIG, music,
-                           "runner=BundleBasedDirectRunner")
+  patch = f"""
+import os
+from musiclm_jax.audio import io as audio_io
+load_audio = audio_io.load_audio
+def flaky(path, *args, **kwargs):
+  if path.endswith("bass_voxy_c.flac") and not os.path.exists({str(failed)!r}):
+    open({str(failed)!r}, "w").write(path)
+    raise RuntimeError("worker lost while decoding " + path)
+  return load_audio(path, *args, **kwargs)
+audio_io.load_audio = flaky
+"""
+  builder = _beam_build("audio_folder", tmp_path / "tfds", CONFIG, music,
+                        "runner=BundleBasedDirectRunner", patch)
   assert failed.exists()  # the failure happened
   assert _examples(tmp_path / "tfds", f"audio_folder/{CONFIG}") == expected
   report = builder.info.metadata["build_report"]
@@ -129,8 +143,7 @@ def test_a_worker_failing_once_is_retried_and_each_example_written_once(one_proc
 def test_musiccaps_on_beam_gives_the_same_examples(manual_dir, tmp_path):
   root, _ = manual_dir
   plain = builders.build("musiccaps", str(tmp_path / "plain"), "16khz", root)
-  beam = builders.build("musiccaps", str(tmp_path / "beam"), "16khz", root,
-                        "runner=DirectRunner")
+  beam = _beam_build("musiccaps", tmp_path / "beam", "16khz", root, "runner=DirectRunner")
   assert (_examples(tmp_path / "beam", "musiccaps/16khz")
           == _examples(tmp_path / "plain", "musiccaps/16khz"))
   report = beam.info.metadata["build_report"]
