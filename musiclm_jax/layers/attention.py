@@ -19,7 +19,9 @@ from musiclm_jax.layers import linear, rotary
 
 NEG_INF = -1e10
 # 'pallas': the TPU flash-attention kernel (jax.experimental.pallas.ops.tpu); on other
-# platforms it runs in Pallas's TPU interpret mode (tests only: slow).
+# platforms it runs in Pallas's TPU interpret mode (tests only: slow; call it under jit, as
+# a train step does: run op by op, its callbacks deadlocked against the main thread's
+# dispatch on a 2-core CPU).
 IMPLEMENTATIONS = ("einsum", "xla", "cudnn", "pallas")
 PALLAS_BLOCK = 128  # the kernel's tile along the sequence; lengths are padded to it
 

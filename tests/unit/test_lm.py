@@ -131,7 +131,9 @@ def test_library_attention_computes_the_same_function(batch, overrides, implemen
   einsum = lm_fixtures.tiny_model(**overrides)
   library = lm_fixtures.tiny_model(attention_implementation=implementation, **overrides)
   params = init_params(einsum, batch)
-  grad = lambda m: jax.value_and_grad(lambda q: m.loss_fn(q, batch, None)[0])(params)
+  # Under jit, as training runs it: Pallas's interpret mode, run op by op, deadlocked its
+  # callbacks against the main thread's dispatch on a 2-core CPU.
+  grad = lambda m: jax.jit(jax.value_and_grad(lambda q: m.loss_fn(q, batch, None)[0]))(params)
   (loss_a, grads_a), (loss_b, grads_b) = grad(einsum), grad(library)
   np.testing.assert_allclose(float(loss_b), float(loss_a), rtol=1e-6)
   for a, b in zip(jax.tree.leaves(grads_a), jax.tree.leaves(grads_b)):
@@ -212,7 +214,7 @@ def test_cached_decoding_matches_the_pallas_kernel_forward(batch):
   model = lm_fixtures.tiny_model(attention_implementation="pallas")
   params = init_params(model, batch)
   tokens, prefix = batch["decoder_input_tokens"][:, :8], batch["prefix_tokens"]
-  full = model.module.apply({"params": params}, tokens, prefix)
+  full = jax.jit(model.module.apply)({"params": params}, tokens, prefix)   # jit: see above
   length = prefix.shape[1] + tokens.shape[1]
   step = lambda variables, chunk, prefix: model.module.apply(
       variables, chunk, prefix, decode=True, cache_length=length, mutable=["cache"])
