@@ -10,9 +10,10 @@
 Several plain --prompt flags (or a --prompts file, one per line) make a batch; prompts with
 '@START-END' (seconds) make one story whose conditioning changes at those times. With one
 clip --out is the WAV; with several it is a folder of NNN_sampleK.wav. Sampling:
---temperature / --top_k for every stage (default temperatures: the paper's 1.0, 0.95, 0.4),
-or per stage (--semantic_temperature, ...);
---guidance_scale applies classifier-free guidance to the text-conditioned stages.
+musiclm.DEFAULT_SAMPLING (docs/stages_and_generation.md says how it was chosen), or
+--temperature / --top_k for every stage, or per stage (--semantic_temperature, ...);
+--guidance_scale sets classifier-free guidance of the text-conditioned stages,
+--no_guidance turns it off.
 --audio_prompt continues a recording (any format, rate and channels): the output starts
 with it and lasts --seconds in all; without --prompt the music is conditioned on the
 recording's own MuLan tokens.
@@ -48,17 +49,20 @@ def parse_prompts(prompts: List[str]):
 
 
 def _sampling(args):
+  """Per-stage Sampling: musiclm.DEFAULT_SAMPLING, with what the flags set over it."""
   from musiclm_jax.generation import musiclm as musiclm_lib  # pylint: disable=g-import-not-at-top
   out = {}
-  for stage in ("semantic", "coarse", "fine"):
+  for stage, default in musiclm_lib.DEFAULT_SAMPLING.items():
     temperature = getattr(args, f"{stage}_temperature")
-    top_k = getattr(args, f"{stage}_top_k")
-    default = musiclm_lib.DEFAULT_SAMPLING[stage].temperature
     temperature = args.temperature if temperature is None else temperature
+    top_k = getattr(args, f"{stage}_top_k")
+    top_k = args.top_k if top_k is None else top_k
+    guidance = default.guidance_scale if args.guidance_scale is None else args.guidance_scale
     out[stage] = musiclm_lib.Sampling(
-        temperature=default if temperature is None else temperature,
-        top_k=args.top_k if top_k is None else top_k,
-        guidance_scale=args.guidance_scale if stage != "fine" else None)
+        temperature=default.temperature if temperature is None else temperature,
+        top_k=default.top_k if top_k is None else top_k, top_p=default.top_p,
+        # Guidance needs a text-conditioned stage: the fine stage reads coarse tokens only.
+        guidance_scale=None if args.no_guidance or stage == "fine" else guidance)
   return out
 
 
@@ -123,9 +127,14 @@ def parser() -> argparse.ArgumentParser:
                  help="rank each prompt's samples by MuLan text-audio similarity")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--temperature", type=float, default=None,
-                 help="every stage's (default: the paper's 1.0 / 0.95 / 0.4)")
-  p.add_argument("--top_k", type=int, default=0)
-  p.add_argument("--guidance_scale", type=float, default=None)
+                 help="every stage's (default: musiclm.DEFAULT_SAMPLING's)")
+  p.add_argument("--top_k", type=int, default=None,
+                 help="every stage's (default: musiclm.DEFAULT_SAMPLING's; 0: no top-k)")
+  p.add_argument("--guidance_scale", type=float, default=None,
+                 help="classifier-free guidance of the text-conditioned stages (default: "
+                      "musiclm.DEFAULT_SAMPLING's)")
+  p.add_argument("--no_guidance", action="store_true",
+                 help="no classifier-free guidance (one pass per step, not two)")
   for stage in ("semantic", "coarse", "fine"):
     p.add_argument(f"--{stage}_temperature", type=float, default=None)
     p.add_argument(f"--{stage}_top_k", type=int, default=None)

@@ -165,6 +165,26 @@ def codec_section(codec, ids: Sequence[str], captions: Sequence[str],
   return lines
 
 
+def tagger_cells(clips: Sequence[np.ndarray], rate: int, captions: Sequence[str]
+                 ) -> List[str]:
+  """Per clip, what the independent tagger (musicnn MTT, `evaluation.tag_adherence`) hears:
+  '<its top 3 tags> | <the tags the caption names, each with its probability and rank of
+  50>' (markdown cells)."""
+  from musiclm_jax.evaluation import musicnn, tag_adherence  # pylint: disable=g-import-not-at-top
+  tagger = musicnn.MusicnnTagger.load()
+  probabilities = np.concatenate([
+      tagger.embed_clips(audio_io.resample(c, rate, musicnn.SAMPLE_RATE)[None],
+                         outputs=("tags",))["tags"] for c in clips])
+  cells = []
+  for row, top, caption in zip(probabilities, tag_adherence.top_tags(probabilities),
+                               captions):
+    ranks = {musicnn.MTT_LABELS[j]: r + 1 for r, j in enumerate(np.argsort(-row))}
+    named = sorted(tag_adherence.named_tags(caption), key=ranks.get)
+    cells.append(", ".join(f"{t} {p:.2f}" for t, p in top) + " | " + (", ".join(
+        f"{t} {row[musicnn.MTT_LABELS.index(t)]:.2f} (#{ranks[t]})" for t in named) or "-"))
+  return cells
+
+
 def _wrap(text: str, width: int) -> List[str]:
   lines, line = [], ""
   for word in text.split():
@@ -209,7 +229,13 @@ def write_report(recipe, steps) -> None:
             "good and bad values look like):", "", "```", evaluate.format_table(metrics), "```",
             "", *codec_fidelity(recipe, out),
             "## Clips", "", "![spectrograms](spectrograms.png)", "",
-            "| clip | prompt | MuLan score |", "|---|---|---|"]
-  lines += [f"| [{r['id']}](clips/{r['id']}.wav) | {r['caption']} | {r['mulan_score']} |"
-            for r in rows]
+            "Beside each prompt: MuLan's text-audio score (trained in this run), and what an "
+            "independent tagger hears (musicnn's MagnaTagATune tagger, trained on human tags "
+            "of real recordings): its three most probable tags, and the probability and "
+            "rank (of 50) of each tag the prompt names.", "",
+            "| clip | prompt | MuLan score | tagger's top tags | tags the prompt names |",
+            "|---|---|---|---|---|"]
+  cells = tagger_cells(clips, rate, [r["caption"] for r in rows])
+  lines += [f"| [{r['id']}](clips/{r['id']}.wav) | {r['caption']} | {r['mulan_score']} | "
+            f"{cell} |" for r, cell in zip(rows, cells)]
   atomic.atomic_write_text(os.path.join(out, "summary.md"), "\n".join(lines) + "\n")

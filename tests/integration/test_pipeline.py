@@ -277,3 +277,19 @@ def test_the_report_shows_what_the_codec_keeps(tmp_path):
   rows = [line for line in lines if line.startswith("| [")]
   assert len(rows) == 2 and any(line.startswith("| mean |") for line in lines)
   assert all(len(line.split("|")) == 9 for line in rows)
+
+
+def test_the_report_shows_what_an_independent_tagger_hears():
+  """Per clip: the tagger's top tags, and each tag the prompt names with its probability
+  and rank. A real drum loop: 'drums' is named, and ranked among the first few."""
+  from musiclm_jax.pipeline import report
+  from tests import soundstream_fixtures
+  loop = np.concatenate(list(soundstream_fixtures.real_clips(4)))
+  cells = report.tagger_cells([loop, loop], 16000, ["a fast drum beat", "a solo oboe"])
+  top, named = cells[0].split(" | ")
+  assert len(top.split(", ")) == 3 and all(float(t.rsplit(" ", 1)[1]) <= 1 for t in
+                                           top.split(", "))
+  drums, fast = sorted(named.split(", "))
+  assert drums.startswith("drums ") and int(drums.split("#")[1].rstrip(")")) <= 5, named
+  assert fast.startswith("fast ")
+  assert cells[1].endswith(" | -")          # an oboe: no MTT tag names it

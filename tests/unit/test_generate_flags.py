@@ -1,0 +1,21 @@
+"""`musiclm-jax generate`'s sampling flags: the library's defaults unless a flag says else."""
+
+from musiclm_jax.generation import cli, musiclm
+
+
+def sampling(*flags):
+  return cli._sampling(cli.parser().parse_args(["--bundle", "b", "--out", "o.wav", *flags]))
+
+
+def test_no_flags_give_the_library_defaults():
+  assert sampling() == musiclm.DEFAULT_SAMPLING
+
+
+def test_flags_override_every_stage_or_one_and_guidance_stays_off_the_fine_stage():
+  out = sampling("--temperature", "0.7", "--fine_temperature", "0.3", "--top_k", "50",
+                 "--guidance_scale", "2.5")
+  assert [out[s].temperature for s in ("semantic", "coarse", "fine")] == [0.7, 0.7, 0.3]
+  assert {out[s].top_k for s in out} == {50}
+  assert (out["semantic"].guidance_scale, out["coarse"].guidance_scale,
+          out["fine"].guidance_scale) == (2.5, 2.5, None)
+  assert {s.guidance_scale for s in sampling("--no_guidance").values()} == {None}
