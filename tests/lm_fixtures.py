@@ -42,3 +42,16 @@ def input_shapes(batch) -> dict:
 def single_device_partitioner():
   from musiclm_jax.training import partitioning
   return partitioning.Partitioner(devices=jax.devices()[:1])
+
+
+def train(partitioner, batches, steps: int, **trainer_kw):
+  """`steps` train steps of the tiny model on `batches` under `partitioner`: (state,
+  losses)."""
+  from musiclm_jax.training import trainer as trainer_lib
+  trainer = trainer_lib.Trainer(tiny_model(), partitioner, **trainer_kw)
+  state = trainer.create_state(input_shapes(batches[0]))
+  losses = []
+  for batch in batches[:steps]:
+    state, metrics = trainer.train_step(state, partitioner.shard_batch(batch))
+    losses.append(float(metrics["loss"]))
+  return state, losses

@@ -4,29 +4,20 @@ import jax
 import numpy as np
 import pytest
 
-from musiclm_jax.training import partitioning, trainer as trainer_lib
+from musiclm_jax.training import partitioning
 from tests import lm_fixtures
 from tests.harness import assert_trees_close
-
-
-def _train(partitioner, batches, steps):
-  trainer = trainer_lib.Trainer(lm_fixtures.tiny_model(), partitioner)
-  state = trainer.create_state(lm_fixtures.input_shapes(batches[0]))
-  losses = []
-  for batch in batches[:steps]:
-    state, metrics = trainer.train_step(state, partitioner.shard_batch(batch))
-    losses.append(float(metrics["loss"]))
-  return state, losses
 
 
 def test_sharded_training_matches_single_device():
   if jax.device_count() < 8:
     pytest.skip("needs XLA_FLAGS=--xla_force_host_platform_device_count=8")
   batches = lm_fixtures.batches(4)
-  single_state, single_losses = _train(lm_fixtures.single_device_partitioner(), batches, 4)
+  single_state, single_losses = lm_fixtures.train(lm_fixtures.single_device_partitioner(),
+                                                  batches, 4)
   mesh = partitioning.Partitioner(num_partitions=2)
   assert dict(mesh.mesh.shape) == {"data": 4, "fsdp": 1, "model": 2}
-  sharded_state, sharded_losses = _train(mesh, batches, 4)
+  sharded_state, sharded_losses = lm_fixtures.train(mesh, batches, 4)
 
   np.testing.assert_allclose(sharded_losses, single_losses, rtol=2e-5)
   assert single_losses[-1] < single_losses[0]

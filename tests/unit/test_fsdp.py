@@ -21,16 +21,6 @@ def _eight_devices():
     pytest.skip("needs XLA_FLAGS=--xla_force_host_platform_device_count=8")
 
 
-def _train(partitioner, batches, steps):
-  trainer = trainer_lib.Trainer(lm_fixtures.tiny_model(), partitioner, ema_decay=0.9)
-  state = trainer.create_state(lm_fixtures.input_shapes(batches[0]))
-  losses = []
-  for batch in batches[:steps]:
-    state, metrics = trainer.train_step(state, partitioner.shard_batch(batch))
-    losses.append(float(metrics["loss"]))
-  return state, losses
-
-
 def _device0_bytes(tree) -> int:
   """Bytes of the tree's arrays held by the first device."""
   device = jax.devices()[0]
@@ -45,7 +35,8 @@ def _total_bytes(tree) -> int:
 @pytest.fixture(scope="module")
 def single():
   batches = lm_fixtures.batches(3)
-  state, losses = _train(lm_fixtures.single_device_partitioner(), batches, 3)
+  state, losses = lm_fixtures.train(lm_fixtures.single_device_partitioner(), batches, 3,
+                                    ema_decay=0.9)
   return batches, jax.device_get(state.params), losses
 
 
@@ -53,7 +44,7 @@ def single():
 def test_fsdp_trains_like_one_device_with_state_really_sharded(single, mesh):
   batches, single_params, single_losses = single
   partitioner = partitioning.Partitioner(**MESHES[mesh])
-  state, losses = _train(partitioner, batches, 3)
+  state, losses = lm_fixtures.train(partitioner, batches, 3, ema_decay=0.9)
   np.testing.assert_allclose(losses, single_losses, rtol=2e-5)
   assert_trees_close(jax.device_get(state.params), single_params, rtol=1e-4, atol=1e-5)
 
@@ -104,7 +95,7 @@ def test_checkpoints_move_between_layouts_bit_identical(tmp_path, save_on, resto
     return partitioning.Partitioner(**kw)
 
   batches = lm_fixtures.batches(3)
-  state, _ = _train(partitioner(save_on), batches, 2)
+  state, _ = lm_fixtures.train(partitioner(save_on), batches, 2, ema_decay=0.9)
   manager = checkpoints.CheckpointManager(str(tmp_path), save_interval_steps=1)
   manager.save(2, state, {"batches_consumed": 2})
   manager.close()
