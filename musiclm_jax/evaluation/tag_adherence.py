@@ -111,7 +111,8 @@ def tag_aucs(probabilities: np.ndarray, texts: Sequence[str], min_clips: int = 3
     texts: N prompts or captions, clip i's in row i.
     min_clips: tags with fewer positive or negative clips than this are left out.
   Returns:
-    {tag: {'auc', 'p', 'positives', 'negatives', 'mean_named', 'mean_other'}}.
+    {tag: {'auc', 'p', 'p_holm', 'positives', 'negatives', 'mean_named', 'mean_other'}};
+    p_holm: p adjusted for the number of tags tested (Holm's step-down).
   """
   probabilities = np.asarray(probabilities, np.float64)
   if probabilities.shape != (len(texts), len(MTT_LABELS)):
@@ -130,7 +131,20 @@ def tag_aucs(probabilities: np.ndarray, texts: Sequence[str], min_clips: int = 3
                   "negatives": int(negative.sum()),
                   "mean_named": float(column[positive].mean()),
                   "mean_other": float(column[negative].mean())}
+  for tag, p in zip(table, holm_adjusted([row["p"] for row in table.values()])):
+    table[tag]["p_holm"] = p
   return table
+
+
+def holm_adjusted(p_values: Sequence[float]) -> List[float]:
+  """Holm's step-down adjustment of m p-values (family-wise error): the i-th smallest is
+  multiplied by m - i + 1, made non-decreasing in that order and capped at 1."""
+  order = np.argsort(p_values)
+  adjusted, running = [0.0] * len(p_values), 0.0
+  for rank, index in enumerate(order):
+    running = max(running, min(1.0, (len(p_values) - rank) * p_values[index]))
+    adjusted[index] = running
+  return adjusted
 
 
 def top_tags(probabilities: np.ndarray, count: int = 3) -> List[List[Tuple[str, float]]]:

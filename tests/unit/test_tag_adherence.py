@@ -87,3 +87,10 @@ def test_top_tags_and_visible_instruments():
   assert split["visible"] == ["piano"]
   assert split["not_visible"] == ["violin", "choir"]
   assert "harp" in split["untested"]
+
+
+def test_holm_adjustment_matches_its_definition():
+  adjusted = tag_adherence.holm_adjusted([0.01, 0.04, 0.03, 0.005])
+  # sorted: 0.005 x 4, 0.01 x 3, 0.03 x 2, 0.04 x 1 -> 0.02, 0.03, 0.06, then max(0.06, 0.04)
+  np.testing.assert_allclose(adjusted, [0.03, 0.06, 0.06, 0.02])
+  assert tag_adherence.holm_adjusted([0.9, 0.8]) == [1.0, 1.0]
