@@ -20,7 +20,7 @@ Steps:
 1. Prompts from `evaluation.prompt_set`: an ensemble and tempo of the caption vocabulary in
    six templates and synonyms the caption generator never uses; none a training caption.
    Results are also given per template.
-2. For each sampling setting (--samplings; `SAMPLINGS`: the paper's temperatures, and
+2. For each sampling setting (--samplings; `_samplings`: the paper's temperatures, and
    MusicGen's default of classifier-free guidance 3 with top-k 250 on the text-conditioned
    stages): generation from the prompts and from the same prompts shuffled (each clip then
    judged against a prompt it was not given). Both judges read them; a one-sided Fisher
@@ -149,7 +149,7 @@ def _instrument_excess(table: dict, instruments) -> float:
 
 
 def _targets(setting: dict, acoustic: dict, codec: dict, fads: dict, visible) -> dict:
-  """The issue's adherence targets for one sampling setting."""
+  """The adherence targets for one sampling setting (the docstring's point 6)."""
   from musiclm_jax.evaluation import tag_adherence
   conditioned, shuffled = setting["conditioned"], setting["shuffled_prompts"]
   tags = conditioned["tagger"]

@@ -36,6 +36,17 @@ class Sampling:
   top_p: float = 1.0
   guidance_scale: Optional[float] = None   # classifier-free guidance (prefix stages)
 
+  def __post_init__(self):
+    if not self.temperature >= 0:
+      raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+    if self.top_k < 0:
+      raise ValueError(f"top_k must be >= 0 (0: no top-k), got {self.top_k}")
+    if not 0 < self.top_p <= 1:
+      raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+    if self.guidance_scale is not None and not self.guidance_scale >= 0:
+      raise ValueError(f"guidance_scale must be >= 0 (0: unconditional), got "
+                       f"{self.guidance_scale}")
+
 
 # The paper's sampling temperatures (MusicLM section 3.3, after AudioLM): the fine stage's
 # low temperature keeps the detail levels close to their most likely codes.

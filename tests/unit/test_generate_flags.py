@@ -1,5 +1,7 @@
 """`musiclm-jax generate`'s sampling flags: the library's defaults unless a flag says else."""
 
+import pytest
+
 from musiclm_jax.generation import cli, musiclm
 
 
@@ -19,3 +21,12 @@ def test_flags_override_every_stage_or_one_and_guidance_stays_off_the_fine_stage
   assert (out["semantic"].guidance_scale, out["coarse"].guidance_scale,
           out["fine"].guidance_scale) == (2.5, 2.5, None)
   assert {s.guidance_scale for s in sampling("--no_guidance").values()} == {None}
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--top_k", "-3"], "top_k must be >= 0"),
+    (["--fine_temperature", "-1"], "temperature must be >= 0"),
+    (["--guidance_scale", "-2"], "guidance_scale must be >= 0")])
+def test_bad_sampling_values_are_named(flags, message):
+  with pytest.raises(ValueError, match=message):
+    sampling(*flags)
