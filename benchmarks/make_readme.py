@@ -107,10 +107,11 @@ def _memory_layouts(report: dict) -> dict:
          "coarse64": per.get("coarse stage, 64 devices", {})}
   for run in report.get("runs", []):
     for row in run.get("coarse_stage_compiled", []):
-      key = ("einsum" if row["variant"].startswith("einsum") else
-             "xla_chunked_" + row["variant"].split("remat ")[1].split(",")[0]
-             if "chunked" in row["variant"] else "xla")
+      key = (f"{row['attention']}_{row['remat']}{'_chunked' if row['loss_chunk'] else ''}"
+             f"_b{row['batch']}")
       out[f"compiled_{key}"] = dict(row, temp_GiB=row["temp_bytes"] / 2**30)
+    for row in run.get("coarse_stage_lowered_for_tpu", []):
+      out[f"tpu_{row['attention']}"] = row
   return out
 
 
@@ -272,21 +273,31 @@ SPECS: dict[str, Spec] = {
                 "(compile only). State: parameters + AdamW + EMA, MiB per device, "
                 "replicated / fsdp; reduction: the smallest over the six parts at 8 "
                 "devices. Coarse step: batch 16 x 2048 under fsdp=8, XLA's temporaries "
-                "(GiB) and f32 [L, L] buffers, by attention, loss and remat.",
+                "(GiB) and f32 [L, L] buffers, by attention, loss, remat and batch; the "
+                "TPU program (lowered, not compiled): f32 [batch, .., L, L] tensors.",
         columns=(
             Column("Min fsdp-8 reduction", "min_fsdp8_reduction", "{:.2f}"),
             Column("Coarse state, 8 dev.", ("coarse8.replicated_MiB", "coarse8.fsdp_MiB"),
                    "{:.0f}"),
             Column("Coarse state, 64 dev.", ("coarse64.replicated_MiB",
                                              "coarse64.fsdp_MiB"), "{:.0f}"),
-            Column("Temp GiB einsum / xla", ("compiled_einsum.temp_GiB",
-                                            "compiled_xla.temp_GiB"), "{:.1f}"),
-            Column("Temp GiB xla + chunked loss, remat dots_no_batch / full / dots",
-                   ("compiled_xla_chunked_dots_no_batch.temp_GiB",
-                    "compiled_xla_chunked_full.temp_GiB",
-                    "compiled_xla_chunked_dots.temp_GiB"), "{:.1f}"),
-            Column("f32 LxL einsum / xla", ("compiled_einsum.f32_LxL_buffers",
-                                           "compiled_xla.f32_LxL_buffers"), "{:d}"),
+            Column("Temp GiB einsum / xla", ("compiled_einsum_dots_no_batch_b16.temp_GiB",
+                                            "compiled_xla_dots_no_batch_b16.temp_GiB"),
+                   "{:.1f}"),
+            Column("Temp GiB xla + chunked loss, remat dots_no_batch / full / dots / "
+                   "save_qkv_proj / save_dot_except_mlp",
+                   tuple(f"compiled_xla_{r}_chunked_b16.temp_GiB" for r in (
+                       "dots_no_batch", "full", "dots", "save_qkv_proj",
+                       "save_dot_except_mlp")), "{:.1f}"),
+            Column("Temp GiB, batch 8 / 16 / 32, remat full",
+                   tuple(f"compiled_xla_full_chunked_b{b}.temp_GiB" for b in (8, 16, 32)),
+                   "{:.1f}"),
+            Column("f32 LxL compiled einsum / xla", (
+                "compiled_einsum_dots_no_batch_b16.f32_LxL_buffers",
+                "compiled_xla_dots_no_batch_b16.f32_LxL_buffers"), "{:d}"),
+            Column("f32 LxL with batch, TPU program einsum / pallas", (
+                "tpu_einsum.f32_LxL_tensors_with_batch",
+                "tpu_pallas.f32_LxL_tensors_with_batch"), "{:d}"),
             Column("Meets 6x", "meets_target"),
         )),
     "input_pipeline_speed": Spec(

@@ -9,11 +9,16 @@ Layouts over N devices: replicated (data=N), fsdp (fsdp=N), fsdp+model (fsdp=N/2
 model=2). Per layout: the bytes one device holds of the parameters, the optimizer state
 and the EMA, from each array's sharding (`sharding.shard_shape`).
 
-On --compile_devices, the coarse stage's train step (batch 16 x 2048 targets, the gin's
+On --compile_devices, the coarse stage's train step (batch x 2048 targets, the gin's
 bfloat16, scanned layers) is also compiled under fsdp for each attention implementation
-('einsum', 'xla': `jax.nn.dot_product_attention`), remat policy and loss, and XLA's
+('einsum', 'xla': `jax.nn.dot_product_attention`), remat policy, loss and batch, and XLA's
 `memory_analysis()` gives its per-device temporaries; the compiled program is searched
-for an f32 [.., L, L] buffer (L = prefix + targets = 2262). Each device count runs in its
+for an f32 [.., L, L] buffer (L = prefix + targets = 2310). The fused kernels compile only
+on their chips, so the step with the Pallas kernel is lowered for TPU instead (StableHLO,
+what XLA:TPU would be given) and searched for [.., L, L] tensors of any type, beside the
+einsum step lowered the same way as the search's control. cuDNN's kernel cannot be traced
+without a GPU (JAX checks the cuDNN version at trace time).
+Each device count runs in its
 own process (XLA_FLAGS=--xla_force_host_platform_device_count=N).
 Writes benchmarks/results/memory_layouts_cpu.json.
 """
@@ -42,25 +47,34 @@ PARTS = {
     "mulan": (["mulan/paper.gin"], ["MuLanConfig.text_pretrained = False"]),
 }
 STAGES = ("semantic stage", "coarse stage", "fine stage")
-# The compiled coarse-stage variants: (name, gin bindings).
+# The compiled coarse-stage variants: (attention, remat policy, loss chunk, batch).
+# Attention 'xla' is jax.nn.dot_product_attention; fused attention has no dropout.
 VARIANTS = [
-    ("einsum attention, remat dots_no_batch", []),
-    ("xla attention, remat dots_no_batch",
-     ["DecoderConfig.attention_implementation = 'xla'",
-      "DecoderConfig.attention_dropout_rate = 0.0"]),
-    ("xla attention, remat dots_no_batch, chunked loss 512",
-     ["DecoderConfig.attention_implementation = 'xla'",
-      "DecoderConfig.attention_dropout_rate = 0.0",
-      "DecoderOnlyLMModel.loss_chunk_length = 512"]),
-    ("xla attention, remat full, chunked loss 512",
-     ["DecoderConfig.attention_implementation = 'xla'",
-      "DecoderConfig.attention_dropout_rate = 0.0", "DecoderConfig.remat_policy = 'full'",
-      "DecoderOnlyLMModel.loss_chunk_length = 512"]),
-    ("xla attention, remat dots, chunked loss 512",
-     ["DecoderConfig.attention_implementation = 'xla'",
-      "DecoderConfig.attention_dropout_rate = 0.0", "DecoderConfig.remat_policy = 'dots'",
-      "DecoderOnlyLMModel.loss_chunk_length = 512"]),
+    ("einsum", "dots_no_batch", None, 16),
+    ("xla", "dots_no_batch", None, 16),
+    *[("xla", remat, 512, 16) for remat in ("dots_no_batch", "full", "dots",
+                                             "save_qkv_proj", "save_dot_except_mlp")],
+    *[("xla", remat, 512, batch) for remat in ("full", "dots_no_batch")
+      for batch in (8, 32)],
 ]
+# Lowered for TPU (not compiled: no TPU here) to read the program XLA:TPU would get: the
+# einsum path (whose f32 [L, L] scores the search must find) against the Pallas kernel.
+TPU_VARIANTS = [("einsum", "dots_no_batch", 512, 16), ("pallas", "dots_no_batch", 512, 16)]
+
+
+def variant_bindings(attention: str, remat: str, loss_chunk) -> list:
+  bindings = [f"DecoderConfig.attention_implementation = '{attention}'",
+              f"DecoderConfig.remat_policy = '{remat}'"]
+  if attention != "einsum":
+    bindings.append("DecoderConfig.attention_dropout_rate = 0.0")
+  if loss_chunk:
+    bindings.append(f"DecoderOnlyLMModel.loss_chunk_length = {loss_chunk}")
+  return bindings
+
+
+def variant_name(attention: str, remat: str, loss_chunk, batch: int) -> str:
+  chunk = f", chunked loss {loss_chunk}" if loss_chunk else ""
+  return f"{attention} attention, remat {remat}{chunk}, batch {batch}"
 
 
 def layouts(devices: int) -> dict:
@@ -131,27 +145,69 @@ def state_bytes(part: str, devices: int) -> dict:
   return out
 
 
-def compiled_coarse(devices: int, batch: int = 16) -> list:
-  """Per-device memory of the coarse stage's compiled train step under fsdp, per variant."""
+def _coarse_step(devices: int, attention: str, remat: str, loss_chunk, batch: int,
+                 platforms=None):
+  """The coarse stage's train step at batch x 2048 targets under fsdp, lowered."""
   from musiclm_jax.training import partitioning, trainer as trainer_lib
+  model, lengths = _model("coarse stage", variant_bindings(attention, remat, loss_chunk))
+  lengths = dict(lengths, targets=2048)
+  batch_shapes = input_shapes("coarse stage", model, lengths, batch)
+  trainer = trainer_lib.Trainer(model, partitioning.Partitioner(fsdp_parallel=devices),
+                                ema_decay=0.999)
+  abstract, _ = trainer.abstract_state({k: v.shape for k, v in batch_shapes.items()})
+  length = lengths["prefix_tokens"] + lengths["targets"]
+  return trainer.lower_train_step(abstract, batch_shapes, platforms=platforms), length
+
+
+def compiled_coarse(devices: int) -> list:
+  """Per-device memory of the coarse stage's compiled train step under fsdp, per variant:
+  XLA's `memory_analysis()` and the f32 [.., L, L] buffers in the compiled program."""
   rows = []
-  for name, bindings in VARIANTS:
-    model, lengths = _model("coarse stage", bindings)
-    lengths = dict(lengths, targets=2048)   # batch 16 x 2048 targets
-    batch_shapes = input_shapes("coarse stage", model, lengths, batch)
-    partitioner = partitioning.Partitioner(fsdp_parallel=devices)
-    trainer = trainer_lib.Trainer(model, partitioner, ema_decay=0.999)
-    abstract, _ = trainer.abstract_state({k: v.shape for k, v in batch_shapes.items()})
-    compiled = trainer.lower_train_step(abstract, batch_shapes).compile()
+  for attention, remat, loss_chunk, batch in VARIANTS:
+    lowered, length = _coarse_step(devices, attention, remat, loss_chunk, batch)
+    compiled = lowered.compile()
     memory = compiled.memory_analysis()
-    length = lengths["prefix_tokens"] + lengths["targets"]
     square = re.compile(rf"f32\[[0-9,]*{length},{length}\]")
-    text = compiled.as_text()
-    rows.append({"variant": name, "devices": devices, "batch": batch, "length": length,
+    rows.append({"variant": variant_name(attention, remat, loss_chunk, batch),
+                 "attention": attention, "remat": remat, "loss_chunk": loss_chunk,
+                 "devices": devices, "batch": batch, "length": length,
                  "temp_bytes": int(memory.temp_size_in_bytes),
                  "argument_bytes": int(memory.argument_size_in_bytes),
                  "output_bytes": int(memory.output_size_in_bytes),
-                 "f32_LxL_buffers": len(set(square.findall(text)))})
+                 "f32_LxL_buffers": len(set(square.findall(compiled.as_text())))})
+    print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+  return rows
+
+
+def lowered_for_tpu(devices: int) -> list:
+  """The coarse step lowered for TPU: the distinct [.., L, L] tensor types (L the length,
+  or the Pallas kernel's padded length) in its StableHLO, by element type."""
+  from jax.experimental.pallas import tpu as pltpu
+  from musiclm_jax.layers import attention as attention_lib
+  rows = []
+  for attention, remat, loss_chunk, batch in TPU_VARIANTS:
+    # The real kernel, not the interpreter attention.py selects on a CPU host.
+    with pltpu.force_tpu_interpret_mode(None):
+      lowered, length = _coarse_step(devices, attention, remat, loss_chunk, batch,
+                                     platforms=("tpu",))
+      text = lowered.as_text()
+    padded = -(-length // attention_lib.PALLAS_BLOCK) * attention_lib.PALLAS_BLOCK
+    square = set()
+    for dims, dtype in re.findall(r"tensor<((?:[0-9]+x)+)([a-z]+[0-9]*)>", text):
+      dims = [int(d) for d in dims.rstrip("x").split("x")]
+      if sum(d in (length, padded) for d in dims) >= 2:
+        square.add((tuple("L" if d in (length, padded) else str(d) for d in dims), dtype))
+    # Scores carry the batch (whole or per device) first; the shared T5 bias does not.
+    batched = lambda dims: len(dims) >= 4 and dims[0] in (str(batch), str(batch // devices))
+    rows.append({"variant": variant_name(attention, remat, loss_chunk, batch),
+                 "attention": attention, "remat": remat, "loss_chunk": loss_chunk,
+                 "devices": devices, "batch": batch, "length": length,
+                 "lowered_for": "tpu",
+                 "tpu_custom_calls": text.count("@tpu_custom_call"),
+                 "LxL_tensors": sorted(f"{dtype}[{','.join(dims)}]" for dims, dtype in square),
+                 "f32_LxL_tensors": sum(dtype == "f32" for _, dtype in square),
+                 "f32_LxL_tensors_with_batch": sum(dtype == "f32" and batched(dims)
+                                                   for dims, dtype in square)})
     print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
   return rows
 
@@ -167,6 +223,7 @@ def child(devices: int, compile_coarse: bool) -> None:
           file=sys.stderr, flush=True)
   if compile_coarse:
     result["coarse_stage_compiled"] = compiled_coarse(devices)
+    result["coarse_stage_lowered_for_tpu"] = lowered_for_tpu(devices)
   print(json.dumps(result))
 
 

@@ -44,11 +44,11 @@ def single_device_partitioner():
   return partitioning.Partitioner(devices=jax.devices()[:1])
 
 
-def train(partitioner, batches, steps: int, **trainer_kw):
-  """`steps` train steps of the tiny model on `batches` under `partitioner`: (state,
-  losses)."""
+def train(partitioner, batches, steps: int, model=None, **trainer_kw):
+  """`steps` train steps of `model` (default the tiny model) on `batches` under
+  `partitioner`: (state, losses)."""
   from musiclm_jax.training import trainer as trainer_lib
-  trainer = trainer_lib.Trainer(tiny_model(), partitioner, **trainer_kw)
+  trainer = trainer_lib.Trainer(model or tiny_model(), partitioner, **trainer_kw)
   state = trainer.create_state(input_shapes(batches[0]))
   losses = []
   for batch in batches[:steps]:

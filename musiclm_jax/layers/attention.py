@@ -14,8 +14,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.ad_checkpoint import checkpoint_name
 
-from musiclm_jax.layers import linear, rotary
+from musiclm_jax.layers import linear, rotary, sharding
 
 NEG_INF = -1e10
 # 'pallas': the TPU flash-attention kernel (jax.experimental.pallas.ops.tpu); on other
@@ -86,17 +87,19 @@ class MultiHeadAttention(nn.Module):
         use_bias=self.use_bias, name=name)
     qkv_axes = ("batch", "length", "heads", "kv")
     kv_axes = ("batch", "length", kv_name, "kv")
-    q = nn.with_logical_constraint(project("query", self.num_heads, "heads")(x), qkv_axes)
-    k = nn.with_logical_constraint(project("key", kv_heads, kv_name)(x), kv_axes)
-    v = nn.with_logical_constraint(project("value", kv_heads, kv_name)(x), kv_axes)
+    # Named for the remat policies that keep the projections (decoder_lm.REMAT_POLICIES).
+    q = checkpoint_name(nn.with_logical_constraint(
+        project("query", self.num_heads, "heads")(x), qkv_axes), "query_proj")
+    k = checkpoint_name(nn.with_logical_constraint(
+        project("key", kv_heads, kv_name)(x), kv_axes), "key_proj")
+    v = checkpoint_name(nn.with_logical_constraint(
+        project("value", kv_heads, kv_name)(x), kv_axes), "value_proj")
     if self.use_rotary:
       q = rotary.apply_rotary(q, positions)
       k = rotary.apply_rotary(k, positions)
 
     if self.implementation != "einsum" and not decode:
-      out = self._library_attention(q, k, v, bias, deterministic)
-      return linear.DenseGeneral(x.shape[-1], ("heads", "kv", "embed"), contract_dims=2,
-                                 dtype=self.dtype, use_bias=self.use_bias, name="out")(out)
+      return self._out(self._library_attention(q, k, v, bias, deterministic), x.shape[-1])
     q = q * jnp.asarray(1.0 / np.sqrt(self.head_dim), q.dtype)
     # Query heads as [kv_heads, groups]: head h = kv_head * groups + group.
     q = q.reshape(q.shape[:2] + (kv_heads, groups, self.head_dim))
@@ -123,9 +126,13 @@ class MultiHeadAttention(nn.Module):
       probs = nn.Dropout(self.dropout_rate)(probs, deterministic=False)
     out = jnp.einsum(values_eq, probs.astype(self.dtype), v)
     out = out.reshape(out.shape[:2] + (self.num_heads, self.head_dim))
-    out = nn.with_logical_constraint(out, qkv_axes)
-    return linear.DenseGeneral(x.shape[-1], ("heads", "kv", "embed"), contract_dims=2,
-                               dtype=self.dtype, use_bias=self.use_bias, name="out")(out)
+    return self._out(nn.with_logical_constraint(out, qkv_axes), x.shape[-1])
+
+  def _out(self, heads: jnp.ndarray, features: int) -> jnp.ndarray:
+    """The output projection: [batch, length, heads, head_dim] -> [batch, length, features]."""
+    out = linear.DenseGeneral(features, ("heads", "kv", "embed"), contract_dims=2,
+                              dtype=self.dtype, use_bias=self.use_bias, name="out")(heads)
+    return checkpoint_name(out, "out_proj")
 
   def _library_attention(self, q, k, v, bias, deterministic: bool) -> jnp.ndarray:
     """q [batch, length, heads, head_dim], k, v [batch, length, kv_heads, head_dim] ->
@@ -181,8 +188,9 @@ class MultiHeadAttention(nn.Module):
       # kernel's backward pass is traced after this call returns.
       from jax.experimental.pallas import tpu as pltpu  # pylint: disable=g-import-not-at-top
       pltpu.set_tpu_interpret_mode()
-    out = tpu_flash.flash_attention(q, k, v, bias, segments, causal=self.causal, sm_scale=1.0,
-                                    block_sizes=sizes)
+    kernel = lambda q, k, v, bias, segments: tpu_flash.flash_attention(
+        q, k, v, bias, segments, causal=self.causal, sm_scale=1.0, block_sizes=sizes)
+    out = _per_shard(kernel, q, k, v, bias, segments)
     return jnp.swapaxes(out[:, :, :length], 1, 2)
 
   def _update_cache(self, k: jnp.ndarray, v: jnp.ndarray, cache_start: jnp.ndarray,
@@ -204,3 +212,20 @@ class MultiHeadAttention(nn.Module):
     cached_key.value = nn.with_logical_constraint(k, cache_axes)
     cached_value.value = nn.with_logical_constraint(v, cache_axes)
     return cached_key.value, cached_value.value
+
+
+def _per_shard(kernel, q, k, v, bias, segments):
+  """kernel(q, k, v, bias, segments) on each device's examples and heads (shard_map over the
+  mesh in context, batch and heads split as the logical rules split them): XLA cannot
+  partition a Mosaic kernel itself. q, k, v [batch, heads, length, head_dim], bias [batch,
+  heads, length, length] or None, segments (ids [batch, length]) or None -> like q."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or mesh.size == 1:
+    return kernel(q, k, v, bias, segments)
+  spec = sharding.fit_spec(nn.logical_to_mesh_axes(("batch", "heads", None, None)), q.shape,
+                           dict(mesh.shape))
+  rows = jax.sharding.PartitionSpec(spec[0], None)
+  segment_spec = None if segments is None else type(segments)(q=rows, kv=rows)
+  return jax.shard_map(kernel, mesh=mesh, in_specs=(spec, spec, spec, None if bias is None
+                                                    else spec, segment_spec),
+                       out_specs=spec, check_vma=False)(q, k, v, bias, segments)

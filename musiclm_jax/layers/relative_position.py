@@ -46,15 +46,22 @@ class RelativePositionBiases(nn.Module):
 
   @nn.compact
   def __call__(self, query_positions: jnp.ndarray, key_positions: jnp.ndarray) -> jnp.ndarray:
-    """query_positions [q_len], key_positions [k_len] (int) -> bias [1, heads, q_len, k_len]."""
-    relative = key_positions[None, :] - query_positions[:, None]
-    buckets = relative_position_bucket(relative, self.bidirectional, self.num_buckets,
-                                       self.max_distance)
+    """query_positions [q_len], key_positions [k_len] (int) -> bias [1, heads, q_len, k_len]
+    in `dtype`."""
     table = self.param("rel_embedding",
                        nn.with_logical_partitioning(nn.initializers.normal(0.1),
                                                     ("heads", "relpos_buckets")),
                        (self.num_heads, self.num_buckets), jnp.float32)
-    # One-hot matmul instead of a gather: shards cleanly over 'heads' and is fast on TPU.
-    one_hot = jnp.asarray(buckets[..., None] == jnp.arange(self.num_buckets), self.dtype)
-    bias = jnp.einsum("hn,qkn->hqk", table.astype(self.dtype), one_hot)
-    return bias[None]
+    # Every distance from max_distance on falls in the last bucket (of its side), so the
+    # bias is a function of the distance clipped to +-max_distance: bucket and look up those
+    # 2 * max_distance + 1 distances (one-hot matmul: shards over 'heads', MXU-friendly),
+    # then index them by each (query, key) pair. No [q_len, k_len, buckets] one-hot, and
+    # nothing float of [q_len, k_len] but the bias itself.
+    distances = jnp.arange(-self.max_distance, self.max_distance + 1)
+    buckets = relative_position_bucket(distances, self.bidirectional, self.num_buckets,
+                                       self.max_distance)
+    one_hot = jnp.asarray(buckets[:, None] == jnp.arange(self.num_buckets), jnp.float32)
+    by_distance = jnp.einsum("hn,dn->hd", table, one_hot).astype(self.dtype)
+    relative = key_positions[None, :] - query_positions[:, None]
+    index = jnp.clip(relative, -self.max_distance, self.max_distance) + self.max_distance
+    return jnp.take(by_distance, index, axis=1)[None]

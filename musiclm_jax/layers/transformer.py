@@ -6,6 +6,7 @@ from typing import Optional
 
 import flax.linen as nn
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from musiclm_jax.layers import attention, linear
 
@@ -20,14 +21,15 @@ class GatedMlp(nn.Module):
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, deterministic: bool = True) -> jnp.ndarray:
-    gate = linear.DenseGeneral(self.mlp_dim, ("embed", "mlp"), dtype=self.dtype,
-                               name="wi_0")(x)
-    up = linear.DenseGeneral(self.mlp_dim, ("embed", "mlp"), dtype=self.dtype,
-                             name="wi_1")(x)
+    # Outputs named for the remat policies that keep or drop them (decoder_lm).
+    gate = checkpoint_name(linear.DenseGeneral(self.mlp_dim, ("embed", "mlp"),
+                                               dtype=self.dtype, name="wi_0")(x), "mlpwi")
+    up = checkpoint_name(linear.DenseGeneral(self.mlp_dim, ("embed", "mlp"),
+                                             dtype=self.dtype, name="wi_1")(x), "mlpwi")
     h = nn.with_logical_constraint(nn.gelu(gate) * up, ("batch", "length", "mlp"))
     h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
-    return linear.DenseGeneral(x.shape[-1], ("mlp", "embed"), dtype=self.dtype,
-                               name="wo")(h)
+    return checkpoint_name(linear.DenseGeneral(x.shape[-1], ("mlp", "embed"),
+                                               dtype=self.dtype, name="wo")(h), "mlpwo")
 
 
 class TransformerLayer(nn.Module):

@@ -28,7 +28,13 @@ import jax.numpy as jnp
 from musiclm_jax.layers import attention, linear, relative_position, transformer
 
 POSITION_EMBEDDINGS = ("relative_bias", "rotary")
-REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+# 'save_*': MaxText's named policies; the names are set in layers/attention.py and
+# layers/transformer.py. Measured per device in benchmarks/memory_layouts.py.
+_SAVED_NAMES = {
+    "save_qkv_proj": ("query_proj", "key_proj", "value_proj"),
+    "save_dot_except_mlp": ("query_proj", "key_proj", "value_proj", "out_proj"),
+}
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", *_SAVED_NAMES)
 
 
 def round_up(n: int, multiple: int) -> int:
@@ -63,7 +69,12 @@ class DecoderConfig:
     remat_policy: activation rematerialisation per layer: 'none', 'full', 'dots' (keep
       every matmul output, recompute the rest) or 'dots_no_batch' (keep the outputs of
       matmuls with weights, not attention's scores and values, which are batched matmuls of
-      [batch, heads, length, length]: at length 2048 those dominate the saved memory).
+      [batch, heads, length, length]: at length 2048 those dominate the saved memory; what
+      MaxText calls 'minimal'), or MaxText's named ones: 'save_qkv_proj' (keep the query,
+      key and value projections) and 'save_dot_except_mlp' (those and attention's output
+      projection; the MLP is recomputed). (MaxText's 'save_dot_except_mlpwi' would equal
+      the latter here: the MLP's output feeds only the residual sum, which the backward
+      pass does not read.)
     vocab_multiple: embedding/logit tables are padded to a multiple of this.
   """
   target_vocab_size: int
@@ -140,6 +151,8 @@ def _remat_policy(name: str):
     return jax.checkpoint_policies.dots_saveable
   if name == "dots_no_batch":
     return jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+  if name in _SAVED_NAMES:
+    return jax.checkpoint_policies.save_only_these_names(*_SAVED_NAMES[name])
   return None  # 'full': save nothing, recompute the layer in the backward pass
 
 

@@ -28,6 +28,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
+from musiclm_jax.layers import sharding
+
 LogicalRules = Sequence[Tuple[str, Optional[str | Tuple[str, ...]]]]
 
 MESH_AXES = ("data", "fsdp", "model")
@@ -169,14 +171,7 @@ class Partitioner:
   def fit_spec(self, spec: P, shape: Sequence[int]) -> P:
     """`spec` without the mesh axes of size 1 and, per dimension, without the axes (from
     the last) whose product does not divide it: such a dimension stays whole on them."""
-    entries = []
-    for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
-      axes = [] if axes is None else [axes] if isinstance(axes, str) else list(axes)
-      axes = [a for a in axes if self.mesh.shape[a] > 1]
-      while axes and dim % int(np.prod([self.mesh.shape[a] for a in axes])):
-        axes.pop()
-      entries.append(None if not axes else axes[0] if len(axes) == 1 else tuple(axes))
-    return P(*entries)
+    return sharding.fit_spec(spec, shape, self.mesh.shape)
 
   def replicated(self) -> NamedSharding:
     return NamedSharding(self.mesh, P())
@@ -237,6 +232,9 @@ class PartitionedFn:
     with self._partitioner.activation_context():
       return self._jitted(*args, **kwargs)
 
-  def lower(self, *args, **kwargs):
+  def lower(self, *args, platforms: Optional[Sequence[str]] = None, **kwargs):
+    """`jax.jit(...).lower`; `platforms` (e.g. ('tpu',)) lowers for other platforms than
+    the mesh's devices: a program to read (`.as_text()`), not to compile on this host."""
     with self._partitioner.activation_context():
-      return self._jitted.lower(*args, **kwargs)
+      traced = self._jitted.trace(*args, **kwargs)
+      return traced.lower(lowering_platforms=tuple(platforms) if platforms else None)

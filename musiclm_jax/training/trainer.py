@@ -240,13 +240,16 @@ class Trainer:
     step = functools.partial(self._train_step, self.model.for_phase(phase))
     return self._compiled_step("train", step, batch, donate=True, phase=phase)(state, batch)
 
-  def lower_train_step(self, abstract_state, abstract_batch, phase: Hashable = None):
+  def lower_train_step(self, abstract_state, abstract_batch, phase: Hashable = None,
+                       platforms: Optional[Sequence[str]] = None):
     """The train step lowered for a state and batch of ShapeDtypeStructs (nothing
     allocated): `.compile().memory_analysis()` gives its per-device memory, `.as_text()`
-    its program. For layout and memory studies (benchmarks/memory_layouts.py)."""
+    its program. `platforms`: lower for those instead of the mesh's (read only; e.g. a TPU
+    program on a CPU host). For layout and memory studies (benchmarks/memory_layouts.py)."""
     step = functools.partial(self._train_step, self.model.for_phase(phase))
     return self._compiled_step("train", step, abstract_batch, donate=True,
-                               phase=phase).lower(abstract_state, abstract_batch)
+                               phase=phase).lower(abstract_state, abstract_batch,
+                                                  platforms=platforms)
 
   def summaries(self, state: TrainState, host_batch) -> dict:
     """The model's TensorBoard media for the first examples of a host batch (host arrays)."""

@@ -3,6 +3,7 @@ one device, really shards parameters, optimizer state and EMA, and checkpoints m
 between replicated and fully sharded layouts."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -62,6 +63,44 @@ def test_fsdp_trains_like_one_device_with_state_really_sharded(single, mesh):
   whole = _total_bytes((state.params, state.ema_params, state.opt_states))
   per_device = _device0_bytes((state.params, state.ema_params, state.opt_states))
   assert per_device * fsdp / 1.25 <= whole, (per_device, whole)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_attention_kernels_run_per_shard_of_batch_and_heads(causal):
+  """XLA cannot partition a Mosaic kernel, so the layer calls it per device (shard_map over
+  the batch and heads the logical rules split). With the kernel's plain-JAX reference in its
+  place (the interpreter cannot run on 8 simulated devices), the sharded call equals the
+  whole one, bias and segment ids included."""
+  from jax.experimental.pallas.ops.tpu import flash_attention as tpu_flash
+  from musiclm_jax.layers import attention
+  rng = np.random.default_rng(0)
+  q, k, v = (jnp.asarray(rng.normal(size=(4, 2, 32, 8)), jnp.float32) for _ in range(3))
+  bias = jnp.asarray(rng.normal(size=(4, 2, 32, 32)), jnp.float32)
+  ids = jnp.asarray(np.arange(32)[None].repeat(4, 0) < 28, jnp.int32)
+  segments = None if causal else tpu_flash.SegmentIds(q=ids, kv=ids)
+  kernel = lambda *args: tpu_flash.mha_reference(*args, causal=causal)
+  whole = kernel(q, k, v, bias, segments)
+  partitioner = partitioning.Partitioner(**MESHES["fsdp=4 x model=2"])
+  sharded = partitioner.partition(lambda *a: attention._per_shard(kernel, *a),
+                                  in_shardings=None, out_shardings=None)
+  np.testing.assert_allclose(sharded(q, k, v, bias, segments), whole, rtol=1e-5, atol=1e-6)
+  text = sharded.lower(q, k, v, bias, segments).as_text()
+  assert "shard_map" in text or "manual" in text.lower()
+
+
+def test_the_pallas_train_step_lowers_for_a_tpu_mesh():
+  """The train step with the Pallas kernel under fsdp x model lowers for TPU (read on this
+  host, not run): a Mosaic call per shard, which XLA would refuse to partition itself."""
+  from jax.experimental.pallas import tpu as pltpu
+  batches = lm_fixtures.batches(1)
+  partitioner = partitioning.Partitioner(**MESHES["fsdp=4 x model=2"])
+  model = lm_fixtures.tiny_model(attention_implementation="pallas")
+  trainer = trainer_lib.Trainer(model, partitioner)
+  abstract, _ = trainer.abstract_state(lm_fixtures.input_shapes(batches[0]))
+  shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), batches[0])
+  with pltpu.force_tpu_interpret_mode(None):   # the real kernel, not the CPU interpreter
+    text = trainer.lower_train_step(abstract, shapes, platforms=("tpu",)).as_text()
+  assert text.count("@tpu_custom_call") >= 3   # forward, and the two backward kernels
 
 
 def test_the_fsdp_axis_takes_the_remaining_devices_and_activations_stay_batch_sharded():

@@ -35,6 +35,22 @@ def test_relative_position_buckets_follow_t5():
       jnp.asarray(5), False, 32, 128)) == 0
 
 
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_relative_position_biases_are_the_table_at_each_pairs_bucket(bidirectional):
+  """The bias looked up by clipped distance equals table[head, bucket(key - query)] for
+  every pair, far pairs and decoding's offset queries included."""
+  module = relative_position.RelativePositionBiases(num_buckets=32, max_distance=40,
+                                                    num_heads=3, bidirectional=bidirectional)
+  queries, keys = jnp.arange(100, 103), jnp.arange(0, 300)   # distances up to +-300
+  variables = module.init(jax.random.key(0), queries, keys)
+  bias = np.asarray(module.apply(variables, queries, keys))
+  table = np.asarray(nn.meta.unbox(variables)["params"]["rel_embedding"])
+  buckets = np.asarray(relative_position.relative_position_bucket(
+      keys[None, :] - queries[:, None], bidirectional, 32, 40))
+  assert bias.shape == (1, 3, 3, 300)
+  np.testing.assert_allclose(bias[0], table[:, buckets], rtol=1e-6)
+
+
 def test_rotary_scores_depend_only_on_distance():
   rng = np.random.default_rng(0)
   q = jnp.asarray(rng.normal(size=(1, 1, 2, 8)), jnp.float32)
@@ -88,7 +104,7 @@ def _stack_layers(params, num_layers):
   return params
 
 
-@pytest.mark.parametrize("remat_policy", ["none", "full", "dots", "dots_no_batch"])
+@pytest.mark.parametrize("remat_policy", decoder_lm.REMAT_POLICIES)
 def test_scanned_and_rematerialised_layers_compute_the_same_function(batch, remat_policy):
   loop = lm_fixtures.tiny_model()
   params = init_params(loop, batch)
@@ -104,6 +120,23 @@ def test_scanned_and_rematerialised_layers_compute_the_same_function(batch, rema
   grads_loop = _stack_layers(dict(grads_loop), loop.config.num_layers)
   for a, b in zip(jax.tree.leaves(grads_scan), jax.tree.leaves(grads_loop)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("remat_policy, kept", [
+    ("save_qkv_proj", {"query_proj", "key_proj", "value_proj"}),
+    ("save_dot_except_mlp", {"query_proj", "key_proj", "value_proj", "out_proj"}),
+    ("full", set())])
+def test_named_remat_policies_keep_exactly_their_projections(batch, remat_policy, kept,
+                                                              capsys):
+  """What the backward pass reads back from a rematerialised layer: the named projections
+  the policy keeps, none of the others (the rest is recomputed)."""
+  model = lm_fixtures.tiny_model(remat_policy=remat_policy)  # unscanned: names stay visible
+  params = init_params(model, batch)
+  capsys.readouterr()
+  jax.ad_checkpoint.print_saved_residuals(lambda p: model.loss_fn(p, batch, None)[0], params)
+  residuals = capsys.readouterr().out
+  names = {"query_proj", "key_proj", "value_proj", "out_proj", "mlpwi", "mlpwo"}
+  assert {n for n in names if f"named '{n}'" in residuals} == kept
 
 
 def test_grouped_query_attention_equals_multi_head_with_shared_key_values(batch):
