@@ -11,7 +11,10 @@ on the same kind of 2-core CPU machine (as quoted by its comparison): 266 traini
 Each rate is also read against this machine's limit: model FLOP/s (PaLM's count per token:
 6 N + 12 L H Q T in training, 2 N + 2 L H Q T in cached sampling, N the parameters, T the
 length; the sampled token attends to T/2 positions on average) over the float32 matmul
-peak measured here (`matmul_peak_flops`: the best of square matmuls through XLA).
+peak measured here (`matmul_peak_flops`: the best of square matmuls through XLA). Cached
+sampling, which reads every weight once per step, is also read against the memory
+bandwidth measured here (`memory_bandwidth`): the bytes a step must read (float32 weights,
+plus each sequence's key/value cache) per token, over that rate.
 
 With --reference_python (a Python with torch and audiolm-pytorch, see
 benchmarks/audiolm_pytorch_speed.py), the reference is measured in the same run, right after
@@ -55,13 +58,16 @@ MLP_DIM = 1365
 # The reference's attention shares one key/value head across the 8 query heads
 # (multi-query); so does this side, through DecoderConfig.num_kv_heads.
 NUM_KV_HEADS = 1
+# jax.nn.dot_product_attention (XLA's attention): 1.25x the written-out einsum path's
+# training speed on the 2-core EPYC. Cached sampling runs the einsum path either way.
+ATTENTION = "xla"
 
 
 def make_model(dtype: str) -> lm_models.DecoderOnlyLMModel:
   config = decoder_lm.DecoderConfig(
       target_vocab_size=VOCAB, prefix_vocab_size=0, num_layers=6, num_heads=8, head_dim=64,
       emb_dim=512, mlp_dim=MLP_DIM, num_kv_heads=NUM_KV_HEADS, dropout_rate=0.0,
-      max_length=LENGTH, dtype=dtype)
+      max_length=LENGTH, dtype=dtype, attention_implementation=ATTENTION)
   return lm_models.DecoderOnlyLMModel(decoder_lm.DecoderOnlyLM(config), optax.adamw(1e-4))
 
 
@@ -100,6 +106,29 @@ def bench_sampling(model, batch_size: int, repeats: int) -> float:
   for i in range(repeats):
     jax.block_until_ready(sample(jax.random.key(2 + i)))
   return batch_size * LENGTH * repeats / (time.perf_counter() - start)
+
+
+def memory_bandwidth(mebibytes: int = 512, repeats: int = 10) -> float:
+  """Bytes/s of the fastest of `repeats` float32 sums over a `mebibytes` array (read once,
+  far larger than the caches): the rate at which a decoding step can read the weights."""
+  x = jnp.ones((mebibytes * 2**20 // 4,), jnp.float32)
+  total = jax.jit(jnp.sum)
+  jax.block_until_ready(total(x))
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(total(x))
+    best = min(best, time.perf_counter() - start)
+  return x.nbytes / best
+
+
+def sampling_bytes_per_step(model, params: int, batch: int) -> float:
+  """Bytes a cached decoding step must read: every float32 weight once (shared by the
+  batch) and, per sequence, the key/value cache up to the mean position T/2."""
+  config = model.module.config
+  kv_heads = config.num_kv_heads or config.num_heads
+  cache = batch * config.num_layers * 2 * kv_heads * config.head_dim * (LENGTH / 2) * 4
+  return 4 * params + cache
 
 
 def matmul_peak_flops(size: int = 2048, repeats: int = 10) -> float:
@@ -146,6 +175,9 @@ def main():
                       help="Python with torch + audiolm-pytorch: measure the reference too")
   args = parser.parse_args()
 
+  # The machine's limits, first (in one run they read up to 2x lower after the other
+  # measurements than before them) and again at the end; the best of the two is the limit.
+  limits = [(matmul_peak_flops(), memory_bandwidth())]
   model = make_model(args.dtype)
   results = {
       "train_tokens_per_s": bench_training(model, args.steps),
@@ -162,9 +194,15 @@ def main():
   params = sum(x.size for x in jax.tree.leaves(jax.eval_shape(
       lambda: model.get_initial_variables(jax.random.key(0),
                                           {"decoder_input_tokens": (1, LENGTH)})["params"])))
-  peak = matmul_peak_flops()
+  limits.append((matmul_peak_flops(), memory_bandwidth()))
+  peak, bandwidth = (max(values) for values in zip(*limits))
   per_token = model_flops_per_token(model, params)
   of_peak = {k: v * per_token[k] / peak for k, v in results.items()}
+  # Sampling against the memory limit: tokens/s x bytes per step / batch, over bandwidth.
+  of_bandwidth = {f"sample_tokens_per_s_batch{b}":
+                  results[f"sample_tokens_per_s_batch{b}"]
+                  * sampling_bytes_per_step(model, params, b) / b / bandwidth
+                  for b in (1, 8)}
   report = {"benchmark": "lm_speed", "size": {"d_model": 512, "layers": 6, "heads": 8,
                                               "mlp_dim": MLP_DIM,
                                               "num_kv_heads": NUM_KV_HEADS,
@@ -178,6 +216,11 @@ def main():
             "meets_target": {k: ratios[k] >= TARGET_RATIO[k] for k in ratios},
             "parameters": int(params), "model_flops_per_token": per_token,
             "matmul_peak_gflops": peak / 1e9, "fraction_of_matmul_peak": of_peak,
+            "memory_bandwidth_gb_per_s": bandwidth / 1e9,
+            "limits_before_and_after": [{"matmul_gflops": f / 1e9, "bandwidth_gb_per_s": b / 1e9}
+                                        for f, b in limits],
+            "sampling_fraction_of_bandwidth_limit": of_bandwidth,
+            "attention_implementation_training": ATTENTION,
             "date": time.strftime("%Y-%m-%d %H:%M:%S")}
   out = machine.save_result(report, "lm_speed", args.out or os.path.join(
       os.path.dirname(os.path.abspath(__file__)), "results",
@@ -186,6 +229,8 @@ def main():
     print(f"{name:30s} {value:10.1f}  ({ratios[name]:.2f}x reference, "
           f"target {TARGET_RATIO[name]:.0f}x; {of_peak[name]:.2f} of the matmul peak, "
           f"{peak / 1e9:.0f} GFLOP/s)")
+  for name, value in of_bandwidth.items():
+    print(f"{name:30s} {value:.2f} of the memory-bandwidth limit ({bandwidth / 1e9:.1f} GB/s)")
   print(f"-> {out}")
 
 
