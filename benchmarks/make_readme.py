@@ -165,6 +165,26 @@ def _proof_of_learning(report: dict) -> dict:
 
 
 SPECS: dict[str, Spec] = {
+    "acoustic_half": Spec(
+        script="acoustic_half.py",
+        caption="Held-out clips rendered link by link through the acoustic half: FAD "
+                "(musicnn MTT) to the real clips, and the tagger's named-instrument mean "
+                "AUC above 0.5 as a fraction of the codec's resynthesis.",
+        columns=(
+            Column("Held-out clips", "heldout_clips", "{:d}"),
+            Column("FAD real train / codec train / codec",
+                   ("renderings.real_train.fad.fad", "renderings.codec_train.fad.fad",
+                    "renderings.codec.fad.fad"), "{:.1f}"),
+            Column("FAD acoustic stages", "renderings.acoustic.fad.fad", "{:.1f}"),
+            Column("FAD gen. coarse + real fine / real coarse + gen. fine / real coarse only",
+                   ("renderings.generated_coarse_real_fine.fad.fad",
+                    "renderings.real_coarse_generated_fine.fad.fad",
+                    "renderings.real_coarse_only.fad.fad"), "{:.1f}"),
+            Column("Tagger vs codec: acoustic / gen. coarse / gen. fine",
+                   ("vs_codec.acoustic.tagger_vs_codec",
+                    "vs_codec.generated_coarse_real_fine.tagger_vs_codec",
+                    "vs_codec.real_coarse_generated_fine.tagger_vs_codec"), "{:.2f}"),
+        )),
     "codec_quality": Spec(
         script="codec_quality.py", derive=_codec_quality,
         caption="Held-out clips. Codec cells: its full / half bitrate (Codec kbps); Opus "
@@ -330,7 +350,8 @@ SPECS: dict[str, Spec] = {
                 "size (benchmarks/audiolm_pytorch_speed.py, measured in the same run, or "
                 "its quoted numbers where the file's reference.source says so); training, "
                 "and sampling at batch 1 and 8. Of peak: model FLOP/s over the float32 "
-                "matmul rate measured in the same run.",
+                "matmul rate measured in the same run; sampling also as bytes read per "
+                "token over the memory bandwidth measured in the same run.",
         columns=(
             Column("dtype", "dtype", "{}"),
             Column("Reference", "reference_kind", "{}"),
@@ -350,6 +371,11 @@ SPECS: dict[str, Spec] = {
                                                 "fraction_of_matmul_peak."
                                                 "sample_tokens_per_s_batch8"), "{:.2f}"),
             Column("Peak GFLOP/s", "matmul_peak_gflops", "{:.0f}"),
+            Column("Sampling of bandwidth limit: b1 / b8",
+                   ("sampling_fraction_of_bandwidth_limit.sample_tokens_per_s_batch1",
+                    "sampling_fraction_of_bandwidth_limit.sample_tokens_per_s_batch8"),
+                   "{:.2f}"),
+            Column("GB/s", "memory_bandwidth_gb_per_s", "{:.1f}"),
         )),
     "mulan_retrieval": Spec(
         script="mulan_retrieval.py",

@@ -75,13 +75,16 @@ def render(ensemble: str, tempo: str, template: int, rng: np.random.Generator) -
 
 def draw(ensembles: Sequence[str], count: int, rng: np.random.Generator,
          templates: Sequence[int] = tuple(range(len(TEMPLATES)))) -> List[Prompt]:
-  """`count` prompts, each a random ensemble of `ensembles`, tempo and template, in turn
-  over `templates` so each template is used count / len(templates) times."""
+  """`count` prompts: the ensembles balanced (each named count / len(ensembles) times,
+  +-1, in random order, so every instrument a judge can hear gets its share of prompts), a
+  random tempo, and the templates in turn (each used count / len(templates) times)."""
   if not ensembles:
     raise ValueError("no ensembles to prompt for")
+  rounds = -(-count // len(ensembles))
+  order = np.concatenate([rng.permutation(len(ensembles)) for _ in range(rounds)])
   out = []
   for i in range(count):
-    ensemble = ensembles[rng.integers(len(ensembles))]
+    ensemble = ensembles[order[i]]
     tempo = TEMPOS[rng.integers(len(TEMPOS))]
     template = templates[i % len(templates)]
     out.append(Prompt(ensemble, tempo, template, render(ensemble, tempo, template, rng)))

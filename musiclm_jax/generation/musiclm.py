@@ -287,7 +287,7 @@ class MusicLM:
       raise ValueError(f"semantic tokens must be cluster ids in [0, {lay.semantic_codes}), got "
                        f"[{semantic.min()}, {semantic.max()}]")
     ratio = lay.acoustic_rate // lay.semantic_rate
-    qc, qf = lay.coarse_levels, lay.acoustic_levels - lay.coarse_levels
+    qc = lay.coarse_levels
     semantic_total = semantic.shape[1]
     acoustic_total = semantic_total * ratio
     initial = {name: None for name in token_layout.STAGES}
@@ -295,8 +295,6 @@ class MusicLM:
       initial = self._initial_tokens(audio_prompt, batch, semantic_total)
     # The acoustic stages draw from their own stream (the semantic stage's is fold_in 0).
     rngs = iter(jax.random.split(jax.random.fold_in(jax.random.key(seed), 1), 10_000))
-    bar = lambda name, total: tqdm(total=total, desc=name, unit="frame",
-                                   disable=not show_progress)
     frames = lambda s: max(1, int(round(s * lay.semantic_rate)))
 
     def coarse_window(start, length, prompt, new):
@@ -307,23 +305,53 @@ class MusicLM:
       return tokens
 
     coarse_window_frames = frames(win.coarse_seconds)
-    with bar("coarse", semantic_total) as progress:
+    with tqdm(total=semantic_total, desc="coarse", unit="frame",
+              disable=not show_progress) as progress:
       coarse = generate_by_windows(
           semantic_total, coarse_window_frames, int(coarse_window_frames * win.overlap),
           ratio * qc, coarse_window, batch, progress, initial["coarse"])
 
+    coarse = coarse.reshape(batch, acoustic_total, qc) - np.arange(qc) * lay.acoustic_codes
+    fine = self._fine_tokens(coarse, rngs, sampling["fine"], initial["fine"], show_progress)
+    return np.concatenate([coarse, fine], axis=-1)
+
+  def generate_fine_tokens(self, coarse: np.ndarray, seed: int = 0,
+                           sampling: Optional[dict] = None,
+                           show_progress: bool = False) -> np.ndarray:
+    """The fine stage alone: fine tokens [B, T, acoustic_levels - coarse_levels] (level
+    ids) for given coarse tokens int32 [B, T, coarse_levels] (level ids, no offsets), e.g. a
+    real clip's from the codec: what the fine stage adds to them."""
+    lay = self.layout
+    coarse = np.asarray(coarse)
+    if coarse.ndim != 3 or coarse.shape[-1] != lay.coarse_levels or coarse.shape[1] < 1:
+      raise ValueError(f"coarse tokens must be [batch, frames >= 1, {lay.coarse_levels}], "
+                       f"got shape {coarse.shape}")
+    if coarse.min() < 0 or coarse.max() >= lay.acoustic_codes:
+      raise ValueError(f"coarse tokens must be level ids in [0, {lay.acoustic_codes}), got "
+                       f"[{coarse.min()}, {coarse.max()}]")
+    sampling = DEFAULT_SAMPLING | dict(sampling or {})
+    rngs = iter(jax.random.split(jax.random.fold_in(jax.random.key(seed), 2), 10_000))
+    return self._fine_tokens(coarse, rngs, sampling["fine"], None, show_progress)
+
+  def _fine_tokens(self, coarse: np.ndarray, rngs, sampling: Sampling,
+                   initial: Optional[np.ndarray], show_progress: bool) -> np.ndarray:
+    """Fine level ids [B, T, qf] for coarse level ids [B, T, qc], window by window; `initial`
+    (fine tokens with offsets, [B, n * qf]) are given first frames."""
+    from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+    lay, win = self.layout, self.windows
+    batch, total, qc = coarse.shape
+    qf = lay.acoustic_levels - qc
+    coarse = (coarse + np.arange(qc) * lay.acoustic_codes).reshape(batch, -1)
+
     def fine_window(start, length, prompt, new):
       prefix = coarse[:, start * qc:(start + length) * qc]
-      return self.fine.continue_tokens(prefix, prompt, new * qf, next(rngs), sampling["fine"])
+      return self.fine.continue_tokens(prefix, prompt, new * qf, next(rngs), sampling)
 
-    fine_window_frames = max(1, int(round(win.fine_seconds * lay.acoustic_rate)))
-    with bar("fine", acoustic_total) as progress:
-      fine = generate_by_windows(acoustic_total, fine_window_frames,
-                                 int(fine_window_frames * win.overlap), qf, fine_window, batch,
-                                 progress, initial["fine"])
-    coarse = coarse.reshape(batch, acoustic_total, qc) - np.arange(qc) * lay.acoustic_codes
-    fine = fine.reshape(batch, acoustic_total, qf) - np.arange(qf) * lay.acoustic_codes
-    return np.concatenate([coarse, fine], axis=-1)
+    frames = max(1, int(round(win.fine_seconds * lay.acoustic_rate)))
+    with tqdm(total=total, desc="fine", unit="frame", disable=not show_progress) as progress:
+      fine = generate_by_windows(total, frames, int(frames * win.overlap), qf, fine_window,
+                                 batch, progress, initial)
+    return fine.reshape(batch, total, qf) - np.arange(qf) * lay.acoustic_codes
 
   def _initial_tokens(self, audio_prompt: PromptTokens, batch: int, semantic_total: int
                       ) -> dict:

@@ -108,6 +108,24 @@ def test_acoustic_stages_alone_render_given_semantic_tokens(musiclm):
     musiclm.generate_acoustic_tokens(prompts, out_of_range, seed=0)
 
 
+def test_fine_stage_alone_keeps_the_given_coarse_tokens(musiclm):
+  """generate_fine_tokens adds the detail levels to given coarse tokens (e.g. a real
+  clip's), level ids in range, and depends on them."""
+  lay = musiclm.layout
+  whole = musiclm.generate_tokens(["calm piano", "fast drums"], 0.5, seed=0)
+  coarse = whole[..., :lay.coarse_levels]
+  fine = musiclm.generate_fine_tokens(coarse, seed=0)
+  assert fine.shape == whole.shape[:2] + (lay.acoustic_levels - lay.coarse_levels,)
+  assert fine.min() >= 0 and fine.max() < lay.acoustic_codes
+  np.testing.assert_array_equal(musiclm.generate_fine_tokens(coarse, seed=0), fine)
+  other = musiclm.generate_fine_tokens((coarse + 7) % lay.acoustic_codes, seed=0)
+  assert not np.array_equal(other, fine)
+  with pytest.raises(ValueError, match=r"coarse tokens must be \[batch, frames >= 1, 2\]"):
+    musiclm.generate_fine_tokens(coarse[..., 0], seed=0)
+  with pytest.raises(ValueError, match=r"level ids in \[0, \d+\)"):
+    musiclm.generate_fine_tokens(coarse + lay.acoustic_codes, seed=0)
+
+
 def test_story_mode_switches_the_conditioning_at_window_starts(musiclm):
   story = [musiclm_lib.TimedPrompt("calm piano", 0.0, 0.2),
            musiclm_lib.TimedPrompt("fast drums", 0.2, 1.0)]

@@ -1,5 +1,7 @@
 """Evaluation prompts: every ensemble and tempo, in wordings the captions never use."""
 
+import collections
+
 import numpy as np
 
 from musiclm_jax.evaluation import prompt_set, tag_adherence
@@ -19,6 +21,13 @@ def test_prompts_cover_every_template_and_avoid_the_caption_frames():
   reworded = [p for p in prompts if any(w in p.text for w in new_words)]
   assert len(reworded) > 0.5 * len(prompts)
   assert len({p.text for p in prompts}) > 0.8 * len(prompts)
+
+
+def test_every_ensemble_gets_its_share_of_prompts():
+  counts = collections.Counter(p.ensemble for p in prompt_set.draw(
+      ENSEMBLES, 50, np.random.default_rng(1)))
+  assert set(counts) == set(ENSEMBLES)
+  assert max(counts.values()) - min(counts.values()) <= 1
 
 
 def test_each_prompt_names_its_own_ensemble_and_tempo():

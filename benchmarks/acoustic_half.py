@@ -1,0 +1,140 @@
+r"""Where the acoustic half loses what the codec keeps: link by link, on held-out clips.
+
+  python benchmarks/acoustic_half.py --work_dir runs/long [--train_clips 240] [--out FILE]
+
+From a finished pipeline run (its bundle and dataset), every held-out clip is rendered
+several ways, each judged against the real held-out clips by two measures that fail
+differently:
+- FAD of musicnn MTT's penultimate layer (the distribution: timbre, texture, artefacts);
+- the tagger's named-instrument ROC AUCs against the clips' own captions
+  (`evaluation.tag_adherence`: content), summarised as the mean AUC above 0.5 over the
+  instruments the tagger hears on the real clips (AUC >= 0.75 at p < 0.01 there), as the
+  proof of learning does.
+
+Renderings:
+- `real_train`: real clips of the train split (--train_clips, drawn at random): the FAD
+  of independent real music of this set, the floor any generator could reach;
+- `codec_train`: SoundStream's resynthesis of those clips: the codec's floor with
+  independent clips (as generated ones are);
+- `codec`: the codec's resynthesis of the held-out clips themselves;
+- `acoustic`: the coarse and fine stages on the clips' real semantic tokens (and captions),
+  the library's default sampling;
+- `generated_coarse_real_fine`: the acoustic stages' coarse tokens with the clips' real
+  fine tokens (what the coarse stage costs);
+- `real_coarse_generated_fine`: the clips' real coarse tokens with the fine stage's
+  (`MusicLM.generate_fine_tokens`: what the fine stage costs);
+- `real_coarse_only`: the real coarse tokens with the fine levels at code 0 (what the
+  fine levels are worth).
+Writes benchmarks/results/acoustic_half_<backend>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+
+BATCH = 48
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--work_dir", required=True, help="a finished pipeline run")
+  parser.add_argument("--train_clips", type=int, default=240)
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--out", default=None)
+  args = parser.parse_args()
+  if args.train_clips < 2:
+    parser.error(f"--train_clips must be at least 2, got {args.train_clips}")
+
+  import machine
+  import proof_of_learning
+  from musiclm_jax.audio import io as audio_io
+  from musiclm_jax.evaluation import embedders, fad, tag_adherence
+  from musiclm_jax.generation import bundle as bundle_lib
+  from musiclm_jax.pipeline import recipe as recipe_lib
+  start = time.time()
+  recipe = recipe_lib.Recipe.load(args.work_dir)
+  musiclm = bundle_lib.load_bundle(recipe.path("bundle"))
+  codec, layout = musiclm.codec, musiclm.layout
+  at = lambda x, r, to: np.stack([audio_io.resample(c, r, to) for c in x])
+  train, rate, _, _, train_captions = proof_of_learning._split(recipe, "train")
+  test, _, _, _, captions = proof_of_learning._split(recipe, recipe.reference_split)
+  pick = np.random.default_rng(args.seed).choice(
+      len(train), min(args.train_clips, len(train)), replace=False)
+  train, train_captions = train[pick], [train_captions[i] for i in pick]
+  tagger = embedders.get("musicnn_mtt").tagger
+  read = lambda audio, r: tagger.embed_clips(at(audio, r, 16000),
+                                             outputs=("penultimate", "tags"))
+  reference = read(test, rate)
+  visible = tag_adherence.visible_instruments(
+      tag_adherence.tag_aucs(reference["tags"], captions),
+      proof_of_learning.TAGGER_AUC_TARGET, proof_of_learning.TAGGER_P_TARGET)["visible"]
+  in_batches = lambda fn, x: np.concatenate([fn(x[i:i + BATCH])
+                                             for i in range(0, len(x), BATCH)])
+  decode = lambda tokens: in_batches(codec.decode, tokens.astype(np.int32))
+  codec_rate = codec.config.sample_rate
+  renderings = {}
+
+  def judge(name, audio, audio_rate, texts):
+    clips = read(audio, audio_rate)
+    aucs = tag_adherence.tag_aucs(clips["tags"], texts)
+    renderings[name] = {
+        "clips": len(audio),
+        "fad": fad.fad(clips["penultimate"], reference["penultimate"], bootstrap=100),
+        "tagger_auc": {t: r["auc"] for t, r in aucs.items()},
+        "tagger_mean_excess": proof_of_learning._instrument_excess(aucs, visible)}
+    print(f"{name:28s} FAD {renderings[name]['fad']['fad']:6.2f}  tagger excess "
+          f"{renderings[name]['tagger_mean_excess']:.3f}  ({time.time() - start:.0f} s)",
+          flush=True)
+
+  judge("real_train", train, rate, train_captions)
+  train_at_codec = at(train, rate, codec_rate)
+  judge("codec_train", decode(in_batches(codec.encode, train_at_codec))
+        [:, :train_at_codec.shape[1]], codec_rate, train_captions)
+  held = at(test, rate, codec_rate)
+  real = np.asarray(in_batches(codec.encode, held)).astype(np.int32)  # [N, T, levels]
+  judge("codec", decode(real)[:, :held.shape[1]], codec_rate, captions)
+  semantic = musiclm.semantic_tokenizer.tokenize(
+      at(test, rate, musiclm.semantic_tokenizer.config.sample_rate))
+  frames = real.shape[1] * layout.semantic_rate // layout.acoustic_rate
+  semantic = semantic[:, :frames]
+  generated = np.concatenate([musiclm.generate_acoustic_tokens(
+      captions[i:i + BATCH], semantic[i:i + BATCH], seed=args.seed + i)
+                              for i in range(0, len(test), BATCH)])
+  length = min(generated.shape[1], real.shape[1])
+  generated, real = generated[:, :length], real[:, :length]
+  qc = layout.coarse_levels
+  judge("acoustic", decode(generated), codec_rate, captions)
+  judge("generated_coarse_real_fine",
+        decode(np.concatenate([generated[..., :qc], real[..., qc:]], -1)), codec_rate,
+        captions)
+  fine = in_batches(lambda c: musiclm.generate_fine_tokens(c, seed=args.seed), real[..., :qc])
+  judge("real_coarse_generated_fine",
+        decode(np.concatenate([real[..., :qc], fine], -1)), codec_rate, captions)
+  judge("real_coarse_only",
+        decode(np.concatenate([real[..., :qc], np.zeros_like(fine)], -1)), codec_rate,
+        captions)
+  floor = renderings["codec"]
+  ratios = {name: {"fad_vs_codec": r["fad"]["fad"] / floor["fad"]["fad"],
+                   "tagger_vs_codec": r["tagger_mean_excess"] / floor["tagger_mean_excess"]}
+            for name, r in renderings.items()}
+  report = {"benchmark": "acoustic_half", "work_dir": args.work_dir,
+            "recipe": {k: getattr(recipe, k) for k in ("size", "stage_steps",
+                                                       "extra_bindings", "codec_bundle")},
+            "heldout_clips": len(test), "train_clips": len(train),
+            "tagger_visible_instruments": visible, "renderings": renderings,
+            "vs_codec": ratios, "wall_seconds": time.time() - start,
+            "machine": machine.describe_jax()}
+  print(f"-> {machine.save_result(report, 'acoustic_half', args.out)}")
+
+
+if __name__ == "__main__":
+  main()
