@@ -16,7 +16,9 @@
 #      `benchmarks/codec_quality.py --bundle` here (Opus is not on that machine).
 #   3. CODEC_SPEED=1: SoundStream `paper` encode + decode speed; LM_MFU=1: paper-size stage
 #      LM train step throughput and MFU, with einsum attention, with cuDNN's fused one, and
-#      with cuDNN's and the chunked loss.
+#      with cuDNN's and the chunked loss; GEN_SPEED=1: a 30 s generation at paper size,
+#      batch 1, all three stages and the codec decoder (random weights: speed does not
+#      depend on training; target under 30 s).
 #      Their JSONs go into $OUT/results.tar.
 # Import the w2v-BERT export with `benchmarks/w2v_bert_learning.py import`, then run
 # `musiclm-jax semantic fit-kmeans` and benchmarks/semantic_quality.py on it.
@@ -109,5 +111,11 @@ if [ "${LM_MFU:-0}" = 1 ]; then
     --gin "DecoderConfig.attention_dropout_rate = 0.0" \
     --gin "DecoderOnlyLMModel.loss_chunk_length = 512" 2>&1 | grep -v "Path not found"
   tar rf "$OUT/results.tar" -C "$RESULTS" lm_mfu_cudnn_chunked_gpu.json
+fi
+if [ "${GEN_SPEED:-0}" = 1 ]; then
+  echo "== generation speed, paper, 30 s at batch 1"
+  timeout 300 python3 benchmarks/generation_speed.py --size paper --seconds 30 --batch 1 \
+    --out "$RESULTS/generation_speed_paper_gpu.json" 2>&1 | grep -v "Path not found"
+  tar rf "$OUT/results.tar" -C "$RESULTS" generation_speed_paper_gpu.json
 fi
 ls -la "$OUT" "$OUT/w2v" 2>&1
