@@ -61,7 +61,10 @@ def main() -> None:
   from musiclm_jax.generation import bundle as bundle_lib
   from musiclm_jax.pipeline import recipe as recipe_lib
   start = time.time()
-  recipe = recipe_lib.Recipe.load(args.work_dir)
+  try:
+    recipe = recipe_lib.Recipe.load(args.work_dir)
+  except (FileNotFoundError, ValueError) as e:
+    parser.error(f"--work_dir: {e}")
   musiclm = bundle_lib.load_bundle(recipe.path("bundle"))
   codec, layout = musiclm.codec, musiclm.layout
   at = lambda x, r, to: np.stack([audio_io.resample(c, r, to) for c in x])

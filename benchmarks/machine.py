@@ -38,7 +38,8 @@ def save_result(report: dict, name: str, out: str | None = None) -> str:
     import jax  # pylint: disable=g-import-not-at-top
     out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                        f"{name}_{jax.default_backend()}.json")
+  from musiclm_jax import atomic  # pylint: disable=g-import-not-at-top  (plain Python)
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  with open(out, "w", encoding="utf-8") as f:
-    json.dump(report, f, indent=1, default=float)
+  # Whole or not at all: an interrupted run never leaves half a results file.
+  atomic.atomic_write_text(out, json.dumps(report, indent=1, default=float))
   return out

@@ -17,9 +17,8 @@ for an f32 [.., L, L] buffer (L = prefix + targets = 2310). The fused kernels co
 on their chips, so the step with the Pallas kernel is lowered for TPU instead (StableHLO,
 what XLA:TPU would be given) and searched for [.., L, L] tensors of any type, beside the
 einsum step lowered the same way as the search's control. cuDNN's kernel cannot be traced
-without a GPU (JAX checks the cuDNN version at trace time).
-Each device count runs in its
-own process (XLA_FLAGS=--xla_force_host_platform_device_count=N).
+without a GPU (JAX checks the cuDNN version at trace time). Each device count runs in
+its own process (XLA_FLAGS=--xla_force_host_platform_device_count=N).
 Writes benchmarks/results/memory_layouts_cpu.json.
 """
 

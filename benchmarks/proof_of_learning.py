@@ -226,7 +226,10 @@ def main() -> None:
   from musiclm_jax.mulan import tokenizer as mulan_tokenizer
   from musiclm_jax.pipeline import recipe as recipe_lib
   start = time.time()
-  recipe = recipe_lib.Recipe.load(args.work_dir)
+  try:
+    recipe = recipe_lib.Recipe.load(args.work_dir)
+  except (FileNotFoundError, ValueError) as e:
+    parser.error(f"--work_dir: {e}")
   musiclm = bundle_lib.load_bundle(recipe.path("bundle"))
   mulan = musiclm.mulan
   at = lambda x, r, to: np.stack([audio_io.resample(c, r, to) for c in x])
