@@ -20,9 +20,7 @@ from musiclm_jax.layers import linear, rotary, sharding
 
 NEG_INF = -1e10
 # 'pallas': the TPU flash-attention kernel (jax.experimental.pallas.ops.tpu); on other
-# platforms it runs in Pallas's TPU interpret mode (tests only: slow; call it under jit, as
-# a train step does: run op by op, its callbacks deadlocked against the main thread's
-# dispatch on a 2-core CPU).
+# platforms Pallas interprets it (tests only) as plain JAX ops, block by block.
 IMPLEMENTATIONS = ("einsum", "xla", "cudnn", "pallas")
 PALLAS_BLOCK = 128  # the kernel's tile along the sequence; lengths are padded to it
 
@@ -178,16 +176,15 @@ class MultiHeadAttention(nn.Module):
     if pad and not self.causal:
       ids = jnp.broadcast_to((jnp.arange(padded) < length).astype(jnp.int32), (batch, padded))
       segments = tpu_flash.SegmentIds(q=ids, kv=ids)
-    block = min(PALLAS_BLOCK, padded)
-    sizes = tpu_flash.BlockSizes(
-        block_q=block, block_k_major=block, block_k=block, block_b=1,
-        block_q_major_dkv=block, block_k_major_dkv=block, block_k_dkv=block,
-        block_q_dkv=block, block_k_major_dq=block, block_k_dq=block, block_q_dq=block)
+    sizes = pallas_block_sizes(min(PALLAS_BLOCK, padded))
     if jax.default_backend() != "tpu":
-      # Pallas TPU kernels run nowhere else but in interpret mode; set globally, as the
-      # kernel's backward pass is traced after this call returns.
+      # Pallas TPU kernels run nowhere else but interpreted; set globally, as the kernel's
+      # backward pass is traced after this call returns. True selects Pallas's HLO
+      # interpreter (the grid as a loop of plain JAX ops), not the TPU simulator
+      # (InterpretParams), whose host callbacks deadlocked on a 2-core CPU and hung on 8
+      # simulated devices.
       from jax.experimental.pallas import tpu as pltpu  # pylint: disable=g-import-not-at-top
-      pltpu.set_tpu_interpret_mode()
+      pltpu.set_tpu_interpret_mode(True)
     kernel = lambda q, k, v, bias, segments: tpu_flash.flash_attention(
         q, k, v, bias, segments, causal=self.causal, sm_scale=1.0, block_sizes=sizes)
     out = _per_shard(kernel, q, k, v, bias, segments)
@@ -212,6 +209,16 @@ class MultiHeadAttention(nn.Module):
     cached_key.value = nn.with_logical_constraint(k, cache_axes)
     cached_value.value = nn.with_logical_constraint(v, cache_axes)
     return cached_key.value, cached_value.value
+
+
+def pallas_block_sizes(block: int):
+  """The TPU flash-attention kernel's tiles: `block` along the sequence for every pass
+  (forward, dK/dV, dQ), one example at a time."""
+  from jax.experimental.pallas.ops.tpu import flash_attention as tpu_flash  # pylint: disable=g-import-not-at-top
+  return tpu_flash.BlockSizes(
+      block_q=block, block_k_major=block, block_k=block, block_b=1,
+      block_q_major_dkv=block, block_k_major_dkv=block, block_k_dkv=block,
+      block_q_dkv=block, block_k_major_dq=block, block_k_dq=block, block_q_dq=block)
 
 
 def _per_shard(kernel, q, k, v, bias, segments):

@@ -68,18 +68,23 @@ def test_fsdp_trains_like_one_device_with_state_really_sharded(single, mesh):
 @pytest.mark.parametrize("causal", [True, False])
 def test_attention_kernels_run_per_shard_of_batch_and_heads(causal):
   """XLA cannot partition a Mosaic kernel, so the layer calls it per device (shard_map over
-  the batch and heads the logical rules split). With the kernel's plain-JAX reference in its
-  place (the interpreter cannot run on 8 simulated devices), the sharded call equals the
-  whole one, bias and segment ids included."""
+  the batch and heads the logical rules split). The sharded kernel (interpreted on this
+  host) equals the whole one and the plain-JAX reference, bias and segment ids included."""
   from jax.experimental.pallas.ops.tpu import flash_attention as tpu_flash
   from musiclm_jax.layers import attention
   rng = np.random.default_rng(0)
-  q, k, v = (jnp.asarray(rng.normal(size=(4, 2, 32, 8)), jnp.float32) for _ in range(3))
-  bias = jnp.asarray(rng.normal(size=(4, 2, 32, 32)), jnp.float32)
-  ids = jnp.asarray(np.arange(32)[None].repeat(4, 0) < 28, jnp.int32)
+  length = attention.PALLAS_BLOCK   # the kernel's smallest sequence with segment ids
+  q, k, v = (jnp.asarray(rng.normal(size=(4, 2, length, 8)), jnp.float32) for _ in range(3))
+  bias = jnp.asarray(rng.normal(size=(4, 2, length, length)), jnp.float32)
+  ids = jnp.asarray(np.arange(length)[None].repeat(4, 0) < length - 4, jnp.int32)
   segments = None if causal else tpu_flash.SegmentIds(q=ids, kv=ids)
-  kernel = lambda *args: tpu_flash.mha_reference(*args, causal=causal)
-  whole = kernel(q, k, v, bias, segments)
+  kernel = lambda *args: tpu_flash.flash_attention(*args, causal=causal, sm_scale=1.0,
+                                                   block_sizes=attention.pallas_block_sizes(length))
+  from jax.experimental.pallas import tpu as pltpu
+  pltpu.set_tpu_interpret_mode(True)   # as attention.py does on a host without a TPU
+  whole = jax.jit(kernel)(q, k, v, bias, segments)
+  reference = tpu_flash.mha_reference(q, k, v, bias, segments, causal=causal, sm_scale=1.0)
+  np.testing.assert_allclose(whole, reference, rtol=1e-5, atol=1e-5)
   partitioner = partitioning.Partitioner(**MESHES["fsdp=4 x model=2"])
   sharded = partitioner.partition(lambda *a: attention._per_shard(kernel, *a),
                                   in_shardings=None, out_shardings=None)

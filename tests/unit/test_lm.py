@@ -164,8 +164,7 @@ def test_library_attention_computes_the_same_function(batch, overrides, implemen
   einsum = lm_fixtures.tiny_model(**overrides)
   library = lm_fixtures.tiny_model(attention_implementation=implementation, **overrides)
   params = init_params(einsum, batch)
-  # Under jit, as training runs it: Pallas's interpret mode, run op by op, deadlocked its
-  # callbacks against the main thread's dispatch on a 2-core CPU.
+  # Under jit, as training runs it.
   grad = lambda m: jax.jit(jax.value_and_grad(lambda q: m.loss_fn(q, batch, None)[0]))(params)
   (loss_a, grads_a), (loss_b, grads_b) = grad(einsum), grad(library)
   np.testing.assert_allclose(float(loss_b), float(loss_a), rtol=1e-6)
@@ -243,7 +242,7 @@ def test_chunked_loss_equals_the_plain_loss_and_gradients(batch, chunk):
 def test_cached_decoding_matches_the_pallas_kernel_forward(batch):
   """Decoding (its cache takes the einsum path) fed the targets one at a time gives the
   logits of one full forward through the Pallas kernel. (The decoding tests' per-step
-  full recomputation is too slow for Pallas's interpret mode.)"""
+  full recomputation is too slow for the interpreted kernel.)"""
   model = lm_fixtures.tiny_model(attention_implementation="pallas")
   params = init_params(model, batch)
   tokens, prefix = batch["decoder_input_tokens"][:, :8], batch["prefix_tokens"]
