@@ -164,6 +164,14 @@ def _proof_of_learning(report: dict) -> dict:
       "acoustic_vs_codec": targets.get("acoustic_vs_codec_probe")}}
 
 
+def _semantic_in_time(report: dict) -> dict:
+  """One cell for every run compared in the file."""
+  return {"summary": "; ".join(
+      f"{label}: {r['clusters']}, {r['mean_run_seconds']:.2f} s, "
+      f"{r['coarse_excess_bits']:.2f}, {r['melody_excess_bits']:.2f}"
+      for label, r in report["runs"].items())}
+
+
 SPECS: dict[str, Spec] = {
     "acoustic_half": Spec(
         script="acoustic_half.py",
@@ -420,6 +428,16 @@ SPECS: dict[str, Spec] = {
             Column("FAD", "row.fad.fad", "{:.1f}"),
             Column("FAD floor", "fad_musicnn_to_heldout_real.codec_resynthesis_floor.fad",
                    "{:.1f}"),
+        )),
+    "semantic_in_time": Spec(
+        script="semantic_in_time.py", derive=_semantic_in_time,
+        caption="Held-out clips: whether a run's semantic tokens follow the music in time "
+                "(the mean run of one token; bits shared with the codec's coarse codes at "
+                "the same frame, and within each clip with the frame's chroma, each above "
+                "its shuffled control).",
+        columns=(
+            Column("Held-out clips", "clips", "{:d}"),
+            Column("Run: clusters, mean run, coarse bits, melody bits", "summary", str),
         )),
     "semantic_quality": Spec(
         script="semantic_quality.py",

@@ -25,14 +25,15 @@ def import_configurables() -> None:
   from musiclm_jax.training import checkpoints, data, optimizers, partitioning, trainer  # noqa
 
 
-def query_macros(gin_file: str, names: Sequence[str]) -> dict:
-  """The values of macros (e.g. 'SEMANTIC_CLUSTERS') a gin file sets, read in a fresh gin
-  config that is cleared again afterwards (callers' live bindings are lost: call this
-  before building anything from gin, or in a process of its own)."""
+def query_macros(gin_file: str, names: Sequence[str], bindings: Sequence[str] = ()) -> dict:
+  """The values of macros (e.g. 'SEMANTIC_CLUSTERS') a gin file sets, `bindings` applied
+  after it, read in a fresh gin config that is cleared again afterwards (callers' live
+  bindings are lost: call this before building anything from gin, or in a process of its
+  own)."""
   gin.clear_config()
   try:
     import_configurables()
-    gin_config.parse_gin_flags([gin_file], finalize=False)
+    gin_config.parse_gin_flags([gin_file], bindings, finalize=False)
     return {name: gin.query_parameter(f"%{name}") for name in names}
   finally:
     gin.clear_config()

@@ -41,7 +41,8 @@ def parser() -> argparse.ArgumentParser:
     gin_config.parse_gin_flags(args.gin_file, args.gin_bindings, finalize=False)
     recipe = recipe_lib.Recipe()
     gin.clear_config()
-    steps = recipe_lib.build_steps(recipe, recipe_lib.size_settings(recipe.size))
+    steps = recipe_lib.build_steps(recipe, recipe_lib.size_settings(recipe.size,
+                                                                   recipe.extra_bindings))
     split = lambda text: [s for s in text.split(",") if s]
     names = [step.name for step in steps]
     for flag, value in (("--only", args.only), ("--redo", args.redo)):

@@ -130,7 +130,7 @@ def _train_step(recipe: Recipe, part: str, what: str, gin_files: Sequence[str], 
                 bindings: Sequence[str], inputs: Sequence[str]) -> steps_lib.Step:
   """A training run of `part` into runs/<part> (with the recipe's extra bindings for it),
   reading the outputs of the steps named in `inputs`."""
-  extra = [b.split(":", 1)[1] for b in recipe.extra_bindings if b.split(":", 1)[0] == part]
+  extra = part_bindings(recipe.extra_bindings, part)
   model_dir = recipe.path("runs", part)
   flags = [f"--gin_file={f}" for f in gin_files]
   flags += [f"--gin.MODEL_DIR='{model_dir}'", f"--gin.TRAIN_STEPS={steps}"]
@@ -141,14 +141,22 @@ def _train_step(recipe: Recipe, part: str, what: str, gin_files: Sequence[str], 
                         inputs=inputs, run_dir=model_dir)
 
 
-def size_settings(size: str) -> dict:
+def part_bindings(extra_bindings: Sequence[str], part: str) -> List[str]:
+  """The bindings a recipe's 'part:binding' entries give `part` (e.g. 'coarse')."""
+  return [b.split(":", 1)[1] for b in extra_bindings if b.split(":", 1)[0] == part]
+
+
+def size_settings(size: str, extra_bindings: Sequence[str] = ()) -> dict:
   """The tokenizer settings a size's gin files fix (k-means layer and clusters, MuLan RVQ
-  levels and codes). Clears gin: call before anything else is configured."""
+  levels and codes), with a recipe's `extra_bindings` for w2v_bert and mulan applied (e.g.
+  'w2v_bert:SEMANTIC_CLUSTERS=64'). Clears gin: call before anything else is configured."""
   from musiclm_jax import configurables  # pylint: disable=g-import-not-at-top
   return {**configurables.query_macros(f"w2v_bert/{size}.gin",
-                                   ["SEMANTIC_LAYER", "SEMANTIC_CLUSTERS"]),
+                                       ["SEMANTIC_LAYER", "SEMANTIC_CLUSTERS"],
+                                       part_bindings(extra_bindings, "w2v_bert")),
           **configurables.query_macros(f"mulan/{size}.gin",
-                                   ["MULAN_RVQ_LEVELS", "MULAN_RVQ_CODES"])}
+                                       ["MULAN_RVQ_LEVELS", "MULAN_RVQ_CODES"],
+                                       part_bindings(extra_bindings, "mulan"))}
 
 
 def copy_codec(bundle: str, codec_dir: str) -> None:
@@ -180,7 +188,7 @@ def _codec_steps(r: Recipe, dataset: str, data_dir: str, codec_dir: str
 
 
 def build_steps(recipe: Recipe, sizes: dict) -> List[steps_lib.Step]:
-  """The job's steps in order; sizes: `size_settings(recipe.size)`."""
+  """The job's steps in order; sizes: `size_settings(recipe.size, recipe.extra_bindings)`."""
   from musiclm_jax.pipeline import report  # pylint: disable=g-import-not-at-top
   r, size = recipe, recipe.size
   dataset = f"AUDIO_DATASET='{r.tfds_name}:1.0.0'"

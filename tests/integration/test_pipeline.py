@@ -201,7 +201,7 @@ def test_every_recipe_uses_existing_configs(recipe_file, tmp_path):
   gin.clear_config()
   size = recipe.size
   assert size in ("tiny", "small", "paper")
-  settings = recipe_lib.size_settings(size)
+  settings = recipe_lib.size_settings(size, recipe.extra_bindings)
   steps = recipe_lib.build_steps(recipe, settings)
   names = [s.name for s in steps]
   assert names[:2] == ["data", "clips"] and names[-3:] == ["generate", "evaluate", "report"]
