@@ -123,9 +123,12 @@ def main() -> None:
   for arg in args.work_dir:
     label, _, work_dir = arg.rpartition("=")
     try:
-      recipes.append(recipe_lib.Recipe.load(work_dir))
+      recipe = recipe_lib.Recipe.load(work_dir)
     except (FileNotFoundError, ValueError) as e:
       parser.error(f"--work_dir: {e}")
+    if not os.path.isfile(recipe.path("bundle", "manifest.json")):
+      parser.error(f"--work_dir {work_dir}: no exported bundle (run its export step)")
+    recipes.append(recipe)
     labels.append(label or os.path.basename(os.path.normpath(work_dir)))
   clips, rate, _, _, _ = proof_of_learning._split(recipes[0], recipes[0].reference_split)
   clips = clips[:args.clips]
@@ -135,8 +138,9 @@ def main() -> None:
   for arg in args.tokenizer:
     label, _, paths = arg.partition("=")
     model_dir, _, centroids = paths.rpartition(":")
-    if not (label and model_dir and os.path.isfile(centroids)):
-      parser.error(f"--tokenizer {arg!r}: give LABEL=W2V_RUN:CENTROIDS.npz (an existing file)")
+    if not (label and os.path.isdir(model_dir) and os.path.isfile(centroids)):
+      parser.error(f"--tokenizer {arg!r}: give LABEL=W2V_RUN:CENTROIDS.npz (an existing "
+                   "run folder and file)")
     extra.append((label, model_dir, centroids))
   first = None
 
