@@ -23,8 +23,12 @@ Renderings:
   fine tokens (what the coarse stage costs);
 - `real_coarse_generated_fine`: the clips' real coarse tokens with the fine stage's
   (`MusicLM.generate_fine_tokens`: what the fine stage costs);
-- `real_coarse_only`: the real coarse tokens with the fine levels at code 0 (what the
-  fine levels are worth).
+- `real_coarse_only`: the real coarse tokens decoded alone (what the fine levels are worth;
+  the codec trains with quantizer dropout, so it decodes any first levels);
+- `acoustic_coarse_only`: the coarse stage's tokens decoded alone (whether the fine stage
+  helps the tokens it is really given);
+- `codec_levels_<k>`: the real tokens' first k levels decoded, k = 1 .. levels - 1 (what a
+  perfect stage modelling k levels would reach).
 Writes benchmarks/results/acoustic_half_<backend>.json.
 """
 
@@ -122,9 +126,10 @@ def main() -> None:
   fine = in_batches(lambda c: musiclm.generate_fine_tokens(c, seed=args.seed), real[..., :qc])
   judge("real_coarse_generated_fine",
         decode(np.concatenate([real[..., :qc], fine], -1)), codec_rate, captions)
-  judge("real_coarse_only",
-        decode(np.concatenate([real[..., :qc], np.zeros_like(fine)], -1)), codec_rate,
-        captions)
+  judge("real_coarse_only", decode(real[..., :qc]), codec_rate, captions)
+  judge("acoustic_coarse_only", decode(generated[..., :qc]), codec_rate, captions)
+  for k in range(1, layout.acoustic_levels):
+    judge(f"codec_levels_{k}", decode(real[..., :k]), codec_rate, captions)
   floor = renderings["codec"]
   ratios = {name: {"fad_vs_codec": r["fad"]["fad"] / floor["fad"]["fad"],
                    "tagger_vs_codec": r["tagger_mean_excess"] / floor["tagger_mean_excess"]}

@@ -13,7 +13,7 @@ clip --out is the WAV; with several it is a folder of NNN_sampleK.wav. Sampling:
 musiclm.DEFAULT_SAMPLING (docs/stages_and_generation.md says how it was chosen), or
 --temperature / --top_k for every stage, or per stage (--semantic_temperature, ...);
 --guidance_scale sets classifier-free guidance of the text-conditioned stages,
---no_guidance turns it off.
+--no_guidance turns it off; --no_fine_stage decodes the coarse levels alone.
 --audio_prompt continues a recording (any format, rate and channels): the output starts
 with it and lasts --seconds in all; without --prompt the music is conditioned on the
 recording's own MuLan tokens.
@@ -63,6 +63,8 @@ def _sampling(args):
         top_k=default.top_k if top_k is None else top_k, top_p=default.top_p,
         # Guidance needs a text-conditioned stage: the fine stage reads coarse tokens only.
         guidance_scale=None if args.no_guidance or stage == "fine" else guidance)
+  if args.no_fine_stage:
+    out["fine"] = musiclm_lib.NO_FINE_STAGE
   return out
 
 
@@ -135,6 +137,9 @@ def parser() -> argparse.ArgumentParser:
                       "musiclm.DEFAULT_SAMPLING's)")
   p.add_argument("--no_guidance", action="store_true",
                  help="no classifier-free guidance (one pass per step, not two)")
+  p.add_argument("--no_fine_stage", action="store_true",
+                 help="decode the coarse levels alone (the codec trains with quantizer "
+                      "dropout): for a fine stage that adds noise, not detail")
   for stage in ("semantic", "coarse", "fine"):
     p.add_argument(f"--{stage}_temperature", type=float, default=None)
     p.add_argument(f"--{stage}_top_k", type=int, default=None)

@@ -59,6 +59,11 @@ PAPER_SAMPLING = {"semantic": Sampling(temperature=1.0), "coarse": Sampling(temp
 # two stages (docs/stages_and_generation.md).
 _GUIDED = Sampling(temperature=1.0, top_k=250, guidance_scale=3.0)
 DEFAULT_SAMPLING = {"semantic": _GUIDED, "coarse": _GUIDED, "fine": PAPER_SAMPLING["fine"]}
+# `sampling["fine"] = NO_FINE_STAGE` skips the fine stage: the coarse levels are decoded
+# alone, which the codec allows because it trains with quantizer dropout. A fine stage that
+# has learnt little adds a residual that is mostly noise; benchmarks/acoustic_half.py
+# measures whether it helps (docs/stages_and_generation.md).
+NO_FINE_STAGE = None
 
 
 @dataclasses.dataclass
@@ -255,7 +260,8 @@ class MusicLM:
                       seconds: float, seed: int = 0, sampling: Optional[dict] = None,
                       show_progress: bool = False,
                       audio_prompt: Optional[PromptTokens] = None) -> np.ndarray:
-    """Acoustic tokens [B, frames, levels] (level ids, no offsets) for the prompts.
+    """Acoustic tokens [B, frames, levels] (level ids, no offsets) for the prompts
+    ([B, frames, coarse_levels] with `sampling["fine"]` NO_FINE_STAGE).
 
     With `audio_prompt` (B rows, from `tokenize_prompt`) the tokens start with the prompt's
     and continue it; a prompt None is conditioned on the audio prompt's MuLan tokens.
@@ -273,7 +279,8 @@ class MusicLM:
     offsets) for given semantic tokens int32 [B, S] (cluster ids), e.g. a real clip's from
     the semantic tokenizer: what the coarse and fine stages make of them. Given the tokens
     `generate_semantic_tokens` returns for the same arguments, it returns what
-    `generate_tokens` does."""
+    `generate_tokens` does. With `sampling["fine"]` NO_FINE_STAGE: the coarse tokens only,
+    [B, S * ratio, coarse_levels], the same as the first levels with the fine stage."""
     from tqdm import tqdm  # pylint: disable=g-import-not-at-top
     lay, win = self.layout, self.windows
     sampling = DEFAULT_SAMPLING | dict(sampling or {})
@@ -312,6 +319,8 @@ class MusicLM:
           ratio * qc, coarse_window, batch, progress, initial["coarse"])
 
     coarse = coarse.reshape(batch, acoustic_total, qc) - np.arange(qc) * lay.acoustic_codes
+    if sampling["fine"] is NO_FINE_STAGE:
+      return coarse
     fine = self._fine_tokens(coarse, rngs, sampling["fine"], initial["fine"], show_progress)
     return np.concatenate([coarse, fine], axis=-1)
 
@@ -330,6 +339,8 @@ class MusicLM:
       raise ValueError(f"coarse tokens must be level ids in [0, {lay.acoustic_codes}), got "
                        f"[{coarse.min()}, {coarse.max()}]")
     sampling = DEFAULT_SAMPLING | dict(sampling or {})
+    if sampling["fine"] is NO_FINE_STAGE:
+      raise ValueError("generate_fine_tokens runs the fine stage: give it a fine Sampling")
     rngs = iter(jax.random.split(jax.random.fold_in(jax.random.key(seed), 2), 10_000))
     return self._fine_tokens(coarse, rngs, sampling["fine"], None, show_progress)
 

@@ -126,6 +126,25 @@ def test_fine_stage_alone_keeps_the_given_coarse_tokens(musiclm):
     musiclm.generate_fine_tokens(coarse + lay.acoustic_codes, seed=0)
 
 
+def test_without_the_fine_stage_the_coarse_levels_are_decoded_alone(musiclm, monkeypatch):
+  """NO_FINE_STAGE returns the coarse levels the whole chain would have made, and the
+  codec decodes those levels alone."""
+  prompts, qc = ["calm piano", "fast drums"], musiclm.layout.coarse_levels
+  skip = {"fine": musiclm_lib.NO_FINE_STAGE}
+  whole = musiclm.generate_tokens(prompts, 0.5, seed=0)
+  coarse = musiclm.generate_tokens(prompts, 0.5, seed=0, sampling=skip)
+  assert coarse.shape == whole.shape[:2] + (qc,)
+  np.testing.assert_array_equal(coarse, whole[..., :qc])
+  decoded, decode = [], musiclm.codec.decode
+  monkeypatch.setattr(musiclm.codec, "decode",
+                      lambda codes: (decoded.append(np.array(codes)), decode(codes))[1])
+  wave = musiclm.generate(prompts, 0.5, seed=0, sampling=skip)
+  np.testing.assert_array_equal(decoded[0], coarse)
+  assert wave.shape == (2, int(0.5 * musiclm.sample_rate)) and np.all(np.isfinite(wave))
+  with pytest.raises(ValueError, match="give it a fine Sampling"):
+    musiclm.generate_fine_tokens(coarse, seed=0, sampling=skip)
+
+
 def test_story_mode_switches_the_conditioning_at_window_starts(musiclm):
   story = [musiclm_lib.TimedPrompt("calm piano", 0.0, 0.2),
            musiclm_lib.TimedPrompt("fast drums", 0.2, 1.0)]

@@ -23,6 +23,13 @@ def test_flags_override_every_stage_or_one_and_guidance_stays_off_the_fine_stage
   assert {s.guidance_scale for s in sampling("--no_guidance").values()} == {None}
 
 
+def test_no_fine_stage_leaves_the_other_stages_at_their_defaults():
+  out = sampling("--no_fine_stage")
+  assert out["fine"] is musiclm.NO_FINE_STAGE
+  assert (out["semantic"], out["coarse"]) == (musiclm.DEFAULT_SAMPLING["semantic"],
+                                              musiclm.DEFAULT_SAMPLING["coarse"])
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--top_k", "-3"], "top_k must be >= 0"),
     (["--fine_temperature", "-1"], "temperature must be >= 0"),
