@@ -79,6 +79,10 @@ def _samplings():
                "coarse": musiclm_lib.Sampling(paper["coarse"].temperature,
                                               guidance_scale=3.0),
                "fine": paper["fine"]},
+      # The default with the coarse levels decoded alone (docs/stages_and_generation.md:
+      # at the tiny size the fine stage's residual is mostly noise).
+      "cfg3_topk250_no_fine": {"semantic": guided, "coarse": guided,
+                               "fine": musiclm_lib.NO_FINE_STAGE},
   }
 
 
@@ -200,7 +204,7 @@ def main() -> None:
   parser.add_argument("--seconds", type=float, default=8.0)
   parser.add_argument("--samplings", default="paper,cfg3_topk250",
                       help="comma-separated sampling settings to compare (of: "
-                           "paper, cfg3_topk250, cfg3)")
+                           "paper, cfg3_topk250, cfg3, cfg3_topk250_no_fine)")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--clips_dir", default=None,
                       help="also write the first 8 clips of each setting (prompts and "
@@ -297,7 +301,8 @@ def main() -> None:
 
   settings = {}
   for name, sampling in samplings.items():
-    setting = {"sampling": {stage: vars(s) for stage, s in sampling.items()}}
+    setting = {"sampling": {stage: None if s is None else vars(s)
+                            for stage, s in sampling.items()}}
     for kind, texts in (("conditioned", prompts), ("shuffled_prompts", shuffled)):
       audio = generated(texts, sampling)
       if args.clips_dir:
