@@ -64,6 +64,11 @@ def _sampling(args):
         # Guidance needs a text-conditioned stage: the fine stage reads coarse tokens only.
         guidance_scale=None if args.no_guidance or stage == "fine" else guidance)
   if args.no_fine_stage:
+    given = [f"--fine_{name}" for name in ("temperature", "top_k")
+             if getattr(args, f"fine_{name}") is not None]
+    if given:
+      raise ValueError(f"--no_fine_stage skips the fine stage: {', '.join(given)} has "
+                       "nothing to set")
     out["fine"] = musiclm_lib.NO_FINE_STAGE
   return out
 

@@ -33,7 +33,9 @@ def test_no_fine_stage_leaves_the_other_stages_at_their_defaults():
 @pytest.mark.parametrize("flags, message", [
     (["--top_k", "-3"], "top_k must be >= 0"),
     (["--fine_temperature", "-1"], "temperature must be >= 0"),
-    (["--guidance_scale", "-2"], "guidance_scale must be >= 0")])
+    (["--guidance_scale", "-2"], "guidance_scale must be >= 0"),
+    (["--no_fine_stage", "--fine_temperature", "0.3"],
+     "--no_fine_stage skips the fine stage: --fine_temperature has nothing to set")])
 def test_bad_sampling_values_are_named(flags, message):
   with pytest.raises(ValueError, match=message):
     sampling(*flags)
