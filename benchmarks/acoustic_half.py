@@ -18,7 +18,8 @@ Renderings:
   independent clips (as generated ones are);
 - `codec`: the codec's resynthesis of the held-out clips themselves;
 - `acoustic`: the coarse and fine stages on the clips' real semantic tokens (and captions),
-  the library's default sampling;
+  the bundle's default sampling with the fine stage run (DEFAULT_SAMPLING's where the
+  bundle skips it);
 - `generated_coarse_real_fine`: the acoustic stages' coarse tokens with the clips' real
   fine tokens (what the coarse stage costs);
 - `real_coarse_generated_fine`: the clips' real coarse tokens with the fine stage's
@@ -63,6 +64,7 @@ def main() -> None:
   from musiclm_jax.audio import io as audio_io
   from musiclm_jax.evaluation import embedders, fad, tag_adherence
   from musiclm_jax.generation import bundle as bundle_lib
+  from musiclm_jax.generation import musiclm as musiclm_lib
   from musiclm_jax.pipeline import recipe as recipe_lib
   start = time.time()
   try:
@@ -113,8 +115,11 @@ def main() -> None:
       at(test, rate, musiclm.semantic_tokenizer.config.sample_rate))
   frames = real.shape[1] * layout.semantic_rate // layout.acoustic_rate
   semantic = semantic[:, :frames]
+  # The fine stage run, also where the bundle skips it by default.
+  both_stages = {"fine": (musiclm.default_sampling["fine"]
+                         or musiclm_lib.DEFAULT_SAMPLING["fine"])}
   generated = np.concatenate([musiclm.generate_acoustic_tokens(
-      captions[i:i + BATCH], semantic[i:i + BATCH], seed=args.seed + i)
+      captions[i:i + BATCH], semantic[i:i + BATCH], seed=args.seed + i, sampling=both_stages)
                               for i in range(0, len(test), BATCH)])
   length = min(generated.shape[1], real.shape[1])
   generated, real = generated[:, :length], real[:, :length]

@@ -1,9 +1,10 @@
 """Inference bundles: everything `MusicLM` needs, in one folder, checked on load.
 
   BUNDLE/
-    manifest.json          format, token layout, windows, parameter dtype, and for every
-                           file its size and SHA-256, for every parameter its shape/dtype;
-                           the codec's provenance where its bundle had one
+    manifest.json          format, token layout, windows, parameter dtype, the model's
+                           default sampling per stage (null: the fine stage skipped), and
+                           for every file its size and SHA-256, for every parameter its
+                           shape/dtype; the codec's provenance where its bundle had one
     mulan/                 config.json, params/ (Orbax), rvq.npz, text/ (tokenizer files)
     semantic_tokenizer/    config.json (w2v-BERT + layer), params/ (Orbax), centroids.npz
     codec/                 config.json, params/ (Orbax: generator params + codebooks)
@@ -131,7 +132,9 @@ def save_bundle(musiclm, path: str, dtype: str = "float32") -> None:
         rel = os.path.relpath(full, tmp)
         files[rel] = {"sha256": _sha256(full), "bytes": os.path.getsize(full)}
     manifest = {"format": FORMAT, "dtype": dtype, "layout": _to_json(musiclm.layout),
-                "windows": _to_json(musiclm.windows), "files": files}
+                "windows": _to_json(musiclm.windows), "files": files,
+                "sampling": {stage: None if s is None else _to_json(s)
+                             for stage, s in musiclm.default_sampling.items()}}
     if codec.provenance is not None:   # how the codec was trained (its bundle's record)
       manifest["provenance"] = {"codec": codec.provenance}
     with open(os.path.join(tmp, MANIFEST), "w", encoding="utf-8") as f:
@@ -207,6 +210,7 @@ def load_bundle(path: str):
 
   layout = _from_json(token_layout.TokenLayout, manifest["layout"], MANIFEST)
   windows = _from_json(musiclm_lib.Windows, manifest["windows"], MANIFEST)
+  sampling = _default_sampling(manifest.get("sampling", {}), os.path.join(path, MANIFEST))
 
   mulan_config, _ = config_of("mulan", mulan_model.MuLanConfig)
   mulan_config = dataclasses.replace(mulan_config, text_folder=os.path.join(part("mulan"), "text"))
@@ -232,4 +236,23 @@ def load_bundle(path: str):
     params = params_of(name, decoder_lm.abstract_params(config))
     stage_lms.append(musiclm_lib.StageLM(model, params))
   return musiclm_lib.MusicLM(layout, mulan, *stage_lms, codec, windows,
-                          semantic_tokenizer=semantic_tok)
+                             semantic_tokenizer=semantic_tok, default_sampling=sampling)
+
+
+def _default_sampling(values: Mapping[str, Any], source: str) -> Dict[str, Any]:
+  """The manifest's {stage: Sampling fields or null} -> {stage: Sampling or NO_FINE_STAGE}
+  (a bundle written before it recorded sampling: {}, the library's defaults)."""
+  from musiclm_jax.generation import musiclm as musiclm_lib  # pylint: disable=g-import-not-at-top
+  if not isinstance(values, Mapping):
+    raise BundleError(f"{source}: sampling must be an object, got {values!r}")
+  sampling = {}
+  for stage, fields in values.items():
+    where = f"{source} sampling[{stage!r}]"
+    if fields is not None and not isinstance(fields, Mapping):
+      raise BundleError(f"{where} must be an object or null, got {fields!r}")
+    sampling[stage] = (musiclm_lib.NO_FINE_STAGE if fields is None else
+                       _from_json(musiclm_lib.Sampling, fields, where))
+  try:
+    return musiclm_lib.check_sampling(sampling, f"{source} sampling")
+  except ValueError as e:
+    raise BundleError(str(e)) from e

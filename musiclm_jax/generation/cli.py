@@ -9,11 +9,13 @@
 
 Several plain --prompt flags (or a --prompts file, one per line) make a batch; prompts with
 '@START-END' (seconds) make one story whose conditioning changes at those times. With one
-clip --out is the WAV; with several it is a folder of NNN_sampleK.wav. Sampling:
-musiclm.DEFAULT_SAMPLING (docs/stages_and_generation.md says how it was chosen), or
---temperature / --top_k for every stage, or per stage (--semantic_temperature, ...);
---guidance_scale sets classifier-free guidance of the text-conditioned stages,
---no_guidance turns it off; --no_fine_stage decodes the coarse levels alone.
+clip --out is the WAV; with several it is a folder of NNN_sampleK.wav. Sampling: the
+bundle's default (musiclm.DEFAULT_SAMPLING, or what its recipe measured best for its
+stages: docs/stages_and_generation.md), or --temperature / --top_k for every stage, or per
+stage (--semantic_temperature, ...); --guidance_scale sets classifier-free guidance of the
+text-conditioned stages, --no_guidance turns it off; --no_fine_stage decodes the coarse
+levels alone, --fine_stage runs the fine stage where the bundle skips it by default (as do
+--fine_temperature and --fine_top_k).
 --audio_prompt continues a recording (any format, rate and channels): the output starts
 with it and lasts --seconds in all; without --prompt the music is conditioned on the
 recording's own MuLan tokens.
@@ -48,11 +50,23 @@ def parse_prompts(prompts: List[str]):
   return [sorted(story, key=lambda p: p.start_s)]
 
 
-def _sampling(args):
-  """Per-stage Sampling: musiclm.DEFAULT_SAMPLING, with what the flags set over it."""
+def _sampling(args, defaults=None):
+  """Per-stage Sampling: the model's defaults (`MusicLM.default_sampling`; None: the
+  library's musiclm.DEFAULT_SAMPLING), with what the flags set over them."""
   from musiclm_jax.generation import musiclm as musiclm_lib  # pylint: disable=g-import-not-at-top
+  defaults = musiclm_lib.DEFAULT_SAMPLING | dict(defaults or {})
+  fine_flags = [f"--fine_{name}" for name in ("temperature", "top_k")
+                if getattr(args, f"fine_{name}") is not None]
+  if args.no_fine_stage and (fine_flags or args.fine_stage):
+    raise ValueError(f"--no_fine_stage skips the fine stage: "
+                     f"{', '.join(fine_flags) or '--fine_stage'} contradicts it")
+  # A fine-stage flag asks for the fine stage, also where the model skips it by default.
+  run_fine = (defaults["fine"] is not musiclm_lib.NO_FINE_STAGE or args.fine_stage
+              or bool(fine_flags)) and not args.no_fine_stage
   out = {}
-  for stage, default in musiclm_lib.DEFAULT_SAMPLING.items():
+  for stage, default in defaults.items():
+    if stage == "fine" and default is musiclm_lib.NO_FINE_STAGE:
+      default = musiclm_lib.DEFAULT_SAMPLING["fine"]
     temperature = getattr(args, f"{stage}_temperature")
     temperature = args.temperature if temperature is None else temperature
     top_k = getattr(args, f"{stage}_top_k")
@@ -63,12 +77,7 @@ def _sampling(args):
         top_k=default.top_k if top_k is None else top_k, top_p=default.top_p,
         # Guidance needs a text-conditioned stage: the fine stage reads coarse tokens only.
         guidance_scale=None if args.no_guidance or stage == "fine" else guidance)
-  if args.no_fine_stage:
-    given = [f"--fine_{name}" for name in ("temperature", "top_k")
-             if getattr(args, f"fine_{name}") is not None]
-    if given:
-      raise ValueError(f"--no_fine_stage skips the fine stage: {', '.join(given)} has "
-                       "nothing to set")
+  if not run_fine:
     out["fine"] = musiclm_lib.NO_FINE_STAGE
   return out
 
@@ -85,7 +94,9 @@ def _generate(args) -> None:
   if args.seconds <= 0:
     raise ValueError(f"--seconds must be > 0, got {args.seconds}")
   prompts = parse_prompts(texts) if texts else [None]
+  _sampling(args)   # contradictory or bad flags fail before the bundle loads
   musiclm = bundle_lib.load_bundle(args.bundle)
+  sampling = _sampling(args, musiclm.default_sampling)
   continuation = {}
   if args.audio_prompt:
     continuation = {"audio_prompt": audio_io.load_audio(args.audio_prompt, musiclm.sample_rate),
@@ -93,7 +104,7 @@ def _generate(args) -> None:
   n = args.num_samples
   if args.rerank:
     ranked, scores = musiclm.generate_ranked(prompts, args.seconds, n, seed=args.seed,
-                                             sampling=_sampling(args), show_progress=True,
+                                             sampling=sampling, show_progress=True,
                                              **continuation)
     waves = ranked.reshape(len(prompts) * n, -1)
     names = [f"{i:03d}_rank{k}.wav" for i in range(len(prompts)) for k in range(n)]
@@ -101,7 +112,7 @@ def _generate(args) -> None:
       print(f"prompt {i}: MuLan scores, best first: {', '.join(f'{v:.3f}' for v in row)}")
   else:
     batch = [p for p in prompts for _ in range(n)]
-    waves = musiclm.generate(batch, args.seconds, seed=args.seed, sampling=_sampling(args),
+    waves = musiclm.generate(batch, args.seconds, seed=args.seed, sampling=sampling,
                              show_progress=True, **continuation)
     names = [f"{i // n:03d}_sample{i % n}.wav" for i in range(len(batch))]
   if len(names) == 1:
@@ -134,17 +145,19 @@ def parser() -> argparse.ArgumentParser:
                  help="rank each prompt's samples by MuLan text-audio similarity")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--temperature", type=float, default=None,
-                 help="every stage's (default: musiclm.DEFAULT_SAMPLING's)")
+                 help="every stage's (default: the bundle's)")
   p.add_argument("--top_k", type=int, default=None,
-                 help="every stage's (default: musiclm.DEFAULT_SAMPLING's; 0: no top-k)")
+                 help="every stage's (default: the bundle's; 0: no top-k)")
   p.add_argument("--guidance_scale", type=float, default=None,
                  help="classifier-free guidance of the text-conditioned stages (default: "
-                      "musiclm.DEFAULT_SAMPLING's)")
+                      "the bundle's)")
   p.add_argument("--no_guidance", action="store_true",
                  help="no classifier-free guidance (one pass per step, not two)")
   p.add_argument("--no_fine_stage", action="store_true",
                  help="decode the coarse levels alone (the codec trains with quantizer "
                       "dropout): for a fine stage that adds noise, not detail")
+  p.add_argument("--fine_stage", action="store_true",
+                 help="run the fine stage where the bundle's default skips it")
   for stage in ("semantic", "coarse", "fine"):
     p.add_argument(f"--{stage}_temperature", type=float, default=None)
     p.add_argument(f"--{stage}_top_k", type=int, default=None)

@@ -4,13 +4,16 @@
       --mulan_model_dir MULAN_RUN --mulan_rvq RVQ.npz \
       --semantic_model_dir W2V_RUN --centroids CENTROIDS.npz \
       --codec CODEC_BUNDLE \
-      --semantic_stage_dir S1_RUN --coarse_stage_dir S2_RUN --fine_stage_dir S3_RUN
+      --semantic_stage_dir S1_RUN --coarse_stage_dir S2_RUN --fine_stage_dir S3_RUN \
+      [--no_fine_stage]
 
 Each stage run's config.gin gives its DecoderConfig, its TokenLayout and its crop (the
 generation window). The parts must agree: the stages' layouts with each other and with the
 tokenizers' vocabularies (MuLan RVQ levels x codes, k-means clusters, codec levels x
 codes); a mismatch is an error naming both sides. Parameters are the EMA ones where a run
-saved them (--no_ema: the raw ones).
+saved them (--no_ema: the raw ones). --no_fine_stage makes the bundle's default
+generation decode the coarse levels alone (its manifest records the default sampling; the
+fine stage stays in the bundle, and `generate --fine_stage` runs it).
 """
 
 from __future__ import annotations
@@ -56,8 +59,10 @@ def _check(what: str, ours, theirs, source: str) -> None:
 
 def from_runs(mulan_model_dir: str, mulan_rvq: str, semantic_model_dir: str, centroids: str,
               codec_bundle: str, semantic_stage_dir: str, coarse_stage_dir: str,
-              fine_stage_dir: str, use_ema: bool = True):
-  """A `musiclm_lib.MusicLM` assembled from training runs (checked for agreement)."""
+              fine_stage_dir: str, use_ema: bool = True,
+              default_sampling: Optional[dict] = None):
+  """A `musiclm_lib.MusicLM` assembled from training runs (checked for agreement), with
+  `default_sampling` (see `MusicLM`) as its own."""
   import gin  # pylint: disable=g-import-not-at-top
   from musiclm_jax.generation import musiclm as musiclm_lib  # pylint: disable=g-import-not-at-top
   from musiclm_jax.mulan import tokenizer as mulan_tokenizer  # pylint: disable=g-import-not-at-top
@@ -83,7 +88,8 @@ def from_runs(mulan_model_dir: str, mulan_rvq: str, semantic_model_dir: str, cen
          (codec.config.num_quantizers, codec.config.codebook_size), codec_bundle)
   windows = musiclm_lib.Windows(*(runs[name][2] for name in ("semantic", "coarse", "fine")))
   return musiclm_lib.MusicLM(layout, mulan, runs["semantic"][0], runs["coarse"][0],
-                          runs["fine"][0], codec, windows, semantic_tokenizer=semantic_tok)
+                             runs["fine"][0], codec, windows, semantic_tokenizer=semantic_tok,
+                             default_sampling=default_sampling)
 
 
 def main(argv=None) -> None:
@@ -93,6 +99,9 @@ def main(argv=None) -> None:
                       help="bundle folder to write")
   parser.add_argument("--bfloat16", action="store_true", help="parameters in bfloat16")
   parser.add_argument("--no_ema", action="store_true", help="raw params even if EMA saved")
+  parser.add_argument("--no_fine_stage", action="store_true",
+                      help="the bundle's default generation decodes the coarse levels alone "
+                           "(for a fine stage measured to add noise, not detail)")
   for flag, what in (("mulan_model_dir", "MuLan training run"),
                      ("mulan_rvq", "MuLan RVQ (.npz, mulan fit-rvq)"),
                      ("semantic_model_dir", "w2v-BERT training run"),
@@ -105,11 +114,14 @@ def main(argv=None) -> None:
 
   def go(args):
     from musiclm_jax.generation import bundle as bundle_lib  # pylint: disable=g-import-not-at-top
+    from musiclm_jax.generation import musiclm as musiclm_lib  # pylint: disable=g-import-not-at-top
     musiclm = from_runs(args.mulan_model_dir, args.mulan_rvq, args.semantic_model_dir,
                         args.centroids, args.codec, args.semantic_stage_dir,
-                        args.coarse_stage_dir, args.fine_stage_dir, not args.no_ema)
+                        args.coarse_stage_dir, args.fine_stage_dir, not args.no_ema,
+                        {"fine": musiclm_lib.NO_FINE_STAGE} if args.no_fine_stage else None)
     bundle_lib.save_bundle(musiclm, args.out, "bfloat16" if args.bfloat16 else "float32")
-    print(f"bundle -> {args.out} (windows {musiclm.windows}, layout {musiclm.layout})")
+    print(f"bundle -> {args.out} (windows {musiclm.windows}, layout {musiclm.layout}"
+          f"{', fine stage skipped by default' if args.no_fine_stage else ''})")
 
   parser.set_defaults(run=go)
   cli_utils.run(parser, argv)

@@ -62,8 +62,22 @@ DEFAULT_SAMPLING = {"semantic": _GUIDED, "coarse": _GUIDED, "fine": PAPER_SAMPLI
 # `sampling["fine"] = NO_FINE_STAGE` skips the fine stage: the coarse levels are decoded
 # alone, which the codec allows because it trains with quantizer dropout. A fine stage that
 # has learnt little adds a residual that is mostly noise; benchmarks/acoustic_half.py
-# measures whether it helps (docs/stages_and_generation.md).
+# measures whether it helps (docs/stages_and_generation.md). A model can make it its own
+# default (`MusicLM(default_sampling=...)`, recorded in its bundle).
 NO_FINE_STAGE = None
+
+
+def check_sampling(sampling: dict, source: str = "sampling") -> dict:
+  """`sampling` ({stage: Sampling}, "fine" may be NO_FINE_STAGE), checked; returns it."""
+  unknown = sorted(set(sampling) - set(token_layout.STAGES))
+  if unknown:
+    raise ValueError(f"{source}: unknown stages {unknown}, expected some of "
+                     f"{list(token_layout.STAGES)}")
+  for stage, value in sampling.items():
+    if not (isinstance(value, Sampling) or (stage == "fine" and value is NO_FINE_STAGE)):
+      raise ValueError(f"{source}[{stage!r}] must be a Sampling"
+                       f"{' or NO_FINE_STAGE' if stage == 'fine' else ''}, got {value!r}")
+  return sampling
 
 
 @dataclasses.dataclass
@@ -167,12 +181,18 @@ class MusicLM:
     windows: the stages' contexts.
     semantic_tokenizer: `w2v_bert.tokenizer.SemanticTokenizer` (for audio prompts, and a
       bundle's sixth part).
+    default_sampling: this model's sampling where a call gives none, over DEFAULT_SAMPLING
+      ({stage: Sampling}; "fine" may be NO_FINE_STAGE): what was measured best for these
+      stages (e.g. the tiny recipes skip their fine stage). A bundle records it.
   """
 
   def __init__(self, layout: token_layout.TokenLayout, mulan, semantic: StageLM,
-               coarse: StageLM, fine: StageLM, codec, windows: Windows = Windows(), semantic_tokenizer=None):
+               coarse: StageLM, fine: StageLM, codec, windows: Windows = Windows(),
+               semantic_tokenizer=None, default_sampling: Optional[dict] = None):
     self.layout, self.mulan, self.codec, self.windows = layout, mulan, codec, windows
     self.semantic_tokenizer = semantic_tokenizer
+    self.default_sampling = DEFAULT_SAMPLING | check_sampling(dict(default_sampling or {}),
+                                                              "default_sampling")
     # The acoustic stages sample each position from its RVQ level's ids only.
     self.semantic = semantic
     self.coarse = dataclasses.replace(coarse, level_codes=layout.acoustic_codes,
@@ -222,6 +242,10 @@ class MusicLM:
       tokens[without] = audio_prompt.mulan[without]
     return tokens + np.arange(self.layout.mulan_levels)[None] * self.layout.mulan_codes
 
+  def _sampling(self, sampling: Optional[dict]) -> dict:
+    """A call's sampling over the model's defaults."""
+    return self.default_sampling | check_sampling(dict(sampling or {}))
+
   def _timelines(self, prompts) -> List[List[TimedPrompt]]:
     return [list(p) if isinstance(p, (list, tuple)) else [TimedPrompt(p)] for p in prompts]
 
@@ -237,7 +261,7 @@ class MusicLM:
     the same tokens `generate_tokens` builds on for the same arguments."""
     from tqdm import tqdm  # pylint: disable=g-import-not-at-top
     lay, win = self.layout, self.windows
-    sampling = DEFAULT_SAMPLING | dict(sampling or {})
+    sampling = self._sampling(sampling)
     timelines = self._timelines(prompts)
     semantic_total = self._semantic_total(seconds)
     initial = None
@@ -283,7 +307,7 @@ class MusicLM:
     [B, S * ratio, coarse_levels], the same as the first levels with the fine stage."""
     from tqdm import tqdm  # pylint: disable=g-import-not-at-top
     lay, win = self.layout, self.windows
-    sampling = DEFAULT_SAMPLING | dict(sampling or {})
+    sampling = self._sampling(sampling)
     timelines = self._timelines(prompts)
     batch = len(timelines)
     semantic = np.asarray(semantic)
@@ -329,7 +353,9 @@ class MusicLM:
                            show_progress: bool = False) -> np.ndarray:
     """The fine stage alone: fine tokens [B, T, acoustic_levels - coarse_levels] (level
     ids) for given coarse tokens int32 [B, T, coarse_levels] (level ids, no offsets), e.g. a
-    real clip's from the codec: what the fine stage adds to them."""
+    real clip's from the codec: what the fine stage adds to them. Sampled with
+    `sampling["fine"]`, else the model's default, else (a model that skips its fine stage by
+    default) DEFAULT_SAMPLING's."""
     lay = self.layout
     coarse = np.asarray(coarse)
     if coarse.ndim != 3 or coarse.shape[-1] != lay.coarse_levels or coarse.shape[1] < 1:
@@ -338,11 +364,12 @@ class MusicLM:
     if coarse.min() < 0 or coarse.max() >= lay.acoustic_codes:
       raise ValueError(f"coarse tokens must be level ids in [0, {lay.acoustic_codes}), got "
                        f"[{coarse.min()}, {coarse.max()}]")
-    sampling = DEFAULT_SAMPLING | dict(sampling or {})
-    if sampling["fine"] is NO_FINE_STAGE:
+    given = check_sampling(dict(sampling or {}))
+    if "fine" in given and given["fine"] is NO_FINE_STAGE:
       raise ValueError("generate_fine_tokens runs the fine stage: give it a fine Sampling")
+    fine = given.get("fine", self.default_sampling["fine"]) or DEFAULT_SAMPLING["fine"]
     rngs = iter(jax.random.split(jax.random.fold_in(jax.random.key(seed), 2), 10_000))
-    return self._fine_tokens(coarse, rngs, sampling["fine"], None, show_progress)
+    return self._fine_tokens(coarse, rngs, fine, None, show_progress)
 
   def _fine_tokens(self, coarse: np.ndarray, rngs, sampling: Sampling,
                    initial: Optional[np.ndarray], show_progress: bool) -> np.ndarray:

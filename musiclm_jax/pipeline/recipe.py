@@ -68,6 +68,9 @@ class Recipe:
   stage_steps: Tuple[int, int, int] = (1000, 1000, 1000)   # semantic, coarse, fine
   stage_batch: int = 16
   extra_bindings: Tuple[str, ...] = ()     # 'part:binding' for a part's training run
+  # The bundle's default generation decodes the coarse levels alone (export --no_fine_stage):
+  # for a fine stage measured to add noise rather than detail (benchmarks/acoustic_half.py).
+  skip_fine_stage: bool = False
   prompts: Tuple[str, ...] = (
       "A solo piano plays a slow baroque chorale.",
       "A fast fiddle tune played by a solo violin with a steady drum beat.",
@@ -241,7 +244,8 @@ def build_steps(recipe: Recipe, sizes: dict) -> List[steps_lib.Step]:
                      _cli("export", "--out", bundle, "--mulan_model_dir", r.path("runs", "mulan"),
                           "--mulan_rvq", rvq, "--semantic_model_dir", r.path("runs", "w2v_bert"),
                           "--centroids", centroids, "--codec", codec_dir,
-                          *[a for s in STAGES for a in (f"--{s}_stage_dir", r.path("runs", s))]),
+                          *[a for s in STAGES for a in (f"--{s}_stage_dir", r.path("runs", s))],
+                          *(["--no_fine_stage"] if r.skip_fine_stage else [])),
                      [os.path.join(bundle, "manifest.json")],
                      inputs=["codec_export", "w2v_bert", "kmeans", "mulan", "rvq", *STAGES]),
       steps_lib.Step("generate", f"generate {len(r.prompts)} prompts and "

@@ -145,6 +145,46 @@ def test_without_the_fine_stage_the_coarse_levels_are_decoded_alone(musiclm, mon
     musiclm.generate_fine_tokens(coarse, seed=0, sampling=skip)
 
 
+def test_a_models_default_sampling_travels_in_its_bundle(musiclm, tmp_path):
+  """A model whose default skips the fine stage (as the tiny recipes export) generates the
+  coarse levels alone with no sampling given, after a bundle round trip too; a fine
+  Sampling given runs the fine stage; a manifest without sampling (an older bundle) means
+  the library's defaults, and a broken one is named."""
+  prompts, qc = ["calm piano", "fast drums"], musiclm.layout.coarse_levels
+  skip = {"fine": musiclm_lib.NO_FINE_STAGE}
+  own = musiclm_lib.MusicLM(musiclm.layout, musiclm.mulan, musiclm.semantic, musiclm.coarse,
+                            musiclm.fine, musiclm.codec, musiclm.windows,
+                            semantic_tokenizer=musiclm.semantic_tokenizer,
+                            default_sampling=skip)
+  whole = musiclm.generate_tokens(prompts, 0.3, seed=2)
+  path = str(tmp_path / "bundle")
+  bundle.save_bundle(own, path)
+  manifest_path = os.path.join(path, "manifest.json")
+  manifest = json.load(open(manifest_path))
+  assert manifest["sampling"]["fine"] is None
+  assert manifest["sampling"]["coarse"] == {"temperature": 1.0, "top_k": 250, "top_p": 1.0,
+                                            "guidance_scale": 3.0}
+  loaded = bundle.load_bundle(path)
+  assert loaded.default_sampling == musiclm_lib.DEFAULT_SAMPLING | skip
+  np.testing.assert_array_equal(loaded.generate_tokens(prompts, 0.3, seed=2), whole[..., :qc])
+  with_fine = {"fine": musiclm_lib.DEFAULT_SAMPLING["fine"]}
+  np.testing.assert_array_equal(loaded.generate_tokens(prompts, 0.3, seed=2,
+                                                       sampling=with_fine), whole)
+  fine = loaded.generate_fine_tokens(whole[..., :qc], seed=4)   # the library's fine sampling
+  np.testing.assert_array_equal(fine, musiclm.generate_fine_tokens(whole[..., :qc], seed=4))
+  with pytest.raises(ValueError, match=r"unknown stages \['fien'\]"):
+    loaded.generate_tokens(prompts, 0.3, sampling={"fien": musiclm_lib.NO_FINE_STAGE})
+  del manifest["sampling"]
+  json.dump(manifest, open(manifest_path, "w"))
+  assert bundle.load_bundle(path).default_sampling == musiclm_lib.DEFAULT_SAMPLING
+  for broken, message in (({"coarse": None}, r"sampling\['coarse'\] must be a Sampling"),
+                          ({"fine": {"temprature": 1.0}}, "unknown Sampling fields"),
+                          ({"fine": {"temperature": -1.0}}, "temperature must be >= 0")):
+    json.dump({**manifest, "sampling": broken}, open(manifest_path, "w"))
+    with pytest.raises(bundle.BundleError, match=message):
+      bundle.load_bundle(path)
+
+
 def test_story_mode_switches_the_conditioning_at_window_starts(musiclm):
   story = [musiclm_lib.TimedPrompt("calm piano", 0.0, 0.2),
            musiclm_lib.TimedPrompt("fast drums", 0.2, 1.0)]

@@ -2,6 +2,7 @@
 are checked) and its recipe at every size (gin/pipeline/*.gin parse, and every step uses
 gin files and settings that exist)."""
 
+import dataclasses
 import glob
 import json
 import os
@@ -186,6 +187,11 @@ def test_the_recipe_steps_read_only_earlier_steps_and_a_new_codec_leaves_the_sem
                                  "generate", "evaluate", "report"}
   assert "semantic" in downstream("kmeans") and "semantic" in downstream("mulan")
   assert {s.name for s in steps if s.run_dir} == {"codec", "w2v_bert", "mulan", *recipe_lib.STAGES}
+  export = next(s for s in steps if s.name == "export").run
+  assert "--no_fine_stage" not in export
+  skipping = recipe_lib.build_steps(dataclasses.replace(recipe, skip_fine_stage=True),
+                                    recipe_lib.size_settings("tiny"))
+  assert next(s for s in skipping if s.name == "export").run == export + ["--no_fine_stage"]
 
 
 RECIPE_FILES = sorted(os.path.basename(f) for f in glob.glob(

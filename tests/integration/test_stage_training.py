@@ -93,6 +93,15 @@ def test_export_from_training_runs_then_generate(stage_runs, music_captions_tiny
   from musiclm_jax.audio import io as audio_io
   wave, rate = audio_io.read_audio(out)
   assert rate == 16000 and wave.shape[0] == 4800
+  # A bundle whose default generation skips the fine stage (the tiny recipes' export) says
+  # so in its manifest; generate follows it, and --fine_stage runs the stage it still holds.
+  skips = str(tmp_path / "bundle_no_fine")
+  export.main(args + ["--out", skips, "--no_fine_stage"])
+  assert json.load(open(os.path.join(skips, "manifest.json")))["sampling"]["fine"] is None
+  for flags in ([], ["--fine_stage"]):
+    generate_cli.main(["--bundle", skips, "--prompt", "a calm chorale", "--seconds", "0.3",
+                       "--out", out, *flags])
+    assert audio_io.read_audio(out)[0].shape[0] == 4800
   # Parts that disagree with the stages' layout: refused, naming the file.
   wrong = str(tmp_path / "rvq_wrong.npz")
   mulan_tokenizer.save_rvq(wrong, rng.normal(size=(3, 16, 16)).astype(np.float32))

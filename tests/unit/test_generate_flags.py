@@ -1,12 +1,16 @@
-"""`musiclm-jax generate`'s sampling flags: the library's defaults unless a flag says else."""
+"""`musiclm-jax generate`'s sampling flags: the bundle's defaults unless a flag says else."""
 
 import pytest
 
 from musiclm_jax.generation import cli, musiclm
 
 
-def sampling(*flags):
-  return cli._sampling(cli.parser().parse_args(["--bundle", "b", "--out", "o.wav", *flags]))
+SKIPS_FINE = musiclm.DEFAULT_SAMPLING | {"fine": musiclm.NO_FINE_STAGE}   # the tiny recipes'
+
+
+def sampling(*flags, defaults=None):
+  return cli._sampling(cli.parser().parse_args(["--bundle", "b", "--out", "o.wav", *flags]),
+                       defaults)
 
 
 def test_no_flags_give_the_library_defaults():
@@ -30,12 +34,23 @@ def test_no_fine_stage_leaves_the_other_stages_at_their_defaults():
                                               musiclm.DEFAULT_SAMPLING["coarse"])
 
 
+def test_a_bundle_that_skips_the_fine_stage_skips_it_unless_a_flag_asks_for_it():
+  assert sampling(defaults=SKIPS_FINE) == SKIPS_FINE
+  assert sampling("--temperature", "0.9", defaults=SKIPS_FINE)["fine"] is musiclm.NO_FINE_STAGE
+  assert sampling("--fine_stage", defaults=SKIPS_FINE) == musiclm.DEFAULT_SAMPLING
+  out = sampling("--fine_temperature", "0.2", defaults=SKIPS_FINE)
+  assert out["fine"] == musiclm.Sampling(temperature=0.2)
+  assert out["coarse"] == musiclm.DEFAULT_SAMPLING["coarse"]
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--top_k", "-3"], "top_k must be >= 0"),
     (["--fine_temperature", "-1"], "temperature must be >= 0"),
     (["--guidance_scale", "-2"], "guidance_scale must be >= 0"),
     (["--no_fine_stage", "--fine_temperature", "0.3"],
-     "--no_fine_stage skips the fine stage: --fine_temperature has nothing to set")])
+     "--no_fine_stage skips the fine stage: --fine_temperature contradicts it"),
+    (["--no_fine_stage", "--fine_stage"],
+     "--no_fine_stage skips the fine stage: --fine_stage contradicts it")])
 def test_bad_sampling_values_are_named(flags, message):
   with pytest.raises(ValueError, match=message):
     sampling(*flags)
