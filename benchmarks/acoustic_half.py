@@ -29,13 +29,16 @@ Renderings:
 - `acoustic_coarse_only`: the coarse stage's tokens decoded alone (whether the fine stage
   helps the tokens it is really given);
 - `codec_levels_<k>`: the real tokens' first k levels decoded, k = 1 .. levels - 1 (what a
-  perfect stage modelling k levels would reach).
+  perfect stage modelling k levels would reach);
+- `acoustic_coarse_only_t<T>`: as `acoustic_coarse_only`, the coarse stage sampled at
+  temperature T (--coarse_temperatures; its guidance and top-k the bundle's).
 Writes benchmarks/results/acoustic_half_<backend>.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -54,10 +57,19 @@ def main() -> None:
   parser.add_argument("--work_dir", required=True, help="a finished pipeline run")
   parser.add_argument("--train_clips", type=int, default=240)
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--coarse_temperatures", default="",
+                      help="comma-separated coarse-stage temperatures to render the coarse "
+                           "levels alone at, besides the bundle's")
   parser.add_argument("--out", default=None)
   args = parser.parse_args()
   if args.train_clips < 2:
     parser.error(f"--train_clips must be at least 2, got {args.train_clips}")
+  try:
+    temperatures = [float(t) for t in args.coarse_temperatures.split(",") if t.strip()]
+  except ValueError:
+    parser.error(f"--coarse_temperatures {args.coarse_temperatures!r}: expected numbers")
+  if any(not t >= 0 for t in temperatures):
+    parser.error(f"--coarse_temperatures {args.coarse_temperatures!r}: must be >= 0")
 
   import machine
   import proof_of_learning
@@ -135,6 +147,14 @@ def main() -> None:
   judge("acoustic_coarse_only", decode(generated[..., :qc]), codec_rate, captions)
   for k in range(1, layout.acoustic_levels):
     judge(f"codec_levels_{k}", decode(real[..., :k]), codec_rate, captions)
+  for temperature in temperatures:
+    coarse = dataclasses.replace(musiclm.default_sampling["coarse"], temperature=temperature)
+    sampling = {"coarse": coarse, "fine": musiclm_lib.NO_FINE_STAGE}
+    tokens = np.concatenate([musiclm.generate_acoustic_tokens(
+        captions[i:i + BATCH], semantic[i:i + BATCH], seed=args.seed + i, sampling=sampling)
+                             for i in range(0, len(test), BATCH)])
+    judge(f"acoustic_coarse_only_t{temperature:g}", decode(tokens[:, :length]), codec_rate,
+          captions)
   floor = renderings["codec"]
   ratios = {name: {"fad_vs_codec": r["fad"]["fad"] / floor["fad"]["fad"],
                    "tagger_vs_codec": r["tagger_mean_excess"] / floor["tagger_mean_excess"]}
@@ -143,6 +163,9 @@ def main() -> None:
             "recipe": {k: getattr(recipe, k) for k in ("size", "stage_steps",
                                                        "extra_bindings", "codec_bundle")},
             "heldout_clips": len(test), "train_clips": len(train),
+            "coarse_levels": layout.coarse_levels,
+            "default_sampling": {stage: None if v is None else dataclasses.asdict(v)
+                                 for stage, v in musiclm.default_sampling.items()},
             "tagger_visible_instruments": visible, "renderings": renderings,
             "vs_codec": ratios, "wall_seconds": time.time() - start,
             "machine": machine.describe_jax()}

@@ -64,6 +64,22 @@ def _millions(value) -> str:
 
 # --- per-benchmark shape adapters (each may raise: the row then shows the raw report) ---
 
+def _acoustic_half(report: dict) -> dict:
+  """Older files lack `coarse_levels`: their recipe's binding of it, else its size's
+  (gin/stages/<size>/layout.gin)."""
+  if "coarse_levels" in report:
+    return {}
+  recipe = report.get("recipe", {})
+  for binding in recipe.get("extra_bindings", []):
+    found = re.fullmatch(r"coarse:TokenLayout\.coarse_levels\s*=\s*(\d+)", binding)
+    if found:
+      return {"coarse_levels": int(found.group(1))}
+  layout = os.path.join(os.path.dirname(HERE), "gin", "stages", recipe["size"], "layout.gin")
+  with open(layout, encoding="utf-8") as f:
+    return {"coarse_levels": int(re.search(r"TokenLayout\.coarse_levels\s*=\s*(\d+)",
+                                           f.read()).group(1))}
+
+
 def _codec_quality(report: dict) -> dict:
   """The codec at its full and half bitrate and Opus at 6 and 3 kbps, from either layout:
   results.<rate>.{codec,opus} (older files) or results.{codec,opus}.<rate> (newer)."""
@@ -168,12 +184,13 @@ _TOKENS_IN_TIME = ("clusters", "mean_run_seconds", "coarse_excess_bits", "melody
 
 SPECS: dict[str, Spec] = {
     "acoustic_half": Spec(
-        script="acoustic_half.py",
+        script="acoustic_half.py", derive=_acoustic_half,
         caption="Held-out clips rendered link by link through the acoustic half: FAD "
                 "(musicnn MTT) to the real clips, and the tagger's named-instrument mean "
                 "AUC above 0.5 as a fraction of the codec's resynthesis.",
         columns=(
             Column("Held-out clips", "heldout_clips", "{:d}"),
+            Column("Coarse levels", "coarse_levels", "{:d}"),
             Column("FAD real train / codec train / codec",
                    ("renderings.real_train.fad.fad", "renderings.codec_train.fad.fad",
                     "renderings.codec.fad.fad"), "{:.1f}"),
