@@ -128,8 +128,7 @@ def main() -> None:
   frames = real.shape[1] * layout.semantic_rate // layout.acoustic_rate
   semantic = semantic[:, :frames]
   # The fine stage run, also where the bundle skips it by default.
-  both_stages = {"fine": (musiclm.default_sampling["fine"]
-                         or musiclm_lib.DEFAULT_SAMPLING["fine"])}
+  both_stages = {"fine": musiclm_lib.fine_stage_sampling(musiclm.default_sampling)}
   generated = np.concatenate([musiclm.generate_acoustic_tokens(
       captions[i:i + BATCH], semantic[i:i + BATCH], seed=args.seed + i, sampling=both_stages)
                               for i in range(0, len(test), BATCH)])

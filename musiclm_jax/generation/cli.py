@@ -64,9 +64,7 @@ def _sampling(args, defaults=None):
   run_fine = (defaults["fine"] is not musiclm_lib.NO_FINE_STAGE or args.fine_stage
               or bool(fine_flags)) and not args.no_fine_stage
   out = {}
-  for stage, default in defaults.items():
-    if stage == "fine" and default is musiclm_lib.NO_FINE_STAGE:
-      default = musiclm_lib.DEFAULT_SAMPLING["fine"]
+  for stage, default in (defaults | {"fine": musiclm_lib.fine_stage_sampling(defaults)}).items():
     temperature = getattr(args, f"{stage}_temperature")
     temperature = args.temperature if temperature is None else temperature
     top_k = getattr(args, f"{stage}_top_k")

@@ -67,6 +67,12 @@ DEFAULT_SAMPLING = {"semantic": _GUIDED, "coarse": _GUIDED, "fine": PAPER_SAMPLI
 NO_FINE_STAGE = None
 
 
+def fine_stage_sampling(sampling: dict) -> Sampling:
+  """The fine stage's Sampling when it runs: `sampling["fine"]`, or DEFAULT_SAMPLING's
+  where that skips the stage (a model that skips it by default, asked to run it)."""
+  return DEFAULT_SAMPLING["fine"] if sampling["fine"] is NO_FINE_STAGE else sampling["fine"]
+
+
 def check_sampling(sampling: dict, source: str = "sampling") -> dict:
   """`sampling` ({stage: Sampling}, "fine" may be NO_FINE_STAGE), checked; returns it."""
   unknown = sorted(set(sampling) - set(token_layout.STAGES))
@@ -367,7 +373,7 @@ class MusicLM:
     given = check_sampling(dict(sampling or {}))
     if "fine" in given and given["fine"] is NO_FINE_STAGE:
       raise ValueError("generate_fine_tokens runs the fine stage: give it a fine Sampling")
-    fine = given.get("fine", self.default_sampling["fine"]) or DEFAULT_SAMPLING["fine"]
+    fine = fine_stage_sampling(self.default_sampling | given)
     rngs = iter(jax.random.split(jax.random.fold_in(jax.random.key(seed), 2), 10_000))
     return self._fine_tokens(coarse, rngs, fine, None, show_progress)
 
