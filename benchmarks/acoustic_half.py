@@ -52,6 +52,17 @@ sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 BATCH = 48
 
 
+def _validation_loss(run_dir: str, step: int):
+  """The run's validation loss at `step` (metrics_eval.jsonl), None where not logged."""
+  import json  # pylint: disable=g-import-not-at-top
+  path = os.path.join(run_dir, "metrics_eval.jsonl")
+  if not os.path.isfile(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    rows = [json.loads(line) for line in f if line.strip()]
+  return next((r["loss"] for r in rows if r.get("step") == step), None)
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--work_dir", required=True, help="a finished pipeline run")
@@ -60,6 +71,14 @@ def main() -> None:
   parser.add_argument("--coarse_temperatures", default="",
                       help="comma-separated coarse-stage temperatures to render the coarse "
                            "levels alone at, besides the bundle's")
+  parser.add_argument("--coarse_run", default=None,
+                      help="a training run of the bundle's coarse stage (same config), for "
+                           "--coarse_steps")
+  parser.add_argument("--coarse_steps", default="",
+                      help="comma-separated checkpoint steps of --coarse_run to render the "
+                           "coarse levels alone with")
+  parser.add_argument("--links", choices=("all", "coarse"), default="all",
+                      help="'coarse': only the codec, real coarse levels and coarse-only rows")
   parser.add_argument("--out", default=None)
   args = parser.parse_args()
   if args.train_clips < 2:
@@ -70,12 +89,26 @@ def main() -> None:
     parser.error(f"--coarse_temperatures {args.coarse_temperatures!r}: expected numbers")
   if any(not t >= 0 for t in temperatures):
     parser.error(f"--coarse_temperatures {args.coarse_temperatures!r}: must be >= 0")
+  try:
+    coarse_steps = [int(s) for s in args.coarse_steps.split(",") if s.strip()]
+  except ValueError:
+    parser.error(f"--coarse_steps {args.coarse_steps!r}: expected whole numbers")
+  if bool(coarse_steps) != bool(args.coarse_run):
+    parser.error("--coarse_run and --coarse_steps go together")
+  if args.coarse_run and not os.path.isfile(os.path.join(args.coarse_run, "config.gin")):
+    parser.error(f"--coarse_run {args.coarse_run!r}: not a training run (no config.gin)")
+  missing = [s for s in coarse_steps
+             if not os.path.isdir(os.path.join(args.coarse_run, "checkpoints", str(s)))]
+  if missing:
+    parser.error(f"--coarse_run {args.coarse_run!r} has no checkpoint at step(s) "
+                 f"{', '.join(map(str, missing))}")
 
   import machine
   import proof_of_learning
   from musiclm_jax.audio import io as audio_io
   from musiclm_jax.evaluation import embedders, fad, tag_adherence
   from musiclm_jax.generation import bundle as bundle_lib
+  from musiclm_jax.generation import export as export_lib
   from musiclm_jax.generation import musiclm as musiclm_lib
   from musiclm_jax.pipeline import recipe as recipe_lib
   start = time.time()
@@ -116,10 +149,12 @@ def main() -> None:
           f"{renderings[name]['tagger_mean_excess']:.3f}  ({time.time() - start:.0f} s)",
           flush=True)
 
-  judge("real_train", train, rate, train_captions)
-  train_at_codec = at(train, rate, codec_rate)
-  judge("codec_train", decode(in_batches(codec.encode, train_at_codec))
-        [:, :train_at_codec.shape[1]], codec_rate, train_captions)
+  everything = args.links == "all"
+  if everything:
+    judge("real_train", train, rate, train_captions)
+    train_at_codec = at(train, rate, codec_rate)
+    judge("codec_train", decode(in_batches(codec.encode, train_at_codec))
+          [:, :train_at_codec.shape[1]], codec_rate, train_captions)
   held = at(test, rate, codec_rate)
   real = np.asarray(in_batches(codec.encode, held)).astype(np.int32)  # [N, T, levels]
   judge("codec", decode(real)[:, :held.shape[1]], codec_rate, captions)
@@ -127,33 +162,58 @@ def main() -> None:
       at(test, rate, musiclm.semantic_tokenizer.config.sample_rate))
   frames = real.shape[1] * layout.semantic_rate // layout.acoustic_rate
   semantic = semantic[:, :frames]
-  # The fine stage run, also where the bundle skips it by default.
-  both_stages = {"fine": musiclm_lib.fine_stage_sampling(musiclm.default_sampling)}
-  generated = np.concatenate([musiclm.generate_acoustic_tokens(
-      captions[i:i + BATCH], semantic[i:i + BATCH], seed=args.seed + i, sampling=both_stages)
-                              for i in range(0, len(test), BATCH)])
-  length = min(generated.shape[1], real.shape[1])
-  generated, real = generated[:, :length], real[:, :length]
   qc = layout.coarse_levels
-  judge("acoustic", decode(generated), codec_rate, captions)
-  judge("generated_coarse_real_fine",
-        decode(np.concatenate([generated[..., :qc], real[..., qc:]], -1)), codec_rate,
-        captions)
-  fine = in_batches(lambda c: musiclm.generate_fine_tokens(c, seed=args.seed), real[..., :qc])
-  judge("real_coarse_generated_fine",
-        decode(np.concatenate([real[..., :qc], fine], -1)), codec_rate, captions)
-  judge("real_coarse_only", decode(real[..., :qc]), codec_rate, captions)
-  judge("acoustic_coarse_only", decode(generated[..., :qc]), codec_rate, captions)
-  for k in range(1, layout.acoustic_levels):
-    judge(f"codec_levels_{k}", decode(real[..., :k]), codec_rate, captions)
-  for temperature in temperatures:
-    coarse = dataclasses.replace(musiclm.default_sampling["coarse"], temperature=temperature)
-    sampling = {"coarse": coarse, "fine": musiclm_lib.NO_FINE_STAGE}
-    tokens = np.concatenate([musiclm.generate_acoustic_tokens(
+  length = real.shape[1]
+
+  def coarse_only(sampling_coarse):
+    """The coarse stage's tokens [N, T, qc] on the real semantic tokens."""
+    sampling = {"coarse": sampling_coarse, "fine": musiclm_lib.NO_FINE_STAGE}
+    return np.concatenate([musiclm.generate_acoustic_tokens(
         captions[i:i + BATCH], semantic[i:i + BATCH], seed=args.seed + i, sampling=sampling)
-                             for i in range(0, len(test), BATCH)])
-    judge(f"acoustic_coarse_only_t{temperature:g}", decode(tokens[:, :length]), codec_rate,
+                           for i in range(0, len(test), BATCH)])[:, :length]
+
+  if everything:
+    # The fine stage run, also where the bundle skips it by default.
+    both_stages = {"fine": musiclm_lib.fine_stage_sampling(musiclm.default_sampling)}
+    generated = np.concatenate([musiclm.generate_acoustic_tokens(
+        captions[i:i + BATCH], semantic[i:i + BATCH], seed=args.seed + i,
+        sampling=both_stages) for i in range(0, len(test), BATCH)])
+    length = min(generated.shape[1], real.shape[1])
+    generated, real = generated[:, :length], real[:, :length]
+    judge("acoustic", decode(generated), codec_rate, captions)
+    judge("generated_coarse_real_fine",
+          decode(np.concatenate([generated[..., :qc], real[..., qc:]], -1)), codec_rate,
           captions)
+    fine = in_batches(lambda c: musiclm.generate_fine_tokens(c, seed=args.seed),
+                      real[..., :qc])
+    judge("real_coarse_generated_fine",
+          decode(np.concatenate([real[..., :qc], fine], -1)), codec_rate, captions)
+  judge("real_coarse_only", decode(real[..., :qc]), codec_rate, captions)
+  coarse_default = musiclm.default_sampling["coarse"]
+  # The same seeds as the acoustic row: its coarse levels are these tokens.
+  judge("acoustic_coarse_only",
+        decode(generated[..., :qc] if everything else coarse_only(coarse_default)),
+        codec_rate, captions)
+  if everything:
+    for k in range(1, layout.acoustic_levels):
+      judge(f"codec_levels_{k}", decode(real[..., :k]), codec_rate, captions)
+  for temperature in temperatures:
+    tokens = coarse_only(dataclasses.replace(coarse_default, temperature=temperature))
+    judge(f"acoustic_coarse_only_t{temperature:g}", decode(tokens), codec_rate, captions)
+  checkpoints = {}
+  for step in coarse_steps:
+    stage, stage_layout, _ = export_lib.load_stage_run("coarse", args.coarse_run, step,
+                                                       use_ema=False)
+    if (stage_layout != layout
+        or stage.model.config != musiclm.coarse.model.config):
+      sys.exit(f"--coarse_run {args.coarse_run}: its coarse stage's layout or config "
+               "differs from the bundle's")
+    bundled = musiclm.coarse
+    musiclm.coarse = dataclasses.replace(bundled, params=stage.params)
+    judge(f"acoustic_coarse_only_step{step}", decode(coarse_only(coarse_default)),
+          codec_rate, captions)
+    musiclm.coarse = bundled
+    checkpoints[step] = {"validation_loss": _validation_loss(args.coarse_run, step)}
   floor = renderings["codec"]
   ratios = {name: {"fad_vs_codec": r["fad"]["fad"] / floor["fad"]["fad"],
                    "tagger_vs_codec": r["tagger_mean_excess"] / floor["tagger_mean_excess"]}
@@ -165,6 +225,11 @@ def main() -> None:
             "coarse_levels": layout.coarse_levels,
             "default_sampling": {stage: None if v is None else dataclasses.asdict(v)
                                  for stage, v in musiclm.default_sampling.items()},
+            "links": args.links,
+            "coarse_run": None if not args.coarse_run else {
+                "dir": args.coarse_run, "checkpoints": checkpoints,
+                "bundle_validation_loss": _validation_loss(recipe.path("runs", "coarse"),
+                                                           recipe.stage_steps[1])},
             "tagger_visible_instruments": visible, "renderings": renderings,
             "vs_codec": ratios, "wall_seconds": time.time() - start,
             "machine": machine.describe_jax()}

@@ -66,18 +66,26 @@ def _millions(value) -> str:
 
 def _acoustic_half(report: dict) -> dict:
   """Older files lack `coarse_levels`: their recipe's binding of it, else its size's
-  (gin/stages/<size>/layout.gin)."""
+  (gin/stages/<size>/layout.gin). Files with a `coarse_run` get `coarse_trained_on`: its
+  last checkpoint's step, validation loss and FAD decoded alone."""
+  derived = {}
+  run = report.get("coarse_run")
+  if run and run.get("checkpoints"):
+    step = max(run["checkpoints"], key=int)
+    derived["coarse_trained_on"] = {
+        "step": int(step), "validation_loss": run["checkpoints"][step]["validation_loss"],
+        "fad": report["renderings"][f"acoustic_coarse_only_step{step}"]["fad"]["fad"]}
   if "coarse_levels" in report:
-    return {}
+    return derived
   recipe = report.get("recipe", {})
   for binding in recipe.get("extra_bindings", []):
     found = re.fullmatch(r"coarse:TokenLayout\.coarse_levels\s*=\s*(\d+)", binding)
     if found:
-      return {"coarse_levels": int(found.group(1))}
+      return {**derived, "coarse_levels": int(found.group(1))}
   layout = os.path.join(os.path.dirname(HERE), "gin", "stages", recipe["size"], "layout.gin")
   with open(layout, encoding="utf-8") as f:
-    return {"coarse_levels": int(re.search(r"TokenLayout\.coarse_levels\s*=\s*(\d+)",
-                                           f.read()).group(1))}
+    return {**derived, "coarse_levels": int(re.search(
+        r"TokenLayout\.coarse_levels\s*=\s*(\d+)", f.read()).group(1))}
 
 
 def _codec_quality(report: dict) -> dict:
@@ -205,6 +213,9 @@ SPECS: dict[str, Spec] = {
                    ("vs_codec.acoustic.tagger_vs_codec",
                     "vs_codec.generated_coarse_real_fine.tagger_vs_codec",
                     "vs_codec.real_coarse_generated_fine.tagger_vs_codec"), "{:.2f}"),
+            Column("Coarse stage trained on: step / validation loss / FAD decoded alone",
+                   ("coarse_trained_on.step", "coarse_trained_on.validation_loss",
+                    "coarse_trained_on.fad")),
         )),
     "codec_quality": Spec(
         script="codec_quality.py", derive=_codec_quality,

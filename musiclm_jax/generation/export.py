@@ -25,8 +25,9 @@ from musiclm_jax import cli_utils
 DEFAULT_CROPS = {"semantic": 30.0, "coarse": 10.0, "fine": 3.0}
 
 
-def _stage_run(stage: str, model_dir: str, step: Optional[int], use_ema: bool):
-  """(StageLM, TokenLayout, crop seconds) of one stage's training run."""
+def load_stage_run(stage: str, model_dir: str, step: Optional[int], use_ema: bool):
+  """(StageLM, TokenLayout, crop seconds) of one stage's training run, at its newest
+  checkpoint or `step`."""
   import gin  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
   from musiclm_jax.training import runs  # pylint: disable=g-import-not-at-top
@@ -68,7 +69,7 @@ def from_runs(mulan_model_dir: str, mulan_rvq: str, semantic_model_dir: str, cen
   from musiclm_jax.mulan import tokenizer as mulan_tokenizer  # pylint: disable=g-import-not-at-top
   from musiclm_jax.soundstream import codec as codec_lib  # pylint: disable=g-import-not-at-top
   from musiclm_jax.w2v_bert import tokenizer as semantic_tokenizer  # pylint: disable=g-import-not-at-top
-  runs = {name: _stage_run(name, path, None, use_ema) for name, path in
+  runs = {name: load_stage_run(name, path, None, use_ema) for name, path in
           (("semantic", semantic_stage_dir), ("coarse", coarse_stage_dir),
            ("fine", fine_stage_dir))}
   layout = runs["coarse"][1]

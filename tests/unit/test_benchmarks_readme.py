@@ -89,3 +89,24 @@ def test_lookup_keys_with_dots_and_list_indices():
   assert make_readme.lookup(data, "passes.-1.v") == 2
   assert make_readme.lookup(data, "passes.5.v") is None
   assert make_readme.lookup(data, "results.missing") is None
+
+
+
+def test_acoustic_half_lists_a_longer_trained_coarse_stage(tmp_path):
+  fad = lambda value: {"fad": {"fad": value}}
+  _write(tmp_path, "acoustic_half_cpu.json", {
+      "benchmark": "acoustic_half", "machine": CPU, "coarse_levels": 3,
+      "recipe": {"size": "tiny", "stage_steps": [800, 1200, 600]},
+      "renderings": {"codec": fad(20.7), "acoustic_coarse_only": fad(37.71),
+                     "acoustic_coarse_only_step800": fad(45.0),
+                     "acoustic_coarse_only_step3000": fad(32.77)},
+      "coarse_run": {"dir": "runs/coarse_longer", "bundle_validation_loss": 2.039,
+                     "checkpoints": {"3000": {"validation_loss": 1.883},
+                                     "800": {"validation_loss": None}}}})
+  _write(tmp_path, "acoustic_half_old_cpu.json", {
+      "benchmark": "acoustic_half", "machine": CPU, "coarse_levels": 2,
+      "recipe": {"size": "tiny", "stage_steps": [800, 1200, 600]}, "renderings": {}})
+  rows = {row[0].split("]")[0][1:]: row for row in
+          _rows(make_readme.render(str(tmp_path)), "acoustic_half")}
+  assert rows["acoustic_half_cpu.json"][-1] == "3000 / 1.88 / 32.8"
+  assert rows["acoustic_half_old_cpu.json"][-1] == "—"
