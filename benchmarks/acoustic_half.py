@@ -53,14 +53,12 @@ BATCH = 48
 
 
 def _validation_loss(run_dir: str, step: int):
-  """The run's validation loss at `step` (metrics_eval.jsonl), None where not logged."""
-  import json  # pylint: disable=g-import-not-at-top
-  path = os.path.join(run_dir, "metrics_eval.jsonl")
-  if not os.path.isfile(path):
+  """The run's validation loss at `step` (its metrics_eval.jsonl), None where not logged."""
+  from musiclm_jax.training import metrics  # pylint: disable=g-import-not-at-top
+  if not os.path.isfile(os.path.join(run_dir, "metrics_eval.jsonl")):
     return None
-  with open(path, encoding="utf-8") as f:
-    rows = [json.loads(line) for line in f if line.strip()]
-  return next((r["loss"] for r in rows if r.get("step") == step), None)
+  return next((r["loss"] for r in metrics.read_metrics(run_dir, "eval")
+               if r["step"] == step), None)
 
 
 def main() -> None:
@@ -118,6 +116,15 @@ def main() -> None:
     parser.error(f"--work_dir: {e}")
   musiclm = bundle_lib.load_bundle(recipe.path("bundle"))
   codec, layout = musiclm.codec, musiclm.layout
+  # The other run's checkpoints, checked against the bundle before anything is rendered.
+  coarse_params = {}
+  for step in coarse_steps:
+    stage, stage_layout, _ = export_lib.load_stage_run("coarse", args.coarse_run, step,
+                                                       use_ema=False)
+    if stage_layout != layout or stage.model.config != musiclm.coarse.model.config:
+      parser.error(f"--coarse_run {args.coarse_run!r}: its coarse stage's layout or "
+                   "config differs from the bundle's")
+    coarse_params[step] = stage.params
   at = lambda x, r, to: np.stack([audio_io.resample(c, r, to) for c in x])
   train, rate, _, _, train_captions = proof_of_learning._split(recipe, "train")
   test, _, _, _, captions = proof_of_learning._split(recipe, recipe.reference_split)
@@ -201,15 +208,9 @@ def main() -> None:
     tokens = coarse_only(dataclasses.replace(coarse_default, temperature=temperature))
     judge(f"acoustic_coarse_only_t{temperature:g}", decode(tokens), codec_rate, captions)
   checkpoints = {}
-  for step in coarse_steps:
-    stage, stage_layout, _ = export_lib.load_stage_run("coarse", args.coarse_run, step,
-                                                       use_ema=False)
-    if (stage_layout != layout
-        or stage.model.config != musiclm.coarse.model.config):
-      sys.exit(f"--coarse_run {args.coarse_run}: its coarse stage's layout or config "
-               "differs from the bundle's")
+  for step, params in coarse_params.items():
     bundled = musiclm.coarse
-    musiclm.coarse = dataclasses.replace(bundled, params=stage.params)
+    musiclm.coarse = dataclasses.replace(bundled, params=params)
     judge(f"acoustic_coarse_only_step{step}", decode(coarse_only(coarse_default)),
           codec_rate, captions)
     musiclm.coarse = bundled

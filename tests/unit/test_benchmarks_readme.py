@@ -91,7 +91,6 @@ def test_lookup_keys_with_dots_and_list_indices():
   assert make_readme.lookup(data, "results.missing") is None
 
 
-
 def test_acoustic_half_lists_a_longer_trained_coarse_stage(tmp_path):
   fad = lambda value: {"fad": {"fad": value}}
   _write(tmp_path, "acoustic_half_cpu.json", {
