@@ -119,8 +119,11 @@ def main() -> None:
   # The other run's checkpoints, checked against the bundle before anything is rendered.
   coarse_params = {}
   for step in coarse_steps:
-    stage, stage_layout, _ = export_lib.load_stage_run("coarse", args.coarse_run, step,
-                                                       use_ema=False)
+    try:
+      stage, stage_layout, _ = export_lib.load_stage_run("coarse", args.coarse_run, step,
+                                                         use_ema=False)
+    except (ValueError, OSError) as e:
+      parser.error(f"--coarse_run {args.coarse_run!r}: {e}")
     if stage_layout != layout or stage.model.config != musiclm.coarse.model.config:
       parser.error(f"--coarse_run {args.coarse_run!r}: its coarse stage's layout or "
                    "config differs from the bundle's")

@@ -1,4 +1,5 @@
-"""Checkpoints: restore onto another mesh, fall back from an unreadable newest step."""
+"""Checkpoints: restore onto another mesh, fall back from an unreadable newest step, name a
+damaged step read for export."""
 
 import glob
 import os
@@ -20,15 +21,20 @@ def _trained_state(partitioner, steps, batches):
   return trainer, state
 
 
+def _saved_after(model_dir, steps, batches):
+  """(trainer, state) after `steps` single-device steps, that state saved in model_dir."""
+  trainer, state = _trained_state(lm_fixtures.single_device_partitioner(), steps, batches)
+  manager = checkpoints.CheckpointManager(str(model_dir), save_interval_steps=1)
+  manager.save(steps, state, {"batches_consumed": steps})
+  manager.close()
+  return trainer, state
+
+
 def test_checkpoint_restores_onto_another_mesh(tmp_path):
   if jax.device_count() < 8:
     pytest.skip("needs 8 simulated devices")
   batches = lm_fixtures.batches(3)
-  one = lm_fixtures.single_device_partitioner()
-  _, state = _trained_state(one, 2, batches)
-  manager = checkpoints.CheckpointManager(str(tmp_path), save_interval_steps=1)
-  manager.save(2, state, {"batches_consumed": 2})
-  manager.close()
+  _, state = _saved_after(tmp_path, 2, batches)
 
   mesh = partitioning.Partitioner(num_partitions=2)
   trainer = trainer_lib.Trainer(lm_fixtures.tiny_model(), mesh)
@@ -75,3 +81,21 @@ def test_unreadable_newest_checkpoint_falls_back_and_keeps_files(tmp_path, capsy
   assert "step 4" in out and "unreadable" in out
   # Nothing was deleted: the damaged step is kept aside for inspection.
   assert os.path.isdir(tmp_path / "checkpoints" / f"4{checkpoints.CORRUPT_SUFFIX}")
+
+
+def test_damaged_checkpoint_read_for_export_is_named_and_kept(tmp_path):
+  _saved_after(tmp_path, 1, lm_fixtures.batches(2))
+  assert checkpoints.restore_numpy_state(str(tmp_path), 1)[0] == 1
+
+  # Truncate every file of the step, its metadata included.
+  files = [p for p in glob.glob(str(tmp_path / "checkpoints" / "1" / "state" / "**" / "*"),
+                                recursive=True) if os.path.isfile(p)]
+  for path in files:
+    with open(path, "r+b") as f:
+      f.truncate(min(os.path.getsize(path), 10))
+  with pytest.raises(checkpoints.UnreadableCheckpointError,
+                     match=r"step 1 in .*checkpoints is unreadable"):
+    checkpoints.restore_numpy_state(str(tmp_path), 1)
+  # A ValueError, which the command line reports in one line (exit 2); nothing moved.
+  assert issubclass(checkpoints.UnreadableCheckpointError, ValueError)
+  assert os.path.isdir(tmp_path / "checkpoints" / "1")
