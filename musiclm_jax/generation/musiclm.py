@@ -200,6 +200,12 @@ class MusicLM:
     self.default_sampling = DEFAULT_SAMPLING | check_sampling(dict(default_sampling or {}),
                                                               "default_sampling")
     # The acoustic stages sample each position from its RVQ level's ids only.
+    for name, stage, levels in (("coarse", coarse, layout.coarse_levels),
+                                ("fine", fine, layout.acoustic_levels - layout.coarse_levels)):
+      parallel = stage.model.config.parallel_levels
+      if parallel and parallel != levels:
+        raise ValueError(f"the {name} stage models {parallel} levels in parallel, but the "
+                         f"token layout gives it {levels}")
     self.semantic = semantic
     self.coarse = dataclasses.replace(coarse, level_codes=layout.acoustic_codes,
                                       levels_per_frame=layout.coarse_levels)

@@ -13,6 +13,10 @@ whole sequence, so one key/value cache serves the prefix and the generated token
 
 Vocabularies are padded to a multiple of `vocab_multiple` (for even sharding over the
 'model' axis); padded ids and BOS get logit -1e10 and are never predicted.
+
+With `parallel_levels` K > 0 the targets are RVQ frames modelled with MusicGen's delay
+pattern (lm/delay_pattern.py): a position is a step, its input the sum of the K tokens
+emitted at the step before, its output one head per level.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from musiclm_jax.layers import attention, linear, relative_position, transformer
+from musiclm_jax.lm import delay_pattern
 
 POSITION_EMBEDDINGS = ("relative_bias", "rotary")
 # 'save_*': MaxText's named policies; the names are set in layers/attention.py and
@@ -76,6 +81,10 @@ class DecoderConfig:
       the latter here: the MLP's output feeds only the residual sum, which the backward
       pass does not read.)
     vocab_multiple: embedding/logit tables are padded to a multiple of this.
+    parallel_levels: 0 = one position per target token; K > 0 = the targets are frames of
+      K RVQ levels (level k's ids are k * codes .. (k + 1) * codes - 1, codes =
+      target_vocab_size / K) modelled with the delay pattern: one position per step and K
+      output heads, so T frames take T + K - 1 positions instead of T * K.
   """
   target_vocab_size: int
   prefix_vocab_size: int = 0
@@ -96,10 +105,15 @@ class DecoderConfig:
   scan_layers: bool = False
   remat_policy: str = "none"
   vocab_multiple: int = 128
+  parallel_levels: int = 0
 
   def __post_init__(self):
     if self.target_vocab_size < 1:
       raise ValueError(f"target_vocab_size must be >= 1, got {self.target_vocab_size}")
+    if self.parallel_levels < 0 or (self.parallel_levels and
+                                    self.target_vocab_size % self.parallel_levels):
+      raise ValueError(f"parallel_levels={self.parallel_levels} must be 0 or divide "
+                       f"target_vocab_size={self.target_vocab_size} (equal levels)")
     if self.num_kv_heads is not None and (self.num_kv_heads < 1 or
                                           self.num_heads % self.num_kv_heads):
       raise ValueError(f"num_kv_heads={self.num_kv_heads} must divide "
@@ -142,6 +156,11 @@ class DecoderConfig:
     return round_up(self.prefix_vocab_size + 1, self.vocab_multiple)
 
   @property
+  def level_codes(self) -> int:
+    """Ids per RVQ level with parallel_levels, else 0."""
+    return self.target_vocab_size // self.parallel_levels if self.parallel_levels else 0
+
+  @property
   def jnp_dtype(self):
     return jnp.dtype(self.dtype)
 
@@ -176,7 +195,8 @@ class DecoderOnlyLM(nn.Module):
 
     Args:
       decoder_input_tokens: [batch, T] int, BOS + targets shifted right (or, in decode
-        mode, the next chunk of target-side tokens).
+        mode, the next chunk of target-side tokens). With parallel_levels K: step tokens
+        [batch, T, K] (`delay_pattern.step_inputs`; EMPTY adds nothing).
       prefix_tokens: [batch, P] int conditioning, or None (unconditional, or in decode mode
         any call after the first).
       deterministic: disables dropout.
@@ -185,11 +205,18 @@ class DecoderOnlyLM(nn.Module):
       return_hidden: return the final hidden states [batch, T, emb_dim] instead (the
         chunked loss projects them to logits a chunk at a time).
     Returns:
-      float32 logits [batch, T, padded_target_vocab] (ids >= target_vocab_size masked).
+      float32 logits [batch, T, padded_target_vocab] (ids >= target_vocab_size masked); with
+      parallel_levels K, [batch, T, K, padded_target_vocab], head k masked to level k's ids.
     """
     cfg = self.config
     dtype = cfg.jnp_dtype
-    x = self._embed("token_embedder", cfg.padded_target_vocab, decoder_input_tokens)
+    if cfg.parallel_levels:
+      present = decoder_input_tokens != delay_pattern.EMPTY
+      x = self._embed("token_embedder", cfg.padded_target_vocab,
+                      jnp.where(present, decoder_input_tokens, 0))
+      x = jnp.sum(jnp.where(present[..., None], x, 0), axis=2).astype(dtype)
+    else:
+      x = self._embed("token_embedder", cfg.padded_target_vocab, decoder_input_tokens)
     num_targets = x.shape[1]
     if prefix_tokens is not None:
       if cfg.prefix_vocab_size == 0:
@@ -248,18 +275,25 @@ class DecoderOnlyLM(nn.Module):
 
 def logits_head(config: DecoderConfig, name: Optional[str] = None) -> linear.DenseGeneral:
   """The output projection [.., emb_dim] -> [.., padded_target_vocab] (parameters
-  'logits_dense'); also applied chunk by chunk by the chunked loss."""
-  return linear.DenseGeneral(config.padded_target_vocab, ("embed", "vocab"),
-                             dtype=config.jnp_dtype, name=name)
+  'logits_dense'); also applied chunk by chunk by the chunked loss. With parallel_levels
+  K, K heads in one kernel: [.., K * padded_target_vocab]."""
+  return linear.DenseGeneral(config.padded_target_vocab * max(config.parallel_levels, 1),
+                             ("embed", "vocab"), dtype=config.jnp_dtype, name=name)
 
 
 def masked_logits(config: DecoderConfig, logits: jnp.ndarray) -> jnp.ndarray:
-  """Projected logits [.., padded_vocab] -> float32, padding ids (>= target_vocab_size)
-  masked to -1e10."""
+  """Projected logits [B, T, padded_vocab] -> float32, padding ids (>= target_vocab_size)
+  masked to -1e10. With parallel_levels K: [B, T, K * padded_vocab] -> [B, T, K,
+  padded_vocab], head k keeping level k's ids only."""
   logits = nn.with_logical_constraint(logits.astype(jnp.float32),
                                       ("batch", "length", "vocab"))
-  real = jnp.arange(config.padded_target_vocab) < config.target_vocab_size
-  return jnp.where(real, logits, -1e10)
+  ids = jnp.arange(config.padded_target_vocab)
+  if not config.parallel_levels:
+    return jnp.where(ids < config.target_vocab_size, logits, -1e10)
+  levels = config.parallel_levels
+  logits = logits.reshape(logits.shape[:-1] + (levels, config.padded_target_vocab))
+  in_level = (ids[None, :] // config.level_codes) == jnp.arange(levels)[:, None]
+  return jnp.where(in_level & (ids < config.target_vocab_size), logits, -1e10)
 
 
 @gin.configurable
@@ -271,7 +305,8 @@ def decoder_only_lm(config: DecoderConfig = gin.REQUIRED) -> DecoderOnlyLM:
 def abstract_params(config: DecoderConfig):
   """The parameter tree of `DecoderOnlyLM(config)` as ShapeDtypeStructs (nothing allocated):
   what a checkpoint or bundle holding this model's parameters must match."""
-  tokens = jnp.zeros((1, 4), jnp.int32)
+  tokens = jnp.zeros((1, 4) + ((config.parallel_levels,) if config.parallel_levels else ()),
+                     jnp.int32)
   prefix = jnp.zeros((1, 2), jnp.int32) if config.prefix_vocab_size else None
   return jax.eval_shape(lambda: nn.meta.unbox(DecoderOnlyLM(config).init(
       jax.random.key(0), tokens, prefix, deterministic=True))["params"])

@@ -22,6 +22,8 @@ from typing import Any, Callable, Optional, Tuple, Union
 import jax
 import jax.numpy as jnp
 
+from musiclm_jax.lm import delay_pattern
+
 NEG_INF = -1e10
 
 # logits_fn(carry, tokens [B, L], new_token [B], index) -> (logits [rows, V], carry): the
@@ -130,4 +132,61 @@ def sample(logits_fn: LogitsFn, first_logits: jnp.ndarray, carry: Any,
 
   state = (jnp.asarray(prompt_len, jnp.int32), tokens, log_probs, first_logits, carry)
   _, tokens, log_probs, _, _ = jax.lax.while_loop(lambda s: s[0] < length, body, state)
+  return tokens, log_probs
+
+
+def sample_delayed(logits_fn: LogitsFn, first_logits: jnp.ndarray, carry: Any,
+                   prompt: jnp.ndarray, length: int, levels: int, rng: jax.Array, *,
+                   temperature: Scalar = 1.0, top_k: int = 0, top_p: Scalar = 1.0,
+                   guidance_scale: Optional[Scalar] = None
+                   ) -> Tuple[jnp.ndarray, jnp.ndarray]:
+  """`sample` for a delay-pattern model (lm/delay_pattern.py): step s draws level k of
+  frame s - k for every level at once, from that level's head.
+
+  Args:
+    logits_fn: as `LogitsFn`, but new_token is the step's tokens [rows, levels] (EMPTY
+      where a level emitted nothing), index the step, and the logits [rows, levels, V] are
+      the next step's.
+    first_logits: [rows, levels, V], step 0's.
+    prompt: [B, prompt_len] flattened targets kept as they are (forced where they fall).
+    length: flattened output tokens, a whole number of frames.
+    levels: K.
+  Returns:
+    tokens [B, length] int32 and log_probs [B, length] float32, in target order, as
+    `sample`'s.
+  """
+  batch, prompt_len = prompt.shape
+  if length % levels or not 0 <= prompt_len < length:
+    raise ValueError(f"decode length {length} must be whole frames of {levels} levels and "
+                     f"longer than the prompt ({prompt_len})")
+  frames = length // levels
+  level_ids = jnp.arange(levels)
+  tokens = jnp.zeros((batch, length), jnp.int32).at[:, :prompt_len].set(prompt)
+  log_probs = jnp.zeros((batch, length), jnp.float32)
+
+  def body(state):
+    step, tokens, log_probs, logits, carry = state
+    guided = apply_guidance(logits, guidance_scale)                      # [B, K, V]
+    drawn = choose_tokens(jax.random.fold_in(rng, step),
+                          guided.reshape(batch * levels, -1), temperature, top_k,
+                          top_p).reshape(batch, levels)
+    frame = step - level_ids
+    valid = (frame >= 0) & (frame < frames)
+    position = jnp.clip(frame, 0, frames - 1) * levels + level_ids      # [K], distinct
+    held = tokens[:, position]
+    chosen = jnp.where(position < prompt_len, held, drawn)
+    logp = jnp.take_along_axis(jax.nn.log_softmax(guided, axis=-1), chosen[..., None],
+                               axis=-1)[..., 0]
+    logp = jnp.where(position < prompt_len, 0.0, logp)
+    tokens = tokens.at[:, position].set(jnp.where(valid, chosen, held))
+    log_probs = log_probs.at[:, position].set(
+        jnp.where(valid, logp, log_probs[:, position]))
+    fed = jnp.where(valid, chosen, delay_pattern.EMPTY)
+    fed = fed if guidance_scale is None else jnp.concatenate([fed, fed])
+    logits, carry = logits_fn(carry, tokens, fed, step)
+    return step + 1, tokens, log_probs, logits, carry
+
+  steps = delay_pattern.num_steps(frames, levels)
+  state = (jnp.asarray(0, jnp.int32), tokens, log_probs, first_logits, carry)
+  _, tokens, log_probs, _, _ = jax.lax.while_loop(lambda s: s[0] < steps, body, state)
   return tokens, log_probs

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from musiclm_jax.lm import decoder_lm, decoding
+from musiclm_jax.lm import decoder_lm, decoding, delay_pattern
 from musiclm_jax.training import models as models_lib
 
 
@@ -88,6 +88,9 @@ class DecoderOnlyLMModel(models_lib.BaseModel):
       raise ValueError(f"prefix_dropout_rate must be in [0, 1], got {prefix_dropout_rate}")
     if loss_chunk_length < 0:
       raise ValueError(f"loss_chunk_length must be >= 0, got {loss_chunk_length}")
+    if loss_chunk_length and module.config.parallel_levels:
+      raise ValueError("loss_chunk_length needs one position per target: set it to 0 with "
+                       f"parallel_levels={module.config.parallel_levels}")
     self.prefix_dropout_rate = prefix_dropout_rate
     self.z_loss = z_loss
     self.loss_chunk_length = loss_chunk_length
@@ -107,15 +110,26 @@ class DecoderOnlyLMModel(models_lib.BaseModel):
 
   # ---- training -----------------------------------------------------------------------------
 
+  def _step_inputs(self, decoder_input_tokens: jnp.ndarray) -> jnp.ndarray:
+    """The module's input: the shifted targets [B, T] as they are, or with parallel_levels
+    K the delay pattern's step tokens [B, T / K + K - 1, K]."""
+    levels = self.config.parallel_levels
+    if not levels:
+      return decoder_input_tokens
+    # decoder_input_tokens is BOS + targets[:-1]; the last target is never read as input.
+    targets = jnp.pad(decoder_input_tokens[:, 1:], ((0, 0), (0, 1)))
+    return delay_pattern.step_inputs(targets, levels, self.config.bos_id)
+
   def get_initial_variables(self, rng, input_shapes, input_types=None):
-    tokens = jnp.zeros(input_shapes["decoder_input_tokens"], jnp.int32)
+    tokens = self._step_inputs(jnp.zeros(input_shapes["decoder_input_tokens"], jnp.int32))
     prefix = None
     if self.config.prefix_vocab_size:
       prefix = jnp.zeros(input_shapes["prefix_tokens"], jnp.int32)
     return self.module.init({"params": rng}, tokens, prefix, deterministic=True)
 
   def _logits(self, params, batch, dropout_rng, return_hidden: bool = False):
-    """Logits [B, T, V] (or with return_hidden the final hidden states [B, T, E])."""
+    """Logits [B, T, V] of the targets (or with return_hidden the final hidden states
+    [B, T, E]); with parallel_levels the steps' logits put back in target order."""
     prefix = self._prefix(batch)
     rngs = None
     if dropout_rng is not None:
@@ -125,9 +139,12 @@ class DecoderOnlyLMModel(models_lib.BaseModel):
         drop = jax.random.bernoulli(prefix_rng, self.prefix_dropout_rate,
                                     (prefix.shape[0], 1))
         prefix = jnp.where(drop, self.config.null_prefix_id, prefix)
-    return self.module.apply({"params": params}, batch["decoder_input_tokens"], prefix,
-                             deterministic=dropout_rng is None, rngs=rngs,
-                             return_hidden=return_hidden)
+    out = self.module.apply({"params": params}, self._step_inputs(
+        batch["decoder_input_tokens"]), prefix, deterministic=dropout_rng is None, rngs=rngs,
+                            return_hidden=return_hidden)
+    if self.config.parallel_levels and not return_hidden:
+      out = delay_pattern.flat_step_logits(out)
+    return out
 
   def loss_fn(self, params, batch, dropout_rng, group=models_lib.DEFAULT_GROUP):
     """Token-averaged cross-entropy (+ z-loss) over weighted target positions."""
@@ -185,7 +202,8 @@ class DecoderOnlyLMModel(models_lib.BaseModel):
       use_cache: key/value cache (fast); False recomputes the whole sequence every step
         (the reference the cache is tested against).
       level_codes, levels_per_frame: targets are flattened RVQ frames (AudioLM's offsets):
-        constrain each position to its level's ids (`decoding.sample`).
+        constrain each position to its level's ids (`decoding.sample`). A model with
+        parallel_levels keeps to them by construction (checked to match).
     Returns:
       tokens [B, max_decode_length] int32 and {'log_probs': [B, max_decode_length]}.
     """
@@ -206,6 +224,12 @@ class DecoderOnlyLMModel(models_lib.BaseModel):
       raise ValueError("sampling with temperature > 0 needs an rng")
     if rng is None:
       rng = jax.random.key(0)
+    if (self.config.parallel_levels and level_codes and
+        (levels_per_frame, level_codes) != (self.config.parallel_levels,
+                                            self.config.level_codes)):
+      raise ValueError(f"levels_per_frame={levels_per_frame}, level_codes={level_codes} do "
+                       f"not match the model's {self.config.parallel_levels} parallel levels "
+                       f"of {self.config.level_codes} ids")
     # The settings' values are traced (a new temperature, top_p or guidance scale reuses the
     # compiled sampler); what they switch on or off is static.
     values = {"temperature": jnp.float32(temperature), "top_p": jnp.float32(top_p),
@@ -239,6 +263,10 @@ class DecoderOnlyLMModel(models_lib.BaseModel):
     prompt_len = prompt.shape[1]
     apply = functools.partial(self.module.apply, deterministic=True)
 
+    if cfg.parallel_levels:
+      return self._sample_delayed(apply, params, prefix, prompt, rng, rows, length,
+                                  temperature=temperature, top_k=top_k, top_p=top_p,
+                                  guidance_scale=guidance_scale, use_cache=use_cache)
     if use_cache:
       prefix_len = 0 if prefix is None else prefix.shape[1]
       cache_length = prefix_len + length + 1  # + one slot for the loop's unused last step
@@ -274,3 +302,44 @@ class DecoderOnlyLMModel(models_lib.BaseModel):
                            temperature=temperature, top_k=top_k, top_p=top_p,
                            guidance_scale=guidance_scale, level_codes=level_codes,
                            levels_per_frame=levels_per_frame)
+
+  def _sample_delayed(self, apply, params, prefix, prompt, rng, rows, length, *,
+                      temperature, top_k, top_p, guidance_scale, use_cache):
+    """`_sample_jit`'s body for a delay-pattern model: one position per step."""
+    cfg = self.config
+    levels = cfg.parallel_levels
+    steps = delay_pattern.num_steps(length // levels, levels)
+    first = jnp.full((rows, 1, levels), delay_pattern.EMPTY, jnp.int32).at[:, 0, 0].set(
+        cfg.bos_id)
+    if use_cache:
+      prefix_len = 0 if prefix is None else prefix.shape[1]
+      cache_length = prefix_len + steps + 1  # + one slot for the loop's unused last step
+      logits, variables = apply({"params": params}, first, prefix, decode=True,
+                                cache_length=cache_length, mutable=["cache"])
+
+      def logits_fn(cache, tokens, step_tokens, step):
+        del tokens, step
+        step_logits, variables = apply({"params": params, "cache": cache},
+                                       step_tokens[:, None], None, decode=True,
+                                       cache_length=cache_length, mutable=["cache"])
+        return step_logits[:, 0], variables["cache"]
+
+      carry = variables["cache"]
+    else:
+      def full_logits(tokens):
+        tokens = tokens if guidance_scale is None else jnp.concatenate([tokens, tokens])
+        return apply({"params": params},
+                     delay_pattern.step_inputs(tokens, levels, cfg.bos_id), prefix)
+
+      def logits_fn(carry, tokens, step_tokens, step):
+        del step_tokens
+        position = jnp.minimum(step + 1, steps - 1)
+        return jax.lax.dynamic_index_in_dim(full_logits(tokens), position, 1, False), carry
+
+      padded_prompt = jnp.zeros((prompt.shape[0], length), jnp.int32)
+      padded_prompt = padded_prompt.at[:, :prompt.shape[1]].set(prompt)
+      logits = full_logits(padded_prompt)
+      carry = ()
+    return decoding.sample_delayed(logits_fn, logits[:, 0], carry, prompt, length, levels,
+                                   rng, temperature=temperature, top_k=top_k, top_p=top_p,
+                                   guidance_scale=guidance_scale)

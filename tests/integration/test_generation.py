@@ -26,11 +26,12 @@ WINDOWS = musiclm_lib.Windows(semantic_seconds=0.2, coarse_seconds=0.12, fine_se
                            overlap=0.5)
 
 
-def _stage(layout, stage, seed):
+def _stage(layout, stage, seed, parallel_levels=0):
   prefix_vocab, target_vocab = layout.vocab_sizes(stage)
   config = decoder_lm.DecoderConfig(target_vocab_size=target_vocab,
                                     prefix_vocab_size=prefix_vocab, num_layers=1, num_heads=2,
-                                    head_dim=16, emb_dim=32, mlp_dim=64, vocab_multiple=8)
+                                    head_dim=16, emb_dim=32, mlp_dim=64, vocab_multiple=8,
+                                    parallel_levels=parallel_levels)
   model = lm_models.DecoderOnlyLMModel(decoder_lm.DecoderOnlyLM(config), optax.adam(1e-3))
   params = nn.meta.unbox(model.get_initial_variables(
       jax.random.key(seed), {"prefix_tokens": (1, 4), "decoder_input_tokens": (1, 8)},
@@ -267,6 +268,34 @@ def test_bundle_round_trip_gives_the_same_audio_and_refuses_damage(musiclm, tmp_
   json.dump(manifest, open(os.path.join(edited, "manifest.json"), "w"))
   with pytest.raises(bundle.BundleError, match="'semantic': parameters do not match"):
     bundle.load_bundle(edited)
+
+
+def test_delay_pattern_stages_generate_continue_and_travel_in_a_bundle(tmp_path):
+  """Acoustic stages that model their levels in parallel (the delay pattern) slide over
+  the clip, keep each id in its level, continue an audio prompt and load from a bundle."""
+  from tests import soundstream_fixtures
+  layout = token_layout.TokenLayout(**LAYOUT_FIELDS)
+  parts = tokenize_fixtures.tiny_tokenizers()
+  parallel = {"semantic": 0, "coarse": 2, "fine": 2}
+  stage_lms = [_stage(layout, s, i, parallel[s]) for i, s in enumerate(token_layout.STAGES)]
+  model = musiclm_lib.MusicLM(layout, parts.mulan, *stage_lms, parts.codec, WINDOWS,
+                              semantic_tokenizer=parts.semantic)
+  prompts = ["calm piano", "fast drums"]
+  tokens = model.generate_tokens(prompts, 0.5, seed=0)
+  assert tokens.shape == (2, 13 * 16, 4)
+  assert tokens.min() >= 0 and tokens.max() < 32
+  clips = soundstream_fixtures.real_clips()[:2]
+  given = model.tokenize_prompt(clips, soundstream_fixtures.SAMPLE_RATE)
+  continued = model.generate_tokens(prompts, 0.5, seed=0, audio_prompt=given)
+  np.testing.assert_array_equal(continued[:, :80], given.acoustic)
+  path = str(tmp_path / "bundle")
+  bundle.save_bundle(model, path)
+  np.testing.assert_array_equal(bundle.load_bundle(path).generate(prompts, 0.2, seed=3),
+                                model.generate(prompts, 0.2, seed=3))
+  with pytest.raises(ValueError, match="the coarse stage models 4 levels in parallel, but "
+                                       "the token layout gives it 2"):
+    musiclm_lib.MusicLM(layout, parts.mulan, stage_lms[0], _stage(layout, "coarse", 1, 4),
+                        stage_lms[2], parts.codec, WINDOWS)
 
 
 def test_generate_cli_writes_wavs_for_prompts_stories_and_batches(musiclm, tmp_path, capsys):

@@ -70,7 +70,15 @@ def _check_stage(gin_file: str, stage: str, bindings=()) -> stages.TokenLayout:
     assert (lengths["prefix_tokens"], lengths["targets"]) == layout.lengths(stage, crop)
     assert (gin.query_parameter("%PREFIX_VOCAB_SIZE"),
             gin.query_parameter("%TARGET_VOCAB_SIZE")) == layout.vocab_sizes(stage)
-    assert decoder_lm.DecoderConfig().max_length >= sum(layout.lengths(stage, crop))
+    config = decoder_lm.DecoderConfig()
+    assert config.max_length >= sum(layout.lengths(stage, crop))
+    # A delay-pattern stage models its frames' levels in parallel: all of them.
+    if config.parallel_levels:
+      assert stage != "semantic"
+      vocabulary, levels = layout.vocab_sizes(stage)[1], layout.acoustic_levels
+      assert config.parallel_levels == (layout.coarse_levels if stage == "coarse"
+                                        else levels - layout.coarse_levels)
+      assert vocabulary == config.parallel_levels * layout.acoustic_codes
     # A crop of whole semantic frames: the generation window is exactly what was trained.
     assert abs(crop * layout.semantic_rate - round(crop * layout.semantic_rate)) < 1e-9
     return layout
