@@ -61,6 +61,11 @@ def _validation_loss(run_dir: str, step: int):
                if r["step"] == step), None)
 
 
+def _inference_config(config):
+  """A DecoderConfig without its training-only settings (dropout): what a rendering uses."""
+  return dataclasses.replace(config, dropout_rate=0.0, attention_dropout_rate=None)
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--work_dir", required=True, help="a finished pipeline run")
@@ -70,7 +75,8 @@ def main() -> None:
                       help="comma-separated coarse-stage temperatures to render the coarse "
                            "levels alone at, besides the bundle's")
   parser.add_argument("--coarse_run", default=None,
-                      help="a training run of the bundle's coarse stage (same config), for "
+                      help="a training run of the bundle's coarse stage (same config but for "
+                           "dropout), for "
                            "--coarse_steps")
   parser.add_argument("--coarse_steps", default="",
                       help="comma-separated checkpoint steps of --coarse_run to render the "
@@ -124,7 +130,8 @@ def main() -> None:
                                                          use_ema=False)
     except (ValueError, OSError) as e:
       parser.error(f"--coarse_run {args.coarse_run!r}: {e}")
-    if stage_layout != layout or stage.model.config != musiclm.coarse.model.config:
+    if stage_layout != layout or (_inference_config(stage.model.config) !=
+                                  _inference_config(musiclm.coarse.model.config)):
       parser.error(f"--coarse_run {args.coarse_run!r}: its coarse stage's layout or "
                    "config differs from the bundle's")
     coarse_params[step] = stage.params

@@ -376,6 +376,21 @@ SPECS: dict[str, Spec] = {
             Column("Model TFLOP/s", "results.model_tflop_per_s", "{:.1f}"),
             Column("MFU", "results.mfu", "{:.1%}"),
         )),
+    "delay_pattern_speed": Spec(
+        script="delay_pattern_speed.py",
+        caption="One acoustic stage (pipeline/tiny_long.gin's coarse stage, 3 levels, 100 "
+                "frames) flattened and with the delay pattern, in the same run: a training "
+                "step at batch 16 and one window sampled at batch 8 with guidance.",
+        columns=(
+            Column("Positions flat / delayed", ("flat.positions", "delayed.positions"),
+                   "{:d}"),
+            Column("Train step s flat / delayed", ("flat.train_step_s",
+                                                   "delayed.train_step_s"), "{:.3f}"),
+            Column("Train ×", "train_speedup", "{:.2f}"),
+            Column("Window sampled s flat / delayed", ("flat.sample_window_s",
+                                                       "delayed.sample_window_s"), "{:.2f}"),
+            Column("Sample ×", "sample_speedup", "{:.2f}"),
+        )),
     "lm_speed": Spec(
         script="lm_speed.py", derive=_lm_speed,
         caption="Tokens per second over audiolm-pytorch's SemanticTransformer of the same "

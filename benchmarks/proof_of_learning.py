@@ -22,7 +22,7 @@ Steps:
    Results are also given per template.
 2. For each sampling setting (--samplings; `_samplings`: the paper's temperatures, and
    MusicGen's default of classifier-free guidance 3 with top-k 250 on the text-conditioned
-   stages): generation from the prompts and from the same prompts shuffled (each clip then
+   stages, and lighter or narrower guidance): generation from the prompts and from the same prompts shuffled (each clip then
    judged against a prompt it was not given). Both judges read them; a one-sided Fisher
    exact test says whether the prompts' ensembles are recognised more often than the
    shuffled ones (the primary test), a Mann-Whitney U test whether the probe gives the
@@ -71,7 +71,7 @@ def _samplings():
       "paper": dict(paper),
       # MusicGen's defaults (audiocraft: cfg_coef 3.0, top_k 250, temperature 1.0) on the
       # text-conditioned stages; the fine stage, conditioned on coarse tokens only, as the
-      # paper. The library's default since this benchmark measured it.
+      # paper. The library's default until this benchmark measured scale 1.5.
       "cfg3_topk250": {"semantic": guided, "coarse": guided, "fine": paper["fine"]},
       # Guidance alone, with the paper's temperatures.
       "cfg3": {"semantic": musiclm_lib.Sampling(paper["semantic"].temperature,
@@ -83,6 +83,17 @@ def _samplings():
       # at the tiny size the fine stage's residual is mostly noise).
       "cfg3_topk250_no_fine": {"semantic": guided, "coarse": guided,
                                "fine": musiclm_lib.NO_FINE_STAGE},
+      # Guidance on the semantic stage only: the coarse stage's prefix is mostly the
+      # semantic tokens, which already carry the prompt.
+      "cfg3_semantic_no_fine": {"semantic": guided,
+                                "coarse": musiclm_lib.Sampling(temperature=1.0, top_k=250),
+                                "fine": musiclm_lib.NO_FINE_STAGE},
+      # Half the guidance on both text-conditioned stages: the library's default (it beat
+      # scale 3 on FAD and on adherence with the delay-pattern coarse stage).
+      "cfg1.5_topk250_no_fine": {
+          "semantic": musiclm_lib.Sampling(temperature=1.0, top_k=250, guidance_scale=1.5),
+          "coarse": musiclm_lib.Sampling(temperature=1.0, top_k=250, guidance_scale=1.5),
+          "fine": musiclm_lib.NO_FINE_STAGE},
   }
 
 
@@ -204,7 +215,8 @@ def main() -> None:
   parser.add_argument("--seconds", type=float, default=8.0)
   parser.add_argument("--samplings", default="paper,cfg3_topk250",
                       help="comma-separated sampling settings to compare (of: "
-                           "paper, cfg3_topk250, cfg3, cfg3_topk250_no_fine)")
+                           "paper, cfg3_topk250, cfg3, cfg3_topk250_no_fine, "
+                           "cfg3_semantic_no_fine, cfg1.5_topk250_no_fine)")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--clips_dir", default=None,
                       help="also write the first 8 clips of each setting (prompts and "

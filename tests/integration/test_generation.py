@@ -164,7 +164,7 @@ def test_a_models_default_sampling_travels_in_its_bundle(musiclm, tmp_path):
   manifest = json.load(open(manifest_path))
   assert manifest["sampling"]["fine"] is None
   assert manifest["sampling"]["coarse"] == {"temperature": 1.0, "top_k": 250, "top_p": 1.0,
-                                            "guidance_scale": 3.0}
+                                            "guidance_scale": 1.5}
   loaded = bundle.load_bundle(path)
   assert loaded.default_sampling == musiclm_lib.DEFAULT_SAMPLING | skip
   np.testing.assert_array_equal(loaded.generate_tokens(prompts, 0.3, seed=2), whole[..., :qc])
