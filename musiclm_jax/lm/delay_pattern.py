@@ -13,8 +13,8 @@ Generation"):
 
 Step s reads the tokens emitted at step s - 1 (their embeddings summed; step 0 reads BOS),
 so c[t, k] is conditioned on every c[t', k'] with t' + k' < t + k: a frame's finer levels
-see its coarser ones, and a frame's first level sees the previous frame's coarser levels
-only. The likelihood is still one of the flattened targets, so losses and validation
+see its coarser ones, but its first level sees only the first level of the frame before,
+the second level of the frame before that, and so on. The likelihood is still one of the flattened targets, so losses and validation
 numbers compare with the flat model's.
 
 Step tokens are [B, S, K] target ids (level k's ids, already offset by k * codes) with
