@@ -94,6 +94,13 @@ def _samplings():
           "semantic": musiclm_lib.Sampling(temperature=1.0, top_k=250, guidance_scale=1.5),
           "coarse": musiclm_lib.Sampling(temperature=1.0, top_k=250, guidance_scale=1.5),
           "fine": musiclm_lib.NO_FINE_STAGE},
+      # Scale 1.5 on the semantic stage only. The coarse stage's unconditional pass drops its
+      # whole prefix, the semantic tokens with the MuLan ones, so guidance there also pushes
+      # away from acoustics that ignore the semantic tokens.
+      "cfg1.5_semantic_no_fine": {
+          "semantic": musiclm_lib.Sampling(temperature=1.0, top_k=250, guidance_scale=1.5),
+          "coarse": musiclm_lib.Sampling(temperature=1.0, top_k=250),
+          "fine": musiclm_lib.NO_FINE_STAGE},
   }
 
 
@@ -216,7 +223,8 @@ def main() -> None:
   parser.add_argument("--samplings", default="paper,cfg3_topk250",
                       help="comma-separated sampling settings to compare (of: "
                            "paper, cfg3_topk250, cfg3, cfg3_topk250_no_fine, "
-                           "cfg3_semantic_no_fine, cfg1.5_topk250_no_fine)")
+                           "cfg3_semantic_no_fine, cfg1.5_topk250_no_fine, "
+                           "cfg1.5_semantic_no_fine)")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--clips_dir", default=None,
                       help="also write the first 8 clips of each setting (prompts and "
