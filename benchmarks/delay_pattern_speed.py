@@ -25,7 +25,8 @@ import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import machine  # noqa: E402  pylint: disable=wrong-import-position
-from musiclm_jax.lm import decoder_lm, models as lm_models  # noqa: E402  pylint: disable=wrong-import-position
+from musiclm_jax.lm import decoder_lm  # noqa: E402  pylint: disable=wrong-import-position
+from musiclm_jax.lm import models as lm_models  # noqa: E402  pylint: disable=wrong-import-position
 
 LEVELS, CODES, FRAMES, PREFIX, PREFIX_VOCAB = 3, 32, 100, 29, 128
 SIZES = dict(num_layers=4, num_heads=4, head_dim=64, emb_dim=256, mlp_dim=512, max_length=384)

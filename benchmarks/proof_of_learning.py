@@ -22,12 +22,13 @@ Steps:
    Results are also given per template.
 2. For each sampling setting (--samplings; `_samplings`: the paper's temperatures, and
    MusicGen's default of classifier-free guidance 3 with top-k 250 on the text-conditioned
-   stages, and lighter or narrower guidance): generation from the prompts and from the same prompts shuffled (each clip then
-   judged against a prompt it was not given). Both judges read them; a one-sided Fisher
-   exact test says whether the prompts' ensembles are recognised more often than the
-   shuffled ones (the primary test), a Mann-Whitney U test whether the probe gives the
-   named class more probability. Also librosa's beat tracker against the tempo word.
-   Unconditioned generation (guidance scale 0: the stages' unconditional model) once.
+   stages, and lighter or narrower guidance): generation from the prompts and from the
+   same prompts shuffled (each clip then judged against a prompt it was not given). Both
+   judges read them; a one-sided Fisher exact test says whether the prompts' ensembles are
+   recognised more often than the shuffled ones (the primary test), a Mann-Whitney U test
+   whether the probe gives the named class more probability. Also librosa's beat tracker
+   against the tempo word. Unconditioned generation (guidance scale 0: the stages'
+   unconditional model) once.
 3. FAD (musicnn MTT) to held-out real renderings of: each setting's generated clips, the
    unconditioned ones, and SoundStream's own resynthesis of held-out clips (the floor).
 4. The chain, link by link, to see where the prompt's information is lost (larger prompt

@@ -14,8 +14,8 @@ Generation"):
 Step s reads the tokens emitted at step s - 1 (their embeddings summed; step 0 reads BOS),
 so c[t, k] is conditioned on every c[t', k'] with t' + k' < t + k: a frame's finer levels
 see its coarser ones, but its first level sees only the first level of the frame before,
-the second level of the frame before that, and so on. The likelihood is still one of the flattened targets, so losses and validation
-numbers compare with the flat model's.
+the second level of the frame before that, and so on. The likelihood is still one of the
+flattened targets, so losses and validation numbers compare with the flat model's.
 
 Step tokens are [B, S, K] target ids (level k's ids, already offset by k * codes) with
 EMPTY where a level has no token at that step.
