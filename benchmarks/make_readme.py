@@ -184,6 +184,9 @@ def _proof_of_learning(report: dict) -> dict:
       "semantic": chain.get(f"semantic_stage_conditioned_{name}", {}),
       "semantic_shuffled": chain.get(f"semantic_stage_shuffled_prompts_{name}", {}),
       "fad": report["fad_musicnn_to_heldout_real"].get(f"generated_{name}", {}),
+      "fad_reference_mix": report["fad_musicnn_to_heldout_real"].get(
+          f"generated_reference_mix_{name}", {}),
+      "text_conditioning": report.get("text_conditioning"),
       "tagger_passing": len(targets.get("tagger_instruments_passing", [])),
       "acoustic_vs_codec": targets.get("acoustic_vs_codec_probe")}}
 
@@ -449,11 +452,15 @@ SPECS: dict[str, Spec] = {
                 "held-out real clips (floor: the codec's resynthesis). Newer files: the "
                 "library's default sampling; Tagger: instruments the independent MTT tagger "
                 "finds at AUC >= 0.75, p < 0.01; Acoustic / codec: the acoustic stages on "
-                "real semantic tokens against the codec's resynthesis (probe).",
+                "real semantic tokens against the codec's resynthesis (probe); FAD, held-out "
+                "mix: generated from prompts naming the held-out clips' own ensembles and "
+                "tempi; Text as: the MuLan tokens a prompt conditions on (the paper's "
+                "text tokens, or the nearest tuple of the training clips').",
         columns=(
             Column("Size", "recipe.size", "{}"),
             Column("Prompts", "n_prompts", "{:d}"),
             Column("Sampling", "row.sampling", "{}"),
+            Column("Text as", "row.text_conditioning", "{}"),
             Column("Ensemble", "row.conditioned.ensemble", "{:.2f}"),
             Column("Ensemble shuffled", "row.shuffled.ensemble", "{:.2f}"),
             Column("Ensemble p", "row.conditioned.ensemble_p_vs_shuffled", "{:.2g}"),
@@ -465,6 +472,7 @@ SPECS: dict[str, Spec] = {
             Column("Tagger", "row.tagger_passing", "{:d}"),
             Column("Acoustic / codec", "row.acoustic_vs_codec", "{:.2f}"),
             Column("FAD", "row.fad.fad", "{:.1f}"),
+            Column("FAD, held-out mix", "row.fad_reference_mix.fad", "{:.1f}"),
             Column("FAD floor", "fad_musicnn_to_heldout_real.codec_resynthesis_floor.fad",
                    "{:.1f}"),
         )),

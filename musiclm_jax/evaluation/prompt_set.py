@@ -89,3 +89,17 @@ def draw(ensembles: Sequence[str], count: int, rng: np.random.Generator,
     template = templates[i % len(templates)]
     out.append(Prompt(ensemble, tempo, template, render(ensemble, tempo, template, rng)))
   return out
+
+
+def for_labels(labels: Sequence[tuple], rng: np.random.Generator,
+               templates: Sequence[int] = tuple(range(len(TEMPLATES)))) -> List[Prompt]:
+  """A prompt for each (ensemble, tempo) of `labels`, in the templates in turn: e.g. the
+  held-out clips' own labels, so that generated clips name the same mix of music as the
+  clips they are compared with (FAD's generation set)."""
+  out = []
+  for i, (ensemble, tempo) in enumerate(labels):
+    if tempo not in TEMPO_WORDS:
+      raise ValueError(f"tempo must be one of {TEMPOS}, got {tempo!r}")
+    template = templates[i % len(templates)]
+    out.append(Prompt(ensemble, tempo, template, render(ensemble, tempo, template, rng)))
+  return out

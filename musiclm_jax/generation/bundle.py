@@ -5,7 +5,9 @@
                            default sampling per stage (null: the fine stage skipped), and
                            for every file its size and SHA-256, for every parameter its
                            shape/dtype; the codec's provenance where its bundle had one
-    mulan/                 config.json, params/ (Orbax), rvq.npz, text/ (tokenizer files)
+    mulan/                 config.json, params/ (Orbax), rvq.npz, text/ (tokenizer files),
+                           audio_token_bank.npz where the model has one (the training clips'
+                           MuLan tokens: text prompts condition on the nearest)
     semantic_tokenizer/    config.json (w2v-BERT + layer), params/ (Orbax), centroids.npz
     codec/                 config.json, params/ (Orbax: generator params + codebooks)
     semantic/ coarse/ fine/  config.json (DecoderConfig), params/ (Orbax)
@@ -34,6 +36,7 @@ from musiclm_jax import atomic
 FORMAT = "musiclm-jax-bundle/1"
 MANIFEST = "manifest.json"
 PARTS = ("mulan", "semantic_tokenizer", "codec", "semantic", "coarse", "fine")
+BANK_FILE = "audio_token_bank.npz"   # in mulan/, optional
 
 
 class BundleError(ValueError):
@@ -112,6 +115,8 @@ def save_bundle(musiclm, path: str, dtype: str = "float32") -> None:
                                                      text_pretrained=True))
     _save_params(part("mulan"), mulan.params, dtype)
     mulan_tokenizer.save_rvq(os.path.join(part("mulan"), "rvq.npz"), mulan.codebooks)
+    if musiclm.audio_token_bank is not None:
+      musiclm.audio_token_bank.save(os.path.join(part("mulan"), BANK_FILE))
     semantic_tok = musiclm.semantic_tokenizer
     if semantic_tok is None:
       raise ValueError("this MusicLM has no semantic tokenizer: a bundle needs all six parts")
@@ -190,6 +195,7 @@ def load_bundle(path: str):
   from musiclm_jax.generation import musiclm as musiclm_lib  # pylint: disable=g-import-not-at-top
   from musiclm_jax.lm import decoder_lm, models as lm_models  # pylint: disable=g-import-not-at-top
   from musiclm_jax.mulan import model as mulan_model, tokenizer as mulan_tokenizer  # pylint: disable=g-import-not-at-top
+  from musiclm_jax.mulan import audio_token_bank  # pylint: disable=g-import-not-at-top
   from musiclm_jax.soundstream import codec as codec_lib, model as ss_model  # pylint: disable=g-import-not-at-top
   from musiclm_jax.lm import token_layout  # pylint: disable=g-import-not-at-top
   from musiclm_jax.w2v_bert import model as w2v_model, tokenizer as semantic_tokenizer  # pylint: disable=g-import-not-at-top
@@ -217,6 +223,13 @@ def load_bundle(path: str):
   mulan_params = params_of("mulan", mulan_model.abstract_params(mulan_config))
   mulan = mulan_tokenizer.MuLanTokenizer(
       mulan_config, mulan_params, mulan_tokenizer.load_rvq(os.path.join(part("mulan"), "rvq.npz")))
+  bank = None
+  if os.path.join("mulan", BANK_FILE) in manifest["files"]:
+    try:
+      bank = audio_token_bank.AudioTokenBank.load(os.path.join(part("mulan"), BANK_FILE),
+                                                  mulan.codebooks)
+    except ValueError as e:
+      raise BundleError(str(e)) from e
 
   w2v_config, extra = config_of("semantic_tokenizer", w2v_model.W2vBertConfig, drop=("layer",))
   w2v_params = params_of("semantic_tokenizer", w2v_model.abstract_params(w2v_config))
@@ -236,7 +249,8 @@ def load_bundle(path: str):
     params = params_of(name, decoder_lm.abstract_params(config))
     stage_lms.append(musiclm_lib.StageLM(model, params))
   return musiclm_lib.MusicLM(layout, mulan, *stage_lms, codec, windows,
-                             semantic_tokenizer=semantic_tok, default_sampling=sampling)
+                             semantic_tokenizer=semantic_tok, default_sampling=sampling,
+                             audio_token_bank=bank)
 
 
 def _default_sampling(values: Mapping[str, Any], source: str) -> Dict[str, Any]:

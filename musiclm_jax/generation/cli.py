@@ -15,7 +15,9 @@ stages: docs/stages_and_generation.md), or --temperature / --top_k for every sta
 stage (--semantic_temperature, ...); --guidance_scale sets classifier-free guidance of the
 text-conditioned stages, --no_guidance turns it off; --no_fine_stage decodes the coarse
 levels alone, --fine_stage runs the fine stage where the bundle skips it by default (as do
---fine_temperature and --fine_top_k).
+--fine_temperature and --fine_top_k). --text_tokens conditions on the RVQ tokens of the
+prompt's MuLan text embedding itself (the paper) where the bundle has an audio token bank
+(by default it conditions on the training clips' tokens nearest the text embedding).
 --audio_prompt continues a recording (any format, rate and channels): the output starts
 with it and lasts --seconds in all; without --prompt the music is conditioned on the
 recording's own MuLan tokens.
@@ -83,6 +85,7 @@ def _sampling(args, defaults=None):
 def _generate(args) -> None:
   from musiclm_jax.audio import io as audio_io  # pylint: disable=g-import-not-at-top
   from musiclm_jax.generation import bundle as bundle_lib  # pylint: disable=g-import-not-at-top
+  from musiclm_jax.generation import musiclm as musiclm_lib  # pylint: disable=g-import-not-at-top
   texts = list(args.prompt)
   if args.prompts:
     with open(args.prompts, encoding="utf-8") as f:
@@ -94,6 +97,8 @@ def _generate(args) -> None:
   prompts = parse_prompts(texts) if texts else [None]
   _sampling(args)   # contradictory or bad flags fail before the bundle loads
   musiclm = bundle_lib.load_bundle(args.bundle)
+  if args.text_tokens:
+    musiclm.text_conditioning = musiclm_lib.TEXT_TOKENS
   sampling = _sampling(args, musiclm.default_sampling)
   continuation = {}
   if args.audio_prompt:
@@ -156,6 +161,9 @@ def parser() -> argparse.ArgumentParser:
                       "dropout): for a fine stage that adds noise, not detail")
   p.add_argument("--fine_stage", action="store_true",
                  help="run the fine stage where the bundle's default skips it")
+  p.add_argument("--text_tokens", action="store_true",
+                 help="condition on the RVQ tokens of the MuLan text embedding (the "
+                      "paper), not on the bundle's audio token bank")
   for stage in ("semantic", "coarse", "fine"):
     p.add_argument(f"--{stage}_temperature", type=float, default=None)
     p.add_argument(f"--{stage}_top_k", type=int, default=None)

@@ -5,7 +5,7 @@
       --semantic_model_dir W2V_RUN --centroids CENTROIDS.npz \
       --codec CODEC_BUNDLE \
       --semantic_stage_dir S1_RUN --coarse_stage_dir S2_RUN --fine_stage_dir S3_RUN \
-      [--no_fine_stage]
+      [--mulan_token_data TOKENS_DIR] [--no_fine_stage]
 
 Each stage run's config.gin gives its DecoderConfig, its TokenLayout and its crop (the
 generation window). The parts must agree: the stages' layouts with each other and with the
@@ -14,6 +14,10 @@ codes); a mismatch is an error naming both sides. Parameters are the EMA ones wh
 saved them (--no_ema: the raw ones). --no_fine_stage makes the bundle's default
 generation decode the coarse levels alone (its manifest records the default sampling; the
 fine stage stays in the bundle, and `generate --fine_stage` runs it).
+--mulan_token_data (the tokenize job's folder) gives the bundle the MuLan tokens of the
+train split's clips: its text prompts then condition on the training tuple nearest their
+MuLan text embedding (`mulan.audio_token_bank`) rather than on the text embedding's own
+tokens.
 """
 
 from __future__ import annotations
@@ -61,9 +65,11 @@ def _check(what: str, ours, theirs, source: str) -> None:
 def from_runs(mulan_model_dir: str, mulan_rvq: str, semantic_model_dir: str, centroids: str,
               codec_bundle: str, semantic_stage_dir: str, coarse_stage_dir: str,
               fine_stage_dir: str, use_ema: bool = True,
-              default_sampling: Optional[dict] = None):
+              default_sampling: Optional[dict] = None,
+              mulan_token_data: Optional[str] = None):
   """A `musiclm_lib.MusicLM` assembled from training runs (checked for agreement), with
-  `default_sampling` (see `MusicLM`) as its own."""
+  `default_sampling` (see `MusicLM`) as its own and, given `mulan_token_data` (a tokens
+  folder), the audio token bank of its train split's MuLan tokens."""
   import gin  # pylint: disable=g-import-not-at-top
   from musiclm_jax.generation import musiclm as musiclm_lib  # pylint: disable=g-import-not-at-top
   from musiclm_jax.mulan import tokenizer as mulan_tokenizer  # pylint: disable=g-import-not-at-top
@@ -88,9 +94,16 @@ def from_runs(mulan_model_dir: str, mulan_rvq: str, semantic_model_dir: str, cen
   _check("acoustic levels x codes", (layout.acoustic_levels, layout.acoustic_codes),
          (codec.config.num_quantizers, codec.config.codebook_size), codec_bundle)
   windows = musiclm_lib.Windows(*(runs[name][2] for name in ("semantic", "coarse", "fine")))
+  bank = None
+  if mulan_token_data is not None:
+    from musiclm_jax.mulan import audio_token_bank  # pylint: disable=g-import-not-at-top
+    from musiclm_jax.tasks import stages  # pylint: disable=g-import-not-at-top
+    stages.check_tokens_layout(mulan_token_data, layout)
+    bank = audio_token_bank.AudioTokenBank(stages.read_mulan_tokens(mulan_token_data),
+                                           mulan.codebooks)
   return musiclm_lib.MusicLM(layout, mulan, runs["semantic"][0], runs["coarse"][0],
                              runs["fine"][0], codec, windows, semantic_tokenizer=semantic_tok,
-                             default_sampling=default_sampling)
+                             default_sampling=default_sampling, audio_token_bank=bank)
 
 
 def main(argv=None) -> None:
@@ -103,6 +116,9 @@ def main(argv=None) -> None:
   parser.add_argument("--no_fine_stage", action="store_true",
                       help="the bundle's default generation decodes the coarse levels alone "
                            "(for a fine stage measured to add noise, not detail)")
+  parser.add_argument("--mulan_token_data", default=None,
+                      help="the tokenize job's folder: text prompts condition on its train "
+                           "clips' MuLan tokens nearest their text embedding")
   for flag, what in (("mulan_model_dir", "MuLan training run"),
                      ("mulan_rvq", "MuLan RVQ (.npz, mulan fit-rvq)"),
                      ("semantic_model_dir", "w2v-BERT training run"),
@@ -119,7 +135,8 @@ def main(argv=None) -> None:
     musiclm = from_runs(args.mulan_model_dir, args.mulan_rvq, args.semantic_model_dir,
                         args.centroids, args.codec, args.semantic_stage_dir,
                         args.coarse_stage_dir, args.fine_stage_dir, not args.no_ema,
-                        {"fine": musiclm_lib.NO_FINE_STAGE} if args.no_fine_stage else None)
+                        {"fine": musiclm_lib.NO_FINE_STAGE} if args.no_fine_stage else None,
+                        args.mulan_token_data)
     bundle_lib.save_bundle(musiclm, args.out, "bfloat16" if args.bfloat16 else "float32")
     print(f"bundle -> {args.out} (windows {musiclm.windows}, layout {musiclm.layout}"
           f"{', fine stage skipped by default' if args.no_fine_stage else ''})")

@@ -1,4 +1,9 @@
-"""Text to music: MuLan text tokens -> semantic -> coarse -> fine -> SoundStream decoder.
+"""Text to music: MuLan tokens -> semantic -> coarse -> fine -> SoundStream decoder.
+
+A text prompt's MuLan tokens are, with an audio token bank (`mulan.audio_token_bank`), the
+training clips' tuple nearest its MuLan text embedding, so the stages are conditioned in the
+vocabulary they were trained on; without one, the RVQ tokens of the text embedding (the
+paper).
 
 Each stage is a prefix-conditioned decoder-only LM (`lm.models.DecoderOnlyLMModel`) over
 the token layout of `lm.token_layout` (the offsets of `tasks.stages` it was trained with). A
@@ -156,6 +161,11 @@ def generate_by_windows(total: int, window: int, overlap: int, tokens_per_frame:
   return out
 
 
+# How a text prompt becomes the stages' MuLan tokens (MusicLM.text_conditioning).
+TEXT_TOKENS = "text_tokens"            # the RVQ tokens of the text embedding (the paper)
+AUDIO_TOKEN_BANK = "audio_token_bank"  # the training tuple nearest the text embedding
+
+
 @dataclasses.dataclass(frozen=True)
 class TimedPrompt:
   """A prompt for [start_s, end_s) of the clip (story mode); text None: the audio
@@ -191,12 +201,23 @@ class MusicLM:
     default_sampling: this model's sampling where a call gives none, over DEFAULT_SAMPLING
       ({stage: Sampling}; "fine" may be NO_FINE_STAGE): what was measured best for these
       stages (e.g. the tiny recipes skip their fine stage). A bundle records it.
+    audio_token_bank: `mulan.audio_token_bank.AudioTokenBank` of the training clips' MuLan
+      tokens. With it a text prompt conditions on the bank's tuple nearest its MuLan text
+      embedding (`text_conditioning` "audio_token_bank"), in the vocabulary the stages were
+      trained on; without it, on the RVQ tokens of the text embedding itself, as in the
+      paper ("text_tokens"). Set `text_conditioning` to choose.
   """
 
   def __init__(self, layout: token_layout.TokenLayout, mulan, semantic: StageLM,
                coarse: StageLM, fine: StageLM, codec, windows: Windows = Windows(),
-               semantic_tokenizer=None, default_sampling: Optional[dict] = None):
+               semantic_tokenizer=None, default_sampling: Optional[dict] = None,
+               audio_token_bank=None):
     self.layout, self.mulan, self.codec, self.windows = layout, mulan, codec, windows
+    if audio_token_bank is not None and audio_token_bank.num_levels != layout.mulan_levels:
+      raise ValueError(f"the MuLan audio token bank has {audio_token_bank.num_levels} levels, "
+                       f"but the token layout gives {layout.mulan_levels}")
+    self.audio_token_bank = audio_token_bank
+    self.text_conditioning = TEXT_TOKENS if audio_token_bank is None else AUDIO_TOKEN_BANK
     self.semantic_tokenizer = semantic_tokenizer
     self.default_sampling = DEFAULT_SAMPLING | check_sampling(dict(default_sampling or {}),
                                                               "default_sampling")
@@ -247,13 +268,26 @@ class MusicLM:
     tokens = np.zeros((len(texts), self.layout.mulan_levels), np.int32)
     with_text = [i for i, text in enumerate(texts) if text is not None]
     if with_text:
-      tokens[with_text] = self.mulan.text_tokens([texts[i] for i in with_text])
+      tokens[with_text] = self.text_tokens([texts[i] for i in with_text])
     if len(with_text) < len(texts):
       if audio_prompt is None:
         raise ValueError("a prompt without text needs an audio prompt to condition on")
       without = [i for i, text in enumerate(texts) if text is None]
       tokens[without] = audio_prompt.mulan[without]
     return tokens + np.arange(self.layout.mulan_levels)[None] * self.layout.mulan_codes
+
+  def text_tokens(self, texts: Sequence[str]) -> np.ndarray:
+    """MuLan tokens int32 [B, mulan_levels] (no offsets) that condition the stages for
+    `texts`, by `text_conditioning`."""
+    if self.text_conditioning == AUDIO_TOKEN_BANK:
+      if self.audio_token_bank is None:
+        raise ValueError("text_conditioning 'audio_token_bank' needs an audio token bank "
+                         "(export the bundle with --mulan_token_data)")
+      return self.audio_token_bank.nearest(self.mulan.embed_text(list(texts)))
+    if self.text_conditioning != TEXT_TOKENS:
+      raise ValueError(f"text_conditioning must be {TEXT_TOKENS!r} or {AUDIO_TOKEN_BANK!r}, "
+                       f"got {self.text_conditioning!r}")
+    return self.mulan.text_tokens(list(texts))
 
   def _sampling(self, sampling: Optional[dict]) -> dict:
     """A call's sampling over the model's defaults."""

@@ -245,9 +245,11 @@ def build_steps(recipe: Recipe, sizes: dict) -> List[steps_lib.Step]:
                           "--mulan_rvq", rvq, "--semantic_model_dir", r.path("runs", "w2v_bert"),
                           "--centroids", centroids, "--codec", codec_dir,
                           *[a for s in STAGES for a in (f"--{s}_stage_dir", r.path("runs", s))],
+                          "--mulan_token_data", tokens,
                           *(["--no_fine_stage"] if r.skip_fine_stage else [])),
                      [os.path.join(bundle, "manifest.json")],
-                     inputs=["codec_export", "w2v_bert", "kmeans", "mulan", "rvq", *STAGES]),
+                     inputs=["codec_export", "w2v_bert", "kmeans", "mulan", "rvq", "tokenize",
+                             *STAGES]),
       steps_lib.Step("generate", f"generate {len(r.prompts)} prompts and "
                      f"{r.reference_prompts} held-out captions, {r.seconds:g} s each",
                      lambda: report.generate(r), [r.path("generated", "prompts.csv")],

@@ -182,6 +182,23 @@ def read_tokens_layout(tokens_dir: str) -> Optional[dict]:
   return recorded
 
 
+def read_mulan_tokens(tokens_dir: str, split: str = "train") -> np.ndarray:
+  """The MuLan tokens int32 [clips, mulan_levels] of every clip in `tokens_dir`'s `split`
+  shards: what the stages were conditioned on in training. No shards, or clips with
+  differing numbers of levels, raise ValueError naming the folder."""
+  pattern = os.path.join(tokens_dir, f"{split}-*.tfrecord")
+  files = sorted(tf.io.gfile.glob(pattern))
+  if not files:
+    raise ValueError(f"no token shards match {pattern}")
+  spec = {"mulan_tokens": _FEATURES["mulan_tokens"]}
+  rows = [np.asarray(tf.sparse.to_dense(tf.io.parse_single_example(record, spec)[
+      "mulan_tokens"])) for record in tf.data.TFRecordDataset(files)]
+  if not rows or len({len(r) for r in rows}) != 1:
+    raise ValueError(f"{pattern}: the clips' MuLan tokens are empty or of differing "
+                     f"lengths ({sorted({len(r) for r in rows})})")
+  return np.stack(rows).astype(np.int32)
+
+
 def check_tokens_layout(tokens_dir: str, layout: TokenLayout) -> None:
   """Raises ValueError if the tokenize job's layout.json in `tokens_dir` records other
   rates or vocabularies than `layout`: crops cut with the wrong rate would train on

@@ -340,3 +340,35 @@ def test_generate_cli_writes_wavs_for_prompts_stories_and_batches(musiclm, tmp_p
   assert e.value.code == 2 and "manifest.json" in capsys.readouterr().err
   with pytest.raises(SystemExit):
     cli.main(["--bundle", path, "--prompt", "a@0-1", "--prompt", "b", "--out", out])
+
+
+def test_text_prompts_condition_on_the_audio_token_bank_and_it_travels(musiclm, tmp_path):
+  """With an audio token bank the stages see, for a text prompt, the bank's tuple nearest
+  its MuLan text embedding (not the text embedding's own RVQ tokens); the bank travels in
+  the bundle, and `text_conditioning` switches back to the paper's tokens."""
+  from musiclm_jax.mulan import audio_token_bank
+  parts = tokenize_fixtures.tiny_tokenizers()
+  clips = np.random.default_rng(0).integers(0, 16, size=(12, 4))
+  bank = audio_token_bank.AudioTokenBank(clips, parts.mulan.codebooks)
+  model = musiclm_lib.MusicLM(musiclm.layout, musiclm.mulan, musiclm.semantic, musiclm.coarse,
+                              musiclm.fine, musiclm.codec, WINDOWS,
+                              semantic_tokenizer=musiclm.semantic_tokenizer,
+                              audio_token_bank=bank)
+  prompts = ["calm piano", "fast drums"]
+  chosen = model.text_tokens(prompts)
+  np.testing.assert_array_equal(chosen, bank.nearest(musiclm.mulan.embed_text(prompts)))
+  assert all((row == bank.tokens).all(axis=1).any() for row in chosen)
+  path = str(tmp_path / "bundle")
+  bundle.save_bundle(model, path)
+  loaded = bundle.load_bundle(path)
+  np.testing.assert_array_equal(loaded.audio_token_bank.tokens, bank.tokens)
+  np.testing.assert_array_equal(loaded.generate(prompts, 0.2, seed=3),
+                                model.generate(prompts, 0.2, seed=3))
+  loaded.text_conditioning = musiclm_lib.TEXT_TOKENS
+  np.testing.assert_array_equal(loaded.text_tokens(prompts), musiclm.mulan.text_tokens(prompts))
+  np.testing.assert_array_equal(loaded.generate(prompts, 0.2, seed=3),
+                                musiclm.generate(prompts, 0.2, seed=3))
+  with pytest.raises(ValueError, match="the MuLan audio token bank has 3 levels"):
+    musiclm_lib.MusicLM(musiclm.layout, musiclm.mulan, musiclm.semantic, musiclm.coarse,
+                        musiclm.fine, musiclm.codec, WINDOWS, audio_token_bank=
+                        audio_token_bank.AudioTokenBank(clips[:, :3], parts.mulan.codebooks))

@@ -60,7 +60,8 @@ def test_each_stage_trains_from_token_shards(stage, stage_runs):
   assert metrics.read_metrics(runs[stage], "eval")[-1]["step"] == 3
 
 
-def test_export_from_training_runs_then_generate(stage_runs, music_captions_tiny, tmp_path):
+def test_export_from_training_runs_then_generate(stage_runs, tokens_dir, music_captions_tiny,
+                                                 tmp_path):
   """Tiny MuLan and w2v-BERT runs (one step on the rendered set), the tiny codec, the three
   stage runs -> `musiclm-jax export` -> a bundle that `generate` uses."""
   from musiclm_jax.generation import cli as generate_cli, export
@@ -96,9 +97,21 @@ def test_export_from_training_runs_then_generate(stage_runs, music_captions_tiny
   # A bundle whose default generation skips the fine stage (the tiny recipes' export) says
   # so in its manifest; generate follows it, and --fine_stage runs the stage it still holds.
   skips = str(tmp_path / "bundle_no_fine")
-  export.main(args + ["--out", skips, "--no_fine_stage"])
-  assert json.load(open(os.path.join(skips, "manifest.json")))["sampling"]["fine"] is None
-  for flags in ([], ["--fine_stage"]):
+  export.main(args + ["--out", skips, "--no_fine_stage", "--mulan_token_data", tokens_dir])
+  manifest = json.load(open(os.path.join(skips, "manifest.json")))
+  assert manifest["sampling"]["fine"] is None
+  # The train clips' MuLan tokens travel as the bundle's audio token bank; text prompts
+  # condition on its rows.
+  from musiclm_jax.generation import bundle as bundle_lib
+  loaded = bundle_lib.load_bundle(skips)
+  np.testing.assert_array_equal(loaded.audio_token_bank.tokens,
+                                np.unique(stages.read_mulan_tokens(tokens_dir), axis=0))
+  chosen = loaded.text_tokens(["a calm chorale", "fast drums"])
+  assert all((row == loaded.audio_token_bank.tokens).all(axis=1).any() for row in chosen)
+  with pytest.raises(ValueError, match="no token shards match"):
+    export.from_runs(mulan_run, rvq, w2v_run, centroids, codec, runs["semantic"],
+                     runs["coarse"], runs["fine"], mulan_token_data=str(tmp_path))
+  for flags in ([], ["--fine_stage"], ["--text_tokens"]):
     generate_cli.main(["--bundle", skips, "--prompt", "a calm chorale", "--seconds", "0.3",
                        "--out", out, *flags])
     assert audio_io.read_audio(out)[0].shape[0] == 4800

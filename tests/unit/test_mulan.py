@@ -274,3 +274,35 @@ def test_gin_sizes():
   assert sizes["small"]["text_encoder"] == sizes["paper"]["text_encoder"]  # MiniLM-L6
   assert 22e6 < sizes["paper"]["text_encoder"] < 23e6
   assert sizes["tiny"]["audio_tower"] < 1e5
+
+
+def test_audio_token_bank_conditions_on_the_nearest_training_tuple(tmp_path):
+  """Text embeddings map to the bank's tuple whose decoded embedding is nearest by cosine;
+  the tuples are kept once each, and a damaged or mismatched file is named."""
+  from musiclm_jax.mulan import audio_token_bank
+  rng = np.random.default_rng(0)
+  codebooks = rng.normal(size=(3, 8, 16)).astype(np.float32)
+  clips = rng.integers(0, 8, size=(40, 3))
+  bank = audio_token_bank.AudioTokenBank(np.concatenate([clips, clips[:5]]), codebooks)
+  assert bank.tokens.shape == (len(np.unique(clips, axis=0)), 3)
+  decoded = tokenizer_lib.decode_rvq(codebooks, clips)
+  unit = decoded / np.linalg.norm(decoded, axis=1, keepdims=True)
+  # A query near clip i's embedding (a little noise) comes back as clip i's tuple.
+  query = unit + 0.01 * rng.normal(size=unit.shape)
+  query /= np.linalg.norm(query, axis=1, keepdims=True)
+  np.testing.assert_array_equal(bank.nearest(query), clips)
+  # A query between two tuples gets the one with the higher cosine.
+  between = 0.6 * unit[0] + 0.4 * unit[1]
+  cosines = bank.embeddings @ between
+  np.testing.assert_array_equal(bank.nearest(between[None])[0], bank.tokens[np.argmax(cosines)])
+  path = str(tmp_path / "bank.npz")
+  bank.save(path)
+  np.testing.assert_array_equal(
+      audio_token_bank.AudioTokenBank.load(path, codebooks).tokens, bank.tokens)
+  with pytest.raises(ValueError, match="bank.npz: audio token bank holds codes outside"):
+    audio_token_bank.AudioTokenBank.load(path, codebooks[:, :4])
+  with pytest.raises(ValueError, match=r"must be \[batch, 16\]"):
+    bank.nearest(np.ones((2, 8)))
+  open(path, "wb").write(b"PK\x03\x04 broken")
+  with pytest.raises(ValueError, match="bank.npz: unreadable MuLan audio token bank"):
+    audio_token_bank.AudioTokenBank.load(path, codebooks)

@@ -37,3 +37,17 @@ def test_each_prompt_names_its_own_ensemble_and_tempo():
     assert instrument in p.text
     tempo_named = tag_adherence.named_tags(p.text) & {"slow", "fast"}
     assert tempo_named == ({p.tempo} if p.tempo != "moderate" else set()), p.text
+
+
+def test_prompts_for_given_labels_keep_their_mix_in_new_wordings():
+  """FAD's generation set: one prompt per given (ensemble, tempo), in the same order and so
+  the same mix, worded like the other evaluation prompts."""
+  labels = [("a church organ", "slow"), ("a church organ", "moderate"),
+            ("a solo flute", "fast")] * 4
+  prompts = prompt_set.for_labels(labels, np.random.default_rng(0))
+  assert [(p.ensemble, p.tempo) for p in prompts] == labels
+  assert {p.template for p in prompts} == set(range(len(prompt_set.TEMPLATES)))
+  assert not [p.text for p in prompts if any(f in p.text for f in CAPTION_FRAMES)]
+  assert all(p.ensemble.split(" ")[-1] in p.text for p in prompts)
+  with np.testing.assert_raises_regex(ValueError, "tempo must be one of"):
+    prompt_set.for_labels([("a choir", "andante")], np.random.default_rng(0))
