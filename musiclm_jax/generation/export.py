@@ -5,7 +5,7 @@
       --semantic_model_dir W2V_RUN --centroids CENTROIDS.npz \
       --codec CODEC_BUNDLE \
       --semantic_stage_dir S1_RUN --coarse_stage_dir S2_RUN --fine_stage_dir S3_RUN \
-      [--mulan_token_data TOKENS_DIR] [--no_fine_stage]
+      [--mulan_token_data TOKENS_DIR [--mulan_bank_clips N]] [--no_fine_stage]
 
 Each stage run's config.gin gives its DecoderConfig, its TokenLayout and its crop (the
 generation window). The parts must agree: the stages' layouts with each other and with the
@@ -17,7 +17,8 @@ fine stage stays in the bundle, and `generate --fine_stage` runs it).
 --mulan_token_data (the tokenize job's folder) gives the bundle the MuLan tokens of the
 train split's clips: its text prompts then condition on the training tuple nearest their
 MuLan text embedding (`mulan.audio_token_bank`) rather than on the text embedding's own
-tokens.
+tokens; --mulan_bank_clips caps how many clips' tokens are read (a seeded sample of the
+shards).
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ from typing import Optional
 from musiclm_jax import cli_utils
 
 DEFAULT_CROPS = {"semantic": 30.0, "coarse": 10.0, "fine": 3.0}
+# The audio token bank's sample of training clips: at pod scale (10^8 clips) the bank holds
+# at most this many tuples (12 int32 each on disk, a 128-d float32 embedding in memory).
+BANK_CLIPS = 200_000
 
 
 def load_stage_run(stage: str, model_dir: str, step: Optional[int], use_ema: bool):
@@ -66,10 +70,11 @@ def from_runs(mulan_model_dir: str, mulan_rvq: str, semantic_model_dir: str, cen
               codec_bundle: str, semantic_stage_dir: str, coarse_stage_dir: str,
               fine_stage_dir: str, use_ema: bool = True,
               default_sampling: Optional[dict] = None,
-              mulan_token_data: Optional[str] = None):
+              mulan_token_data: Optional[str] = None, bank_clips: int = BANK_CLIPS):
   """A `musiclm_lib.MusicLM` assembled from training runs (checked for agreement), with
   `default_sampling` (see `MusicLM`) as its own and, given `mulan_token_data` (a tokens
-  folder), the audio token bank of its train split's MuLan tokens."""
+  folder), the audio token bank of its train split's MuLan tokens (of at most `bank_clips`
+  clips)."""
   import gin  # pylint: disable=g-import-not-at-top
   from musiclm_jax.generation import musiclm as musiclm_lib  # pylint: disable=g-import-not-at-top
   from musiclm_jax.mulan import tokenizer as mulan_tokenizer  # pylint: disable=g-import-not-at-top
@@ -99,8 +104,8 @@ def from_runs(mulan_model_dir: str, mulan_rvq: str, semantic_model_dir: str, cen
     from musiclm_jax.mulan import audio_token_bank  # pylint: disable=g-import-not-at-top
     from musiclm_jax.tasks import stages  # pylint: disable=g-import-not-at-top
     stages.check_tokens_layout(mulan_token_data, layout)
-    bank = audio_token_bank.AudioTokenBank(stages.read_mulan_tokens(mulan_token_data),
-                                           mulan.codebooks)
+    bank = audio_token_bank.AudioTokenBank(
+        stages.read_mulan_tokens(mulan_token_data, max_clips=bank_clips), mulan.codebooks)
   return musiclm_lib.MusicLM(layout, mulan, runs["semantic"][0], runs["coarse"][0],
                              runs["fine"][0], codec, windows, semantic_tokenizer=semantic_tok,
                              default_sampling=default_sampling, audio_token_bank=bank)
@@ -119,6 +124,9 @@ def main(argv=None) -> None:
   parser.add_argument("--mulan_token_data", default=None,
                       help="the tokenize job's folder: text prompts condition on its train "
                            "clips' MuLan tokens nearest their text embedding")
+  parser.add_argument("--mulan_bank_clips", type=cli_utils.positive_int, default=BANK_CLIPS,
+                      help="read the MuLan tokens of at most this many train clips (a "
+                           "seeded sample of the shards)")
   for flag, what in (("mulan_model_dir", "MuLan training run"),
                      ("mulan_rvq", "MuLan RVQ (.npz, mulan fit-rvq)"),
                      ("semantic_model_dir", "w2v-BERT training run"),
@@ -136,7 +144,7 @@ def main(argv=None) -> None:
                         args.centroids, args.codec, args.semantic_stage_dir,
                         args.coarse_stage_dir, args.fine_stage_dir, not args.no_ema,
                         {"fine": musiclm_lib.NO_FINE_STAGE} if args.no_fine_stage else None,
-                        args.mulan_token_data)
+                        args.mulan_token_data, args.mulan_bank_clips)
     bundle_lib.save_bundle(musiclm, args.out, "bfloat16" if args.bfloat16 else "float32")
     print(f"bundle -> {args.out} (windows {musiclm.windows}, layout {musiclm.layout}"
           f"{', fine stage skipped by default' if args.no_fine_stage else ''})")

@@ -182,17 +182,28 @@ def read_tokens_layout(tokens_dir: str) -> Optional[dict]:
   return recorded
 
 
-def read_mulan_tokens(tokens_dir: str, split: str = "train") -> np.ndarray:
-  """The MuLan tokens int32 [clips, mulan_levels] of every clip in `tokens_dir`'s `split`
-  shards: what the stages were conditioned on in training. No shards, or clips with
-  differing numbers of levels, raise ValueError naming the folder."""
+def read_mulan_tokens(tokens_dir: str, split: str = "train",
+                      max_clips: Optional[int] = None, seed: int = 0) -> np.ndarray:
+  """The MuLan tokens int32 [clips, mulan_levels] of the clips in `tokens_dir`'s `split`
+  shards: what the stages were conditioned on in training. With `max_clips`, the shards are
+  read in a seeded random order until that many clips are read (at pod scale a sample of
+  the clips, not a pass over every shard). No shards, or clips with differing numbers of
+  levels, raise ValueError naming the folder."""
   pattern = os.path.join(tokens_dir, f"{split}-*.tfrecord")
   files = sorted(tf.io.gfile.glob(pattern))
   if not files:
     raise ValueError(f"no token shards match {pattern}")
+  if max_clips is not None:
+    if max_clips < 1:
+      raise ValueError(f"max_clips must be >= 1, got {max_clips}")
+    files = [files[i] for i in np.random.default_rng(seed).permutation(len(files))]
   spec = {"mulan_tokens": _FEATURES["mulan_tokens"]}
-  rows = [np.asarray(tf.sparse.to_dense(tf.io.parse_single_example(record, spec)[
-      "mulan_tokens"])) for record in tf.data.TFRecordDataset(files)]
+  rows = []
+  for record in tf.data.TFRecordDataset(files):
+    rows.append(np.asarray(tf.sparse.to_dense(
+        tf.io.parse_single_example(record, spec)["mulan_tokens"])))
+    if max_clips is not None and len(rows) >= max_clips:
+      break
   if not rows or len({len(r) for r in rows}) != 1:
     raise ValueError(f"{pattern}: the clips' MuLan tokens are empty or of differing "
                      f"lengths ({sorted({len(r) for r in rows})})")

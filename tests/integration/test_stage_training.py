@@ -108,6 +108,13 @@ def test_export_from_training_runs_then_generate(stage_runs, tokens_dir, music_c
                                 np.unique(stages.read_mulan_tokens(tokens_dir), axis=0))
   chosen = loaded.text_tokens(["a calm chorale", "fast drums"])
   assert all((row == loaded.audio_token_bank.tokens).all(axis=1).any() for row in chosen)
+  # At pod scale the bank is a seeded sample of the clips, not a pass over every shard.
+  every = stages.read_mulan_tokens(tokens_dir)
+  sample = stages.read_mulan_tokens(tokens_dir, max_clips=3)
+  assert sample.shape == (3, every.shape[1])
+  assert all((row == every).all(axis=1).any() for row in sample)
+  with pytest.raises(ValueError, match="max_clips must be >= 1"):
+    stages.read_mulan_tokens(tokens_dir, max_clips=0)
   with pytest.raises(ValueError, match="no token shards match"):
     export.from_runs(mulan_run, rvq, w2v_run, centroids, codec, runs["semantic"],
                      runs["coarse"], runs["fine"], mulan_token_data=str(tmp_path))
