@@ -271,6 +271,9 @@ def main() -> None:
     parser.error(f"--work_dir: {e}")
   musiclm = bundle_lib.load_bundle(recipe.path("bundle"))
   if args.text_conditioning:
+    if args.text_conditioning == "audio_token_bank" and musiclm.audio_token_bank is None:
+      parser.error("--text_conditioning audio_token_bank: the run's bundle has no audio "
+                   "token bank (export it with --mulan_token_data)")
     musiclm.text_conditioning = args.text_conditioning
   mulan = musiclm.mulan
   at = lambda x, r, to: np.stack([audio_io.resample(c, r, to) for c in x])
