@@ -186,7 +186,8 @@ def _proof_of_learning(report: dict) -> dict:
       "fad": report["fad_musicnn_to_heldout_real"].get(f"generated_{name}", {}),
       "fad_reference_mix": report["fad_musicnn_to_heldout_real"].get(
           f"generated_reference_mix_{name}", {}),
-      "text_conditioning": report.get("text_conditioning"),
+      # Files older than the audio token bank do not say: text tokens were the only way.
+      "text_conditioning": report.get("text_conditioning", "text_tokens"),
       "tagger_passing": len(targets.get("tagger_instruments_passing", [])),
       "acoustic_vs_codec": targets.get("acoustic_vs_codec_probe")}}
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import shutil
@@ -58,6 +59,35 @@ def generate(recipe) -> None:
       writer = csv.DictWriter(f, fieldnames=["id", "caption", "reference", "mulan_score"])
       writer.writeheader()
       writer.writerows(rows)
+    with open(os.path.join(tmp, SETTINGS_FILE), "w", encoding="utf-8") as f:
+      json.dump(generation_settings(musiclm), f, indent=1)
+
+
+# What the generate step records of how its clips were made (generated/settings.json).
+SETTINGS_FILE = "settings.json"
+
+
+def generation_settings(musiclm) -> dict:
+  """How `musiclm` turns prompts into clips by default: its text conditioning and each
+  stage's sampling (None: the stage is skipped)."""
+  return {"text_conditioning": musiclm.text_conditioning,
+          "sampling": {stage: None if s is None else dataclasses.asdict(s)
+                       for stage, s in musiclm.default_sampling.items()}}
+
+
+def describe_settings(settings: dict) -> str:
+  """One sentence for the report: the text conditioning and the stages' sampling."""
+  def stage(name, s):
+    if s is None:
+      return f"{name} skipped"
+    parts = [f"temperature {s['temperature']:g}"]
+    parts += [f"top-k {s['top_k']}"] if s["top_k"] else []
+    parts += [f"top-p {s['top_p']:g}"] if s["top_p"] < 1 else []
+    parts += ([f"guidance {s['guidance_scale']:g}"] if s["guidance_scale"] is not None
+              else [])
+    return f"{name} {', '.join(parts)}"
+  return (f"Text conditioning: `{settings['text_conditioning']}`. Sampling: "
+          + "; ".join(stage(n, s) for n, s in settings["sampling"].items()) + ".")
 
 
 def spectrogram_figure(clips: Sequence[np.ndarray], titles: Sequence[str], sample_rate: int,
@@ -217,17 +247,22 @@ def write_report(recipe, steps) -> None:
   with open(os.path.join(out, "metrics.json"), encoding="utf-8") as f:
     metrics = json.load(f)
   seconds = steps_lib.recorded_seconds(recipe.work_dir, steps)
+  settings_path = recipe.path("generated", SETTINGS_FILE)
+  settings = []
+  if os.path.exists(settings_path):   # folders generated before the file was written lack it
+    with open(settings_path, encoding="utf-8") as f:
+      settings = [describe_settings(json.load(f)), ""]
   lines = [f"# MusicLM run: {recipe.tfds_name}, size {recipe.size}", "",
            f"Work folder `{recipe.work_dir}`; {len(rows)} clips of {recipe.seconds:g} s, the "
-           f"best of {recipe.num_samples} by MuLan each.", "", "## Steps", "",
+           f"best of {recipe.num_samples} by MuLan each.", "", *settings, "## Steps", "",
            "| step | what | minutes |", "|---|---|---|"]
   lines += [f"| {s.name} | {s.description} | "
             f"{seconds[s.name] / 60:.1f} |" if s.name in seconds else
             f"| {s.name} | {s.description} | (this step) |" for s in steps]
   lines += ["", f"Total: {sum(seconds.values()) / 60:.1f} minutes.", "", "## Metrics", "",
-            "Against held-out music of the same set (`metrics.json`; see docs/evaluation.md for what "
-            "good and bad values look like):", "", "```", evaluate.format_table(metrics), "```",
-            "", *codec_fidelity(recipe, out),
+            "Against held-out music of the same set (`metrics.json`; see docs/evaluation.md "
+            "for what good and bad values look like):", "", "```",
+            evaluate.format_table(metrics), "```", "", *codec_fidelity(recipe, out),
             "## Clips", "", "![spectrograms](spectrograms.png)", "",
             "Beside each prompt: MuLan's text-audio score (trained in this run), and what an "
             "independent tagger hears (musicnn's MagnaTagATune tagger, trained on human tags "

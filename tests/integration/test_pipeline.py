@@ -299,3 +299,21 @@ def test_the_report_shows_what_an_independent_tagger_hears():
   assert drums.startswith("drums ") and int(drums.split("#")[1].rstrip(")")) <= 5, named
   assert fast.startswith("fast ")
   assert cells[1].endswith(" | -")          # an oboe: no MTT tag names it
+
+
+def test_the_report_states_how_the_clips_were_made():
+  """generated/settings.json holds the model's text conditioning and per-stage sampling (a
+  skipped stage as null); the report turns it into one sentence."""
+  import types
+  from musiclm_jax.generation import musiclm as musiclm_lib
+  from musiclm_jax.pipeline import report
+  model = types.SimpleNamespace(
+      text_conditioning=musiclm_lib.AUDIO_TOKEN_BANK,
+      default_sampling=musiclm_lib.DEFAULT_SAMPLING | {"fine": musiclm_lib.NO_FINE_STAGE})
+  settings = json.loads(json.dumps(report.generation_settings(model)))
+  assert settings["sampling"]["fine"] is None
+  assert settings["sampling"]["coarse"]["guidance_scale"] == 1.5
+  line = report.describe_settings(settings)
+  assert line.startswith("Text conditioning: `audio_token_bank`. Sampling: semantic ")
+  assert "coarse temperature 1, top-k 250, guidance 1.5" in line
+  assert line.endswith("fine skipped.")
