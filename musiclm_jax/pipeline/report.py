@@ -37,9 +37,13 @@ def reference_prompts(recipe, count: int) -> List[dict]:
           for ex in tfds.as_numpy(ds.take(count))]
 
 
+# What the generate step records of how its clips were made (generated/settings.json).
+SETTINGS_FILE = "settings.json"
+
+
 def generate(recipe) -> None:
   """One clip per prompt (the recipe's, then held-out captions), the best of
-  `num_samples` by MuLan; writes generated/<id>.wav and generated/prompts.csv."""
+  `num_samples` by MuLan; writes generated/<id>.wav, prompts.csv and settings.json."""
   from musiclm_jax.generation import bundle as bundle_lib  # pylint: disable=g-import-not-at-top
   musiclm = bundle_lib.load_bundle(recipe.path("bundle"))
   rows = [{"id": f"prompt_{i:02d}", "caption": p, "reference": ""}
@@ -61,10 +65,6 @@ def generate(recipe) -> None:
       writer.writerows(rows)
     with open(os.path.join(tmp, SETTINGS_FILE), "w", encoding="utf-8") as f:
       json.dump(generation_settings(musiclm), f, indent=1)
-
-
-# What the generate step records of how its clips were made (generated/settings.json).
-SETTINGS_FILE = "settings.json"
 
 
 def generation_settings(musiclm) -> dict:
