@@ -8,9 +8,10 @@ exactly those choices (`musiclm_jax.music.music_captions`). Everything is a func
 (no piece in two splits).
 
 Configs are `SIZE_RATE`: tiny (48 clips of 4 s: tests), small (1200 clips of 10 s, 3.3 h),
-large (7200 clips of 10 s, 20 h, the FluidR3 SoundFont); at 16 kHz (w2v-BERT, MuLan) or
-24 kHz (SoundStream, tokenize job). The same index gives the same piece, performance and
-caption at both rates.
+medium (3600 clips of 10 s, 10 h; its first 1200 are small's, as an example is a function
+of its index), large (7200 clips of 10 s, 20 h, the FluidR3 SoundFont); at 16 kHz
+(w2v-BERT, MuLan) or 24 kHz (SoundStream, tokenize job). The same index gives the same
+piece, performance and caption at both rates.
 
 Features: audio (mono float32), sample_rate, caption, id ('seed:index'), and what the
 caption was written from: piece, style, composer, ensemble, instruments, drums, bpm,
@@ -38,6 +39,7 @@ from musiclm_jax.music import render
 SIZES = {"tiny": dict(num_examples=48, clip_seconds=4.0, validation_percent=20.0,
                       test_percent=20.0),
          "small": dict(num_examples=1200, clip_seconds=10.0),
+         "medium": dict(num_examples=3600, clip_seconds=10.0),
          "large": dict(num_examples=7200, clip_seconds=10.0, soundfont="fluid-soundfont-gm")}
 RATES = {"16khz": 16000, "24khz": 24000}
 # One planning process per core, at most 16: each imports music21 (~200 MB), and past that
