@@ -1,6 +1,8 @@
 """The captioned music set: music21 corpus pieces rendered with a GM SoundFont, captions
 written from the rendering, the TFDS builder and a MuLan task over it."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -125,3 +127,14 @@ def test_planning_in_worker_processes_equals_planning_here():
   assert [plan.index for plan, _ in serial] == list(range(6))
   assert all(notes for _, notes in serial)
   assert list(mc.plan_examples(SPEC, range(6), workers=2)) == serial
+
+
+def test_the_medium_set_begins_with_the_small_one():
+  """An example is a function of its index and the spec, so `medium`'s first 1200 clips
+  are `small`'s: same piece, performance, excerpt and split."""
+  configs = {c.name: c.spec for c in builders.builder_cls("music_captions").BUILDER_CONFIGS}
+  small, medium = configs["small_16khz"], configs["medium_16khz"]
+  assert medium.num_examples == 3 * small.num_examples
+  assert dataclasses.replace(medium, num_examples=small.num_examples) == small  # same sound
+  for index in (0, 17, small.num_examples - 1):
+    assert mc.plan_example(medium, index) == mc.plan_example(small, index)
