@@ -57,6 +57,25 @@ def test_frechet_distance_matches_scipy_and_is_stable_when_singular():
     fad.fit_gaussian(a[:1])
 
 
+def test_fad_infinity_removes_the_small_sample_bias():
+  # Both sets from one Gaussian: FAD at N is all bias (about c / N), FAD-inf near 0. A shifted
+  # mean: FAD-inf near the true distance |shift|^2.
+  rng = np.random.default_rng(1)
+  mix = rng.normal(size=(16, 16)) / 4
+  draw = lambda n: rng.normal(size=(n, 16)) @ mix
+  reference = draw(20000)
+  same = fad.fad_infinity(draw(400), reference, smallest=100)
+  assert same["fad"] > 0.05 and abs(same["fad_inf"]) < 0.25 * same["fad"], same
+  assert same["slope"] > 0 and same["r2"] > 0.5
+  shift = np.full(16, 0.25)
+  shifted = fad.fad_infinity(draw(400) + shift, reference, smallest=100)
+  true = float(np.sum(shift ** 2))
+  assert abs(shifted["fad_inf"] - true) < abs(shifted["fad"] - true), shifted
+  assert abs(shifted["fad_inf"] - true) < 0.1 * true, shifted
+  with pytest.raises(ValueError, match="smallest"):
+    fad.fad_infinity(draw(10), reference, smallest=10)
+
+
 def test_fad_of_real_music_is_zero_for_itself_and_grows_with_noise():
   musicnn = embedders.get("musicnn_mtt")
   clean = musicnn.embed(music_clips())
