@@ -450,12 +450,14 @@ SPECS: dict[str, Spec] = {
                 "the generated clips, for the prompts and for the same prompts shuffled; "
                 "p: one-sided Fisher exact test, prompts against shuffled. Semantic: the "
                 "first stage's tokens read by semantic-token probes. FAD: musicnn, to "
-                "held-out real clips (floor: the codec's resynthesis). Newer files: the "
-                "library's default sampling; Tagger: instruments the independent MTT tagger "
+                "held-out real clips (floor: the codec's resynthesis of them). Newer files: "
+                "the library's default sampling; Tagger: instruments the independent MTT tagger "
                 "finds at AUC >= 0.75, p < 0.01; Acoustic / codec: the acoustic stages on "
                 "real semantic tokens against the codec's resynthesis (probe); FAD, held-out "
                 "mix: generated from prompts naming the held-out clips' own ensembles and "
-                "tempi; Text as: the MuLan tokens a prompt conditions on (the paper's "
+                "tempi; FAD floor, matched: the codec's resynthesis of as many training "
+                "clips drawn to that mix, at the generated length (the held-out mix's "
+                "floor); Text as: the MuLan tokens a prompt conditions on (the paper's "
                 "text tokens, or the nearest tuple of the training clips').",
         columns=(
             Column("Size", "recipe.size", "{}"),
@@ -476,6 +478,9 @@ SPECS: dict[str, Spec] = {
             Column("FAD, held-out mix", "row.fad_reference_mix.fad", "{:.1f}"),
             Column("FAD floor", "fad_musicnn_to_heldout_real.codec_resynthesis_floor.fad",
                    "{:.1f}"),
+            Column("FAD floor, matched",
+                   "fad_musicnn_to_heldout_real."
+                   "codec_resynthesis_of_train_clips_reference_mix.fad", "{:.1f}"),
         )),
     "semantic_in_time": Spec(
         script="semantic_in_time.py",

@@ -30,13 +30,17 @@ Steps:
    against the tempo word. Unconditioned generation (guidance scale 0: the stages'
    unconditional model) once.
 3. FAD (musicnn MTT) to held-out real renderings of: each setting's generated clips, the
-   unconditioned ones, and SoundStream's own resynthesis of held-out clips (the floor).
-   Each setting also generates a set for FAD alone whose prompts (the same wordings) name
-   the held-out clips' own ensembles and tempi, as the paper's FAD generates from the
-   evaluation clips' captions: the balanced prompts of step 1 weigh every ensemble
-   equally, the reference does not, and FAD counts that difference of mix against any
-   generator (real training clips drawn to the balanced mix score 6.0 against 3.8 drawn
-   to the reference's, in the tiny recipe).
+   unconditioned ones, and SoundStream's own resynthesis of held-out clips. Each setting
+   also generates a set for FAD alone whose prompts (the same wordings) name the held-out
+   clips' own ensembles and tempi, as the paper's FAD generates from the evaluation clips'
+   captions: the balanced prompts of step 1 weigh every ensemble equally, the reference
+   does not, and FAD counts that difference of mix against any generator (real training
+   clips drawn to the balanced mix score 6.0 against 3.8 drawn to the reference's, in the
+   tiny recipe). Each prompt set's floor is measured as its generation is (FAD is biased
+   by the number of clips, and the clips' length sets how many 3 s patches musicnn
+   averages): the codec's resynthesis of as many training clips drawn to the prompts'
+   labels, cut to the generated length; the same clips unresynthesised give the sampling
+   term alone. FAD-inf (`evaluation.fad.fad_infinity`) beside each FAD.
 4. The chain, link by link, to see where the prompt's information is lost (larger prompt
    set, --chain_prompts, as it skips the acoustic stages): the probes read the prompts'
    MuLan text embeddings and the 12 RVQ tokens the stages see (decoded); probes on
@@ -47,8 +51,9 @@ Steps:
    prompted with the clips' captions, per setting. Beside it, what the codec keeps of the
    clips by measures a spectral blur cannot pass (`evaluation.fidelity`).
 6. `targets`: the adherence targets, computed per setting (ensemble rate against shuffled,
-   tagger instruments at AUC >= 0.75 with p < 0.01, FAD against the codec's floor, the
-   acoustic stages against the codec on both judges).
+   tagger instruments at AUC >= 0.75 with p < 0.01, FAD and FAD-inf against the matched
+   floor and FAD against the held-out clips' resynthesis, the acoustic stages against the
+   codec on both judges).
 Writes benchmarks/results/proof_of_learning_<backend>.json.
 """
 
@@ -121,6 +126,28 @@ def _split(recipe, split):
           [r["caption"].decode() for r in rows])
 
 
+def _drawn_to(labels, pool_labels, rng) -> np.ndarray:
+  """Indices into a pool of clips [len(labels)]: for each (ensemble, tempo) label in turn a
+  clip of the pool with that label, without replacement while the pool has one; else one of
+  the same ensemble; else any clip not yet drawn."""
+  if len(labels) > len(pool_labels):
+    raise ValueError(f"{len(labels)} labels to draw from a pool of {len(pool_labels)} clips")
+  by_label, by_ensemble = {}, {}
+  for i in rng.permutation(len(pool_labels)):
+    by_label.setdefault(pool_labels[i], []).append(int(i))
+    by_ensemble.setdefault(pool_labels[i][0], []).append(int(i))
+  taken, picks = set(), []
+  for label in labels:
+    for candidates in (by_label.get(label, []), by_ensemble.get(label[0], []),
+                       range(len(pool_labels))):
+      pick = next((i for i in candidates if i not in taken), None)
+      if pick is not None:
+        break
+    taken.add(pick)
+    picks.append(pick)
+  return np.array(picks)
+
+
 def _probe(train_x, train_y):
   from sklearn.linear_model import LogisticRegression
   return LogisticRegression(max_iter=2000, C=1.0).fit(train_x, train_y)
@@ -177,14 +204,18 @@ def _instrument_excess(table: dict, instruments) -> float:
                ) if instruments else float("nan")
 
 
-def _targets(setting: dict, acoustic: dict, codec: dict, fads: dict, visible) -> dict:
-  """The adherence targets for one sampling setting (the docstring's point 6)."""
+def _targets(setting: dict, acoustic: dict, codec: dict, fads: dict, fads_inf: dict,
+             visible) -> dict:
+  """The adherence targets for one sampling setting (the docstring's point 6). FAD's
+  target holds each generated set to its matched floor (main, point 3); the ratios to the
+  held-out clips' own resynthesis are kept beside it."""
   from musiclm_jax.evaluation import tag_adherence
   conditioned, shuffled = setting["conditioned"], setting["shuffled_prompts"]
   tags = conditioned["tagger"]
   passing = [t for t in tag_adherence.INSTRUMENT_TAGS + ("drums",)
              if t in tags and tags[t]["auc"] >= TAGGER_AUC_TARGET
              and tags[t]["p"] < TAGGER_P_TARGET]
+  ratio = lambda top, bottom, table=fads, key="fad": table[top][key] / table[bottom][key]
   probe_ratio = acoustic["ensemble"] / max(codec["ensemble"], 1e-9)
   tagger_ratio = (_instrument_excess(acoustic["tagger"], visible)
                   / max(_instrument_excess(codec["tagger"], visible), 1e-9))
@@ -199,13 +230,18 @@ def _targets(setting: dict, acoustic: dict, codec: dict, fads: dict, visible) ->
       "tagger_instruments_passing_holm": [t for t in passing
                                           if tags[t]["p_holm"] < TAGGER_P_TARGET],
       "tempo_tag_auc": {t: tags.get(t, {}).get("auc") for t in ("slow", "fast")},
-      "fad_vs_codec_floor": fads["generated"]["fad"] / fads["codec_floor"]["fad"],
-      "fad_met": bool(fads["generated"]["fad"] <= 1.2 * fads["codec_floor"]["fad"]),
+      "fad_vs_matched_floor": ratio("generated", "matched_floor"),
+      "fad_met": bool(ratio("generated", "matched_floor") <= 1.2),
       # The same for the set whose prompts name the held-out clips' own mix (point 3).
-      "fad_reference_mix_vs_codec_floor": (fads["generated_reference_mix"]["fad"]
-                                           / fads["codec_floor"]["fad"]),
-      "fad_reference_mix_met": bool(fads["generated_reference_mix"]["fad"]
-                                    <= 1.2 * fads["codec_floor"]["fad"]),
+      "fad_reference_mix_vs_matched_floor": ratio("generated_reference_mix",
+                                                  "matched_floor_reference_mix"),
+      "fad_reference_mix_met": bool(ratio("generated_reference_mix",
+                                          "matched_floor_reference_mix") <= 1.2),
+      "fad_inf_vs_matched_floor": ratio("generated", "matched_floor", fads_inf, "fad_inf"),
+      "fad_inf_reference_mix_vs_matched_floor": ratio(
+          "generated_reference_mix", "matched_floor_reference_mix", fads_inf, "fad_inf"),
+      "fad_vs_codec_floor": ratio("generated", "codec_floor"),
+      "fad_reference_mix_vs_codec_floor": ratio("generated_reference_mix", "codec_floor"),
       "acoustic_vs_codec_probe": probe_ratio,
       "acoustic_vs_codec_tagger": tagger_ratio,
       "acoustic_met": bool(probe_ratio >= 0.8 and tagger_ratio >= 0.8),
@@ -321,8 +357,9 @@ def main() -> None:
   pairs = [(p.ensemble, p.tempo) for p in drawn]
   # FAD's generation set (docstring, point 3): the held-out clips' own labels in turn.
   reference_labels = [(e, t) for e, t in zip(test_ens, test_tempo) if e in ensembles]
-  reference_mix = [p.text for p in prompt_set.for_labels(
-      [reference_labels[i % len(reference_labels)] for i in range(args.prompts)], rng)]
+  reference_labels_drawn = [reference_labels[i % len(reference_labels)]
+                            for i in range(args.prompts)]
+  reference_mix = [p.text for p in prompt_set.for_labels(reference_labels_drawn, rng)]
   samplings = {name: known[name] for name in chosen}
 
   def generated(texts, sampling):
@@ -401,8 +438,10 @@ def main() -> None:
   # The acoustic half (docstring, point 5): held-out clips against their own captions.
   codec_rate = musiclm.codec.config.sample_rate
   heldout = at(test_audio, rate, codec_rate)
-  resynth = np.concatenate([musiclm.codec.decode(musiclm.codec.encode(heldout[i:i + 16]))
-                            for i in range(0, len(heldout), 16)])[:, :heldout.shape[1]]
+  resynthesise = lambda x: np.concatenate([
+      musiclm.codec.decode(musiclm.codec.encode(x[i:i + 16]))
+      for i in range(0, len(x), 16)])[:, :x.shape[1]]
+  resynth = resynthesise(heldout)
   count = min(args.chain_clips or len(test_audio), len(test_audio))
   own = list(zip(test_ens[:count], test_tempo[:count]))
   captions = test_captions[:count]
@@ -424,22 +463,44 @@ def main() -> None:
   visible = tag_adherence.visible_instruments(ceiling_tags, TAGGER_AUC_TARGET,
                                               TAGGER_P_TARGET)
 
+  # FAD (docstring, point 3). The floors: the codec's resynthesis of the held-out clips
+  # themselves, and, for each prompt set, the one its generation is held to, measured as
+  # the generation is: as many training clips, drawn to the prompts' labels and cut to the
+  # generation's length, resynthesised (what a generator that returned real music for the
+  # prompts would score through the codec); those clips unresynthesised beside them (the
+  # sampling term alone). FAD-inf beside every FAD removes the small-sample bias.
   real_penultimate = musicnn_read(test_audio, rate)["penultimate"]
   fad_of = lambda features: fad.fad(features, real_penultimate, bootstrap=100)
-  floor = fad_of(musicnn_read(resynth, codec_rate)["penultimate"])
-  fads = {"codec_resynthesis_floor": floor,
-          "unconditioned": fad_of(unconditioned["_penultimate"])}
+  fad_inf_of = lambda features: fad.fad_infinity(features, real_penultimate, seed=args.seed)
+  train_labels = list(zip(train_ens, train_tempo))
+  length = round(args.seconds * codec_rate)
+  penultimates = {"codec_resynthesis_floor": musicnn_read(resynth, codec_rate)["penultimate"],
+                  "unconditioned": unconditioned["_penultimate"]}
+  for mix, labels in (("prompts", pairs), ("reference_mix", reference_labels_drawn)):
+    clips = at(train_audio[_drawn_to(labels, train_labels, rng)], rate, codec_rate)[:, :length]
+    penultimates[f"real_train_clips_{mix}"] = musicnn_read(clips, codec_rate)["penultimate"]
+    penultimates[f"codec_resynthesis_of_train_clips_{mix}"] = musicnn_read(
+        resynthesise(clips), codec_rate)["penultimate"]
+  for name in samplings:
+    penultimates[f"generated_{name}"] = settings[name]["conditioned"]["_penultimate"]
+    penultimates[f"generated_reference_mix_{name}"] = settings[name][
+        "_reference_mix_penultimate"]
+  fads = {key: fad_of(features) for key, features in penultimates.items()}
+  fads_inf = {key: fad_inf_of(features) for key, features in penultimates.items()
+              if key != "codec_resynthesis_floor"}
   targets = {}
   for name in samplings:
-    fads[f"generated_{name}"] = fad_of(settings[name]["conditioned"]["_penultimate"])
-    fads[f"generated_reference_mix_{name}"] = fad_of(
-        settings[name]["_reference_mix_penultimate"])
     targets[name] = _targets(
         settings[name], acoustic_chain[f"acoustic_stages_on_real_semantic_tokens_{name}"],
         acoustic_chain["codec_resynthesis"],
-        {"generated": fads[f"generated_{name}"],
-         "generated_reference_mix": fads[f"generated_reference_mix_{name}"],
-         "codec_floor": floor}, visible["visible"])
+        {key: fads[f"{key}_{name}"] for key in ("generated", "generated_reference_mix")}
+        | {"codec_floor": fads["codec_resynthesis_floor"]}
+        | {f"matched_floor{suffix}": fads[f"codec_resynthesis_of_train_clips_{mix}"]
+           for suffix, mix in (("", "prompts"), ("_reference_mix", "reference_mix"))},
+        {key: fads_inf[f"{key}_{name}"] for key in ("generated", "generated_reference_mix")}
+        | {f"matched_floor{suffix}": fads_inf[f"codec_resynthesis_of_train_clips_{mix}"]
+           for suffix, mix in (("", "prompts"), ("_reference_mix", "reference_mix"))},
+        visible["visible"])
 
   def public(tree):
     """Drops the private keys (per-clip hits and features)."""
@@ -467,7 +528,8 @@ def main() -> None:
             "tagger_visible_instruments": visible,
             "chain": public(chain), "chain_prompts": len(chain_prompts),
             "acoustic_chain": public(acoustic_chain), "acoustic_chain_clips": count,
-            "fad_musicnn_to_heldout_real": fads, "targets": targets,
+            "fad_musicnn_to_heldout_real": fads, "fad_inf_musicnn_to_heldout_real": fads_inf,
+            "targets": targets,
             # The setting the bundle generates with by default (its recipe's measured best).
             "default_sampling": next((n for n in samplings
                                       if samplings[n] == musiclm.default_sampling), None),
@@ -486,7 +548,8 @@ def main() -> None:
     if "tagger" in values:
       print(f"{name:44s} tagger {tags(values['tagger'])}")
   for name, r in fads.items():
-    print(f"FAD {name:28s} {r['fad']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]")
+    print(f"FAD {name:50s} {r['fad']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
+          + (f"  FAD-inf {fads_inf[name]['fad_inf']:.2f}" if name in fads_inf else ""))
   print("tagger sees:", visible)
   for name, t in targets.items():
     print(f"targets [{name}]: {t}")
