@@ -173,6 +173,23 @@ class DecoderOnlyLMModel(models_lib.BaseModel):
                                           batch["decoder_loss_weights"].astype(jnp.float32))
     return -jnp.sum(nll, axis=-1)
 
+  def teacher_forced_logits(self, params, batch, guidance_scale: Optional[float] = None
+                            ) -> jnp.ndarray:
+    """Logits [B, T, V] of every target given the real targets before it, float32 with the
+    padding ids masked: what sampling would see at each position had it drawn the real
+    tokens so far. With `guidance_scale` s, as sampling guides them: cond + (s - 1)(cond -
+    uncond), uncond with the NULL prefix. batch: 'decoder_input_tokens' (BOS + targets[:
+    -1]) and, for a conditional model, 'prefix_tokens'."""
+    logits = self._logits(params, batch, None)
+    if guidance_scale is None:
+      return logits
+    prefix = self._prefix(batch)
+    if prefix is None:
+      raise ValueError("guidance_scale needs a conditional model and 'prefix_tokens'")
+    null = {**batch, "prefix_tokens": jnp.full_like(prefix, self.config.null_prefix_id)}
+    return decoding.apply_guidance(jnp.concatenate([logits, self._logits(params, null, None)]),
+                                   guidance_scale)
+
   # ---- sampling -----------------------------------------------------------------------------
 
   def predict_batch(self, params, batch, rng=None, **decoder_params) -> jnp.ndarray:

@@ -160,3 +160,34 @@ def test_trained_delayed_model_generates_the_frames():
   # The first frame's level 2 reads a frame that does not exist (np.roll): left out.
   accuracy = np.mean((tokens == test["decoder_target_tokens"])[:, 3:])
   assert accuracy > 0.8, accuracy
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+@pytest.mark.parametrize("guidance_scale", [None, 2.0])
+def test_teacher_forced_logits_are_what_the_sampler_drew_from(batch, parallel, guidance_scale):
+  """Fed the tokens a sampler drew, teacher forcing gives each its (guided) log-probability
+  as the sampler computed it: the logits a position would see at generation."""
+  model = delayed_model(parallel_levels=LEVELS if parallel else 0)
+  params = params_for(model, batch)
+  length = batch["decoder_target_tokens"].shape[1]
+  drawn, aux = model.predict_batch_with_aux(
+      params, {"prefix_tokens": batch["prefix_tokens"]}, jax.random.key(3),
+      max_decode_length=length, guidance_scale=guidance_scale, level_codes=CODES,
+      levels_per_frame=LEVELS)
+  bos = np.full((len(drawn), 1), model.config.bos_id, np.int32)
+  logits = model.teacher_forced_logits(
+      params, {"prefix_tokens": batch["prefix_tokens"],
+               "decoder_input_tokens": np.concatenate([bos, drawn[:, :-1]], axis=1)},
+      guidance_scale)
+  if not parallel:   # the sampler keeps each position to its level's ids
+    level = np.arange(length) % LEVELS
+    logits = np.where(np.arange(logits.shape[-1])[None, None] // CODES == level[None, :, None],
+                      logits, -1e10)
+  log_probs = np.take_along_axis(jax.nn.log_softmax(logits, axis=-1),
+                                 np.asarray(drawn)[..., None], axis=-1)[..., 0]
+  np.testing.assert_allclose(log_probs, aux["log_probs"], rtol=1e-4, atol=1e-4)
+  with pytest.raises(ValueError, match="guidance_scale needs a conditional model"):
+    unconditional = delayed_model(prefix_vocab_size=0)
+    unconditional.teacher_forced_logits(
+        params_for(unconditional, batch),
+        {"decoder_input_tokens": batch["decoder_input_tokens"]}, 2.0)
