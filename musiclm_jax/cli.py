@@ -10,6 +10,7 @@
   musiclm-jax tokenize --dataset ... --out ...  (argparse; see musiclm_jax/tasks/tokenize_job.py)
   musiclm-jax generate --bundle B --prompt ...  (argparse; see musiclm_jax/generation/cli.py)
   musiclm-jax export --out B --mulan_model_dir ...  (see musiclm_jax/generation/export.py)
+  musiclm-jax align-decoder --out C --codec C0 ...  (see musiclm_jax/generation/aligned_decoder.py)
   musiclm-jax pipeline --gin_file=pipeline/tiny.gin ...  (see musiclm_jax/pipeline/cli.py)
   musiclm-jax evaluate --generated D --reference D ...  (see musiclm_jax/evaluation/evaluate.py)
   musiclm-jax listen --pairs DIR [--export wins.json]  (see musiclm_jax/evaluation/listening.py)
@@ -31,19 +32,21 @@ COMMANDS = {
     "tokenize": ("musiclm_jax.tasks.tokenize_job", "token shards of a dataset for the stages"),
     "generate": ("musiclm_jax.generation.cli", "text to music (WAV) from an exported bundle"),
     "export": ("musiclm_jax.generation.export", "an inference bundle from the training runs"),
+    "align-decoder": ("musiclm_jax.generation.aligned_decoder",
+                      "the codec's decoder fine-tuned on the coarse stage's aligned tokens"),
     "pipeline": ("musiclm_jax.pipeline.cli", "the main job: every part, data to report"),
     "evaluate": ("musiclm_jax.evaluation.evaluate", "FAD, KLD, MCC of generated clips"),
     "listen": ("musiclm_jax.evaluation.listening", "pairwise listening test (web app), wins"),
 }
 # Commands with their own argparse interface (no gin): run as module.main(argv).
 PLAIN_COMMANDS = ("codec", "build-data", "semantic", "mulan", "tokenize", "generate",
-                  "export", "pipeline", "evaluate", "listen")
+                  "export", "align-decoder", "pipeline", "evaluate", "listen")
 
 
 def _usage() -> str:
   lines = ["usage: musiclm-jax COMMAND [--gin_file=F ...] [--gin.KEY=VALUE ...]", "",
            "commands:"]
-  lines += [f"  {name:8s} {help_}" for name, (_, help_) in COMMANDS.items()]
+  lines += [f"  {name:13s} {help_}" for name, (_, help_) in COMMANDS.items()]
   return "\n".join(lines)
 
 

@@ -11,6 +11,9 @@ process per step: its own gin config and memory), with its outputs under `work_d
   runs/<part>/          training runs: codec, w2v_bert, mulan, semantic, coarse, fine
   codec/                the exported codec (or a copy of Recipe.codec_bundle); centroids.npz,
                         mulan_rvq.npz
+  aligned_codec/        (Recipe.aligned_decoder_steps) the codec with its decoder fine-tuned
+                        on the coarse stage's ground-truth-aligned tokens: the bundle's
+                        renderer
   tokens/               token shards of train and validation
   bundle/               the exported MusicLM
   generated/            one WAV per prompt; prompts.csv
@@ -71,6 +74,11 @@ class Recipe:
   # The bundle's default generation decodes the coarse levels alone (export --no_fine_stage):
   # for a fine stage measured to add noise rather than detail (benchmarks/acoustic_half.py).
   skip_fine_stage: bool = False
+  # Fine-tune the codec's decoder this many steps on the coarse stage's teacher-forced draws
+  # from `aligned_decoder_clips` training clips, and render the bundle's audio with it
+  # (generation/aligned_decoder.py). 0: the codec's own decoder renders.
+  aligned_decoder_steps: int = 0
+  aligned_decoder_clips: int = 1000
   prompts: Tuple[str, ...] = (
       "A solo piano plays a slow baroque chorale.",
       "A fast fiddle tune played by a solo violin with a steady drum beat.",
@@ -199,6 +207,18 @@ def build_steps(recipe: Recipe, sizes: dict) -> List[steps_lib.Step]:
   train_clips = r.path("clips", "train")
   codec_dir, centroids, rvq = r.path("codec"), r.path("centroids.npz"), r.path("mulan_rvq.npz")
   tokens, bundle = r.path("tokens"), r.path("bundle")
+  renderer, renderer_step = codec_dir, []
+  if r.aligned_decoder_steps:
+    renderer = r.path("aligned_codec")
+    renderer_step = [steps_lib.Step(
+        "aligned_decoder", f"fine-tune the decoder on the coarse stage's aligned tokens "
+        f"({r.aligned_decoder_clips} clips, {r.aligned_decoder_steps} steps)",
+        _cli("align-decoder", "--out", renderer, "--codec", codec_dir, "--coarse_stage_dir",
+             r.path("runs", "coarse"), "--tokens", tokens, "--dataset", r.tfds_name,
+             "--data_dir", r.tfds_dir, "--clips", r.aligned_decoder_clips, "--steps",
+             r.aligned_decoder_steps),
+        [renderer], inputs=["data", "codec_export", "tokenize", "coarse"],
+        identified_by_content=True)]
   steps = [
       steps_lib.Step("data", f"build {r.tfds_name}",
                      _cli("build-data", r.dataset, "--data_dir", r.tfds_dir, "--config",
@@ -239,17 +259,17 @@ def build_steps(recipe: Recipe, sizes: dict) -> List[steps_lib.Step]:
                         [f"TOKENS_DIR='{tokens}'", f"BATCH_SIZE={r.stage_batch}"],
                         STAGE_INPUTS[stage])
             for stage, count in zip(STAGES, r.stage_steps)]
-  steps += [
+  steps += renderer_step + [
       steps_lib.Step("export", "export the MusicLM bundle",
                      _cli("export", "--out", bundle, "--mulan_model_dir", r.path("runs", "mulan"),
                           "--mulan_rvq", rvq, "--semantic_model_dir", r.path("runs", "w2v_bert"),
-                          "--centroids", centroids, "--codec", codec_dir,
+                          "--centroids", centroids, "--codec", renderer,
                           *[a for s in STAGES for a in (f"--{s}_stage_dir", r.path("runs", s))],
                           "--mulan_token_data", tokens,
                           *(["--no_fine_stage"] if r.skip_fine_stage else [])),
                      [os.path.join(bundle, "manifest.json")],
                      inputs=["codec_export", "w2v_bert", "kmeans", "mulan", "rvq", "tokenize",
-                             *STAGES]),
+                             *STAGES, *[step.name for step in renderer_step]]),
       steps_lib.Step("generate", f"generate {len(r.prompts)} prompts and "
                      f"{r.reference_prompts} held-out captions, {r.seconds:g} s each",
                      lambda: report.generate(r), [r.path("generated", "prompts.csv")],

@@ -192,6 +192,20 @@ def test_the_recipe_steps_read_only_earlier_steps_and_a_new_codec_leaves_the_sem
   skipping = recipe_lib.build_steps(dataclasses.replace(recipe, skip_fine_stage=True),
                                     recipe_lib.size_settings("tiny"))
   assert next(s for s in skipping if s.name == "export").run == export + ["--no_fine_stage"]
+  # With an aligned decoder, the bundle renders with the codec it fine-tunes after the
+  # coarse stage; the tokens stay the codec's.
+  aligned = recipe_lib.build_steps(dataclasses.replace(recipe, aligned_decoder_steps=500),
+                                   recipe_lib.size_settings("tiny"))
+  names = [s.name for s in aligned]
+  assert names.index("coarse") < names.index("aligned_decoder") < names.index("export")
+  step = aligned[names.index("aligned_decoder")]
+  assert step.run[2:4] == ["musiclm_jax.cli", "align-decoder"] and "500" in step.run
+  assert set(step.inputs) == {"data", "codec_export", "tokenize", "coarse"}
+  aligned_export = aligned[names.index("export")]
+  assert "aligned_decoder" in aligned_export.inputs
+  codec_flag = aligned_export.run.index("--codec") + 1
+  assert aligned_export.run[codec_flag] == step.outputs[0] == str(tmp_path / "aligned_codec")
+  assert export[export.index("--codec") + 1] == str(tmp_path / "codec")
 
 
 RECIPE_FILES = sorted(os.path.basename(f) for f in glob.glob(

@@ -80,6 +80,12 @@ def _cases(d):
         str(d / "c.npz"), "--mulan_model_dir", str(d / "norun"), "--mulan_rvq",
         str(d / "r.npz")], "norun"),
       (["export", "--out", str(d / "out" / "bundle")], "the following arguments are required"),
+      (["align-decoder", "--out", str(d / "out" / "codec"), "--codec", BUNDLE,
+        "--coarse_stage_dir", str(d / "norun"), "--tokens", str(d), "--dataset",
+        "music_captions/tiny_16khz"], "norun"),
+      (["align-decoder", "--out", str(d / "out" / "codec"), "--codec", BUNDLE,
+        "--coarse_stage_dir", str(d / "norun"), "--tokens", str(d), "--dataset",
+        "music_captions/tiny_16khz", "--steps", "0"], "--steps: 0 is not >= 1"),
       (["evaluate", "--generated", str(d / "nowhere"), "--reference", str(d), "--out",
         str(d / "out" / "r.json")], "nowhere: no such file or folder"),
       (["listen", "--pairs", str(d / "nopairs")], "nopairs"),
@@ -106,7 +112,7 @@ def test_bad_arguments_give_one_line_and_exit_2(folder, capsys):
 
 def test_every_command_help_exits_0_and_lists_flags(capsys):
   for command in ("codec", "build-data", "semantic", "mulan", "tokenize", "generate", "export",
-                  "pipeline", "evaluate", "listen"):
+                  "align-decoder", "pipeline", "evaluate", "listen"):
     with pytest.raises(SystemExit) as exit_info:
       cli.main(["musiclm-jax", command, "--help"])
     out = capsys.readouterr().out
