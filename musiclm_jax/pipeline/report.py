@@ -68,11 +68,14 @@ def generate(recipe) -> None:
 
 
 def generation_settings(musiclm) -> dict:
-  """How `musiclm` turns prompts into clips by default: its text conditioning and each
-  stage's sampling (None: the stage is skipped)."""
+  """How `musiclm` turns prompts into clips by default: its text conditioning, each
+  stage's sampling (None: the stage is skipped) and the decoder that renders the tokens
+  ('aligned': fine-tuned on the coarse stage's draws, `generation.aligned_decoder`)."""
+  provenance = getattr(musiclm.codec, "provenance", None) or {}
   return {"text_conditioning": musiclm.text_conditioning,
           "sampling": {stage: None if s is None else dataclasses.asdict(s)
-                       for stage, s in musiclm.default_sampling.items()}}
+                       for stage, s in musiclm.default_sampling.items()},
+          "decoder": "aligned" if "decoder_finetune" in provenance else "codec"}
 
 
 def describe_settings(settings: dict) -> str:
@@ -86,8 +89,11 @@ def describe_settings(settings: dict) -> str:
     parts += ([f"guidance {s['guidance_scale']:g}"] if s["guidance_scale"] is not None
               else [])
     return f"{name} {', '.join(parts)}"
+  decoder = {"aligned": " Rendered by the codec's decoder fine-tuned on the coarse stage's "
+                        "aligned tokens.",
+             "codec": " Rendered by the codec's decoder."}.get(settings.get("decoder"), "")
   return (f"Text conditioning: `{settings['text_conditioning']}`. Sampling: "
-          + "; ".join(stage(n, s) for n, s in settings["sampling"].items()) + ".")
+          + "; ".join(stage(n, s) for n, s in settings["sampling"].items()) + "." + decoder)
 
 
 def spectrogram_figure(clips: Sequence[np.ndarray], titles: Sequence[str], sample_rate: int,

@@ -323,11 +323,19 @@ def test_the_report_states_how_the_clips_were_made():
   from musiclm_jax.pipeline import report
   model = types.SimpleNamespace(
       text_conditioning=musiclm_lib.AUDIO_TOKEN_BANK,
-      default_sampling=musiclm_lib.DEFAULT_SAMPLING | {"fine": musiclm_lib.NO_FINE_STAGE})
+      default_sampling=musiclm_lib.DEFAULT_SAMPLING | {"fine": musiclm_lib.NO_FINE_STAGE},
+      codec=types.SimpleNamespace(provenance={"step": 7000}))
   settings = json.loads(json.dumps(report.generation_settings(model)))
   assert settings["sampling"]["fine"] is None
   assert settings["sampling"]["coarse"]["guidance_scale"] == 1.5
   line = report.describe_settings(settings)
   assert line.startswith("Text conditioning: `audio_token_bank`. Sampling: semantic ")
   assert "coarse temperature 1, top-k 250, guidance 1.5" in line
-  assert line.endswith("fine skipped.")
+  assert line.endswith("fine skipped. Rendered by the codec's decoder.")
+  model.codec.provenance["decoder_finetune"] = {"steps": 1500}
+  line = report.describe_settings(report.generation_settings(model))
+  assert line.endswith("fine skipped. Rendered by the codec's decoder fine-tuned on the "
+                       "coarse stage's aligned tokens.")
+  # settings.json of runs made before the decoder was recorded: nothing said of it.
+  del settings["decoder"]
+  assert report.describe_settings(settings).endswith("fine skipped.")
