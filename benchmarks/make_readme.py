@@ -444,6 +444,32 @@ SPECS: dict[str, Spec] = {
             Column("MCC", "model.mcc", "{:.2f}"),
             Column("Zero-shot ensemble", "zero_shot.ensemble.accuracy", "{:.2f}"),
         )),
+    "aligned_decoder": Spec(
+        script="aligned_decoder.py",
+        caption="Held-out clips rendered from their own codec tokens by the codec's decoder "
+                "and by the decoder fine-tuned on the coarse stage's aligned tokens, at the "
+                "coarse levels (what the bundle decodes) and at all levels: FAD (musicnn "
+                "MTT) to the held-out clips, and per clip against the real audio chroma "
+                "cosine, onset F1 and mel distance. Cells: codec's / aligned.",
+        columns=(
+            Column("Held-out clips", "heldout_clips", "{:d}"),
+            Column("Coarse levels", "coarse_levels", "{:d}"),
+            Column("FAD, coarse levels",
+                   ("renderings.codec_decoder_coarse_levels.fad.fad",
+                    "renderings.aligned_decoder_coarse_levels.fad.fad"), "{:.1f}"),
+            Column("FAD, all levels",
+                   ("renderings.codec_decoder_all_levels.fad.fad",
+                    "renderings.aligned_decoder_all_levels.fad.fad"), "{:.1f}"),
+            Column("Chroma cosine, coarse levels",
+                   ("renderings.codec_decoder_coarse_levels.fidelity.chroma_cosine",
+                    "renderings.aligned_decoder_coarse_levels.fidelity.chroma_cosine"), "{:.3f}"),
+            Column("Onset F1, coarse levels",
+                   ("renderings.codec_decoder_coarse_levels.fidelity.onset_f1",
+                    "renderings.aligned_decoder_coarse_levels.fidelity.onset_f1"), "{:.3f}"),
+            Column("Mel distance, coarse levels",
+                   ("renderings.codec_decoder_coarse_levels.fidelity.mel_distance",
+                    "renderings.aligned_decoder_coarse_levels.fidelity.mel_distance"), "{:.3f}"),
+        )),
     "proof_of_learning": Spec(
         script="proof_of_learning.py", derive=_proof_of_learning,
         caption="How often MuLan-audio probes recognise the prompt's ensemble and tempo in "
@@ -458,7 +484,9 @@ SPECS: dict[str, Spec] = {
                 "tempi; FAD floor, matched: the codec's resynthesis of as many training "
                 "clips drawn to that mix, at the generated length (the held-out mix's "
                 "floor); Text as: the MuLan tokens a prompt conditions on (the paper's "
-                "text tokens, or the nearest tuple of the training clips').",
+                "text tokens, or the nearest tuple of the training clips'); Renderer: the "
+                "decoder the generation is rendered with (the codec's, or one fine-tuned on "
+                "the coarse stage's aligned tokens; the floors are always the codec's).",
         columns=(
             Column("Size", "recipe.size", "{}"),
             Column("Prompts", "n_prompts", "{:d}"),
@@ -481,6 +509,7 @@ SPECS: dict[str, Spec] = {
             Column("FAD floor, matched",
                    "fad_musicnn_to_heldout_real."
                    "codec_resynthesis_of_train_clips_reference_mix.fad", "{:.1f}"),
+            Column("Renderer", "renderer", "{}"),
         )),
     "semantic_in_time": Spec(
         script="semantic_in_time.py",

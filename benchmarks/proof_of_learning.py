@@ -40,7 +40,10 @@ Steps:
    by the number of clips, and the clips' length sets how many 3 s patches musicnn
    averages): the codec's resynthesis of as many training clips drawn to the prompts'
    labels, cut to the generated length; the same clips unresynthesised give the sampling
-   term alone. FAD-inf (`evaluation.fad.fad_infinity`) beside each FAD.
+   term alone. FAD-inf (`evaluation.fad.fad_infinity`) beside each FAD. Resynthesis is
+   the codec's own (the one the tokens were made with); a bundle that renders with a
+   decoder fine-tuned on the coarse stage's tokens (`generation.aligned_decoder`) has that
+   decoder's resynthesis of the same clips measured beside it, not used as a floor.
 4. The chain, link by link, to see where the prompt's information is lost (larger prompt
    set, --chain_prompts, as it skips the acoustic stages): the probes read the prompts'
    MuLan text embeddings and the 12 RVQ tokens the stages see (decoded); probes on
@@ -300,6 +303,7 @@ def main() -> None:
   from musiclm_jax.generation import musiclm as musiclm_lib
   from musiclm_jax.mulan import tokenizer as mulan_tokenizer
   from musiclm_jax.pipeline import recipe as recipe_lib
+  from musiclm_jax.soundstream import codec as codec_lib
   start = time.time()
   try:
     recipe = recipe_lib.Recipe.load(args.work_dir)
@@ -436,10 +440,15 @@ def main() -> None:
   chain["semantic_stage_unconditioned"] = semantic_stage(chain_prompts, unguided)
 
   # The acoustic half (docstring, point 5): held-out clips against their own captions.
-  codec_rate = musiclm.codec.config.sample_rate
+  # Resynthesis is the codec's own, the one the tokens were made with: the bundle may render
+  # with a decoder fine-tuned on the coarse stage's tokens (Recipe.aligned_decoder_steps),
+  # whose resynthesis is measured beside it, not used as the floor.
+  codec = codec_lib.Codec.load(recipe.path("codec"))
+  renderer_differs = "decoder_finetune" in (musiclm.codec.provenance or {})
+  codec_rate = codec.config.sample_rate
   heldout = at(test_audio, rate, codec_rate)
-  resynthesise = lambda x: np.concatenate([
-      musiclm.codec.decode(musiclm.codec.encode(x[i:i + 16]))
+  resynthesise = lambda x, decoder=codec: np.concatenate([
+      decoder.decode(codec.encode(x[i:i + 16]))
       for i in range(0, len(x), 16)])[:, :x.shape[1]]
   resynth = resynthesise(heldout)
   count = min(args.chain_clips or len(test_audio), len(test_audio))
@@ -481,6 +490,9 @@ def main() -> None:
     penultimates[f"real_train_clips_{mix}"] = musicnn_read(clips, codec_rate)["penultimate"]
     penultimates[f"codec_resynthesis_of_train_clips_{mix}"] = musicnn_read(
         resynthesise(clips), codec_rate)["penultimate"]
+    if renderer_differs:
+      penultimates[f"renderer_resynthesis_of_train_clips_{mix}"] = musicnn_read(
+          resynthesise(clips, musiclm.codec), codec_rate)["penultimate"]
   for name in samplings:
     penultimates[f"generated_{name}"] = settings[name]["conditioned"]["_penultimate"]
     penultimates[f"generated_reference_mix_{name}"] = settings[name][
@@ -512,7 +524,10 @@ def main() -> None:
             "recipe": {k: getattr(recipe, k) for k in ("dataset", "dataset_config", "size",
                                                        "codec_steps", "w2v_bert_steps",
                                                        "mulan_steps", "stage_steps",
-                                                       "extra_bindings", "codec_bundle")},
+                                                       "extra_bindings", "codec_bundle",
+                                                       "aligned_decoder_steps",
+                                                       "aligned_decoder_clips")},
+            "renderer": "aligned decoder" if renderer_differs else "the codec's decoder",
             "codec_fidelity_on_heldout": codec_fidelity,
             "prompts": prompts, "prompt_templates": list(prompt_set.TEMPLATES),
             "reference_mix_prompts": reference_mix,
