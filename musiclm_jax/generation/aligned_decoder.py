@@ -48,7 +48,7 @@ ClipTokens = Tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 def coarse_window_inputs(layout: token_layout.TokenLayout, clip: ClipTokens, start: int,
-                  frames: int) -> Tuple[np.ndarray, np.ndarray]:
+                         frames: int) -> Tuple[np.ndarray, np.ndarray]:
   """The coarse stage's (prefix [P], decoder input [T]) for semantic frames [start, start +
   frames) of a clip, as the stage was trained (tasks/stages.py): MuLan and semantic ids
   offset into the prefix vocabulary, coarse level q offset by q * acoustic_codes."""
@@ -156,30 +156,40 @@ class FinetuneConfig:
   seed: int = 0
 
 
-def finetune_decoder(codec: codec_lib.Codec, audio: np.ndarray, codes: np.ndarray,
-                     config: FinetuneConfig = FinetuneConfig(),
+def finetune_decoder(codec: codec_lib.Codec, audio: Sequence[np.ndarray],
+                     codes: Sequence[np.ndarray], config: FinetuneConfig = FinetuneConfig(),
                      log: Optional[Callable[[str], None]] = print) -> Tuple[codec_lib.Codec,
                                                                             List[float]]:
   """The codec with its decoder fine-tuned to render `codes` as `audio`.
 
   Args:
     codec: the codec (its encoder and codebooks are kept).
-    audio: float32 [N, samples] at the codec's rate, samples >= frames * hop.
-    codes: int [N, frames, q] (level ids, q <= the codec's levels): what the decoder will
-      be given for each clip (e.g. `aligned_coarse_tokens`).
+    audio: per clip float32 [samples] at the codec's rate.
+    codes: per clip int [frames, q] (level ids, q <= the codec's levels, the same q for
+      every clip): what the decoder will be given for it (e.g. `aligned_coarse_tokens`).
+      Clips may differ in length; each is used for as many whole frames as both its codes
+      and its audio hold, and clips shorter than a crop are left out.
     config: the run's settings.
     log: called with a progress line every 100 steps (None: silent).
   Returns:
     (the fine-tuned codec, its provenance extended; the mean loss of every 100 steps).
   """
-  audio, codes = np.asarray(audio, np.float32), np.asarray(codes, np.int32)
-  hop = codec.config.hop_length
-  if codes.ndim != 3 or audio.ndim != 2 or len(audio) != len(codes):
-    raise ValueError(f"audio [N, samples] and codes [N, frames, levels] for the same N, got "
-                     f"{audio.shape} and {codes.shape}")
-  if codes.shape[1] < config.crop_frames or audio.shape[1] < codes.shape[1] * hop:
-    raise ValueError(f"clips of {codes.shape[1]} frames and {audio.shape[1]} samples: need "
-                     f">= {config.crop_frames} frames and frames x {hop} samples")
+  hop, span = codec.config.hop_length, config.crop_frames
+  if len(audio) != len(codes):
+    raise ValueError(f"{len(audio)} clips of audio but {len(codes)} of codes")
+  pairs = []
+  for wave, tokens in zip(audio, codes):
+    wave, tokens = np.asarray(wave, np.float32), np.asarray(tokens, np.int32)
+    if wave.ndim != 1 or tokens.ndim != 2:
+      raise ValueError(f"each clip's audio must be [samples] and codes [frames, levels], got "
+                       f"{wave.shape} and {tokens.shape}")
+    frames = min(len(tokens), len(wave) // hop)
+    if frames >= span:
+      pairs.append((wave[:frames * hop], tokens[:frames]))
+  if not pairs:
+    raise ValueError(f"no clip holds a crop of {span} frames ({span * hop} samples)")
+  if len({tokens.shape[1] for _, tokens in pairs}) > 1:
+    raise ValueError("every clip's codes must have the same number of levels")
   variables = codec.variables
   frozen = {k: v for k, v in variables["params"].items() if k != "decoder"}
   optimizer = optax.chain(optax.clip_by_global_norm(config.clip_norm),
@@ -203,12 +213,14 @@ def finetune_decoder(codec: codec_lib.Codec, audio: np.ndarray, codes: np.ndarra
   decoder = ema = variables["params"]["decoder"]
   opt_state = optimizer.init(decoder)
   rng = np.random.default_rng(config.seed)
-  span, recent, curve, started = config.crop_frames, [], [], time.time()
+  recent, curve, started = [], [], time.time()
   for i in range(1, config.steps + 1):
-    clip = rng.integers(0, len(codes), config.batch_size)
-    first = rng.integers(0, codes.shape[1] - span + 1, config.batch_size)
-    crop_codes = np.stack([codes[c, f:f + span] for c, f in zip(clip, first)])
-    crop_audio = np.stack([audio[c, f * hop:(f + span) * hop] for c, f in zip(clip, first)])
+    crops = []
+    for c in rng.integers(0, len(pairs), config.batch_size):
+      wave, tokens = pairs[c]
+      f = int(rng.integers(0, len(tokens) - span + 1))
+      crops.append((tokens[f:f + span], wave[f * hop:(f + span) * hop]))
+    crop_codes, crop_audio = map(np.stack, zip(*crops))
     decoder, opt_state, ema, loss = step(decoder, opt_state, ema, crop_codes, crop_audio)
     recent.append(float(loss))
     if i % 100 == 0 or i == config.steps:
@@ -221,8 +233,8 @@ def finetune_decoder(codec: codec_lib.Codec, audio: np.ndarray, codes: np.ndarra
                                          "params": {**frozen, "decoder": jax.device_get(ema)}})
   tuned.provenance = {**(codec.provenance or {}),
                       "decoder_finetune": {**dataclasses.asdict(config),
-                                           "clips": int(len(codes)),
-                                           "levels": int(codes.shape[-1]),
+                                           "clips": len(pairs),
+                                           "levels": int(pairs[0][1].shape[1]),
                                            "loss_every_100_steps": curve}}
   return tuned, curve
 
@@ -258,16 +270,6 @@ def read_clips(tokens_dir: str, tfds_name: str, data_dir: str, split: str,
   if not clips:
     raise ValueError(f"no clip of {tokens_dir} ({split}) is in {tfds_name} at {data_dir}")
   return clips, audio
-
-
-def aligned_training_set(audio: Sequence[np.ndarray], drawn: Sequence[np.ndarray], hop: int
-                         ) -> Tuple[np.ndarray, np.ndarray]:
-  """Clips cut to the shortest one's whole frames: (audio [N, frames * hop], codes [N,
-  frames, coarse_levels])."""
-  frames = min(min(len(d) for d in drawn), min(len(a) // hop for a in audio))
-  return (np.stack([a[:frames * hop] for a in audio]),
-          np.stack([d[:frames] for d in drawn]))
-
 
 
 def main(argv=None) -> None:
@@ -326,8 +328,7 @@ def main(argv=None) -> None:
     print(f"{len(clips)} clips: coarse tokens drawn teacher-forced in "
           f"{time.time() - started:.0f} s; they agree with the real ones at "
           f"{', '.join(f'{a:.2f}' for a in agree)} (levels 1..{layout.coarse_levels})")
-    audio, codes = aligned_training_set(audio, drawn, codec.config.hop_length)
-    tuned, curve = finetune_decoder(codec, audio, codes, config)
+    tuned, curve = finetune_decoder(codec, audio, drawn, config)
     tuned.provenance["decoder_finetune"].update(
         {"coarse_stage_dir": args.coarse_stage_dir, "tokens": args.tokens,
          "sampling": dataclasses.asdict(sampling),
