@@ -18,8 +18,8 @@ caption was written from: piece, style, composer, ensemble, instruments, drums, 
 tempo ('slow' | 'moderate' | 'fast'), key, mode, transpose, velocity.
 
 A clip that renders silent is skipped and counted in `info.metadata['build_report']`.
-Planning (parsing the pieces) runs in one process per CPU core; the output does not depend
-on how many.
+Planning (parsing the pieces) runs in one process per CPU core, the examples that open the
+same corpus file together; the output depends on neither.
 """
 
 from __future__ import annotations

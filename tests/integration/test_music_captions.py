@@ -1,6 +1,7 @@
 """The captioned music set: music21 corpus pieces rendered with a GM SoundFont, captions
 written from the rendering, the TFDS builder and a MuLan task over it."""
 
+import collections
 import dataclasses
 
 import numpy as np
@@ -127,6 +128,22 @@ def test_planning_in_worker_processes_equals_planning_here():
   assert [plan.index for plan, _ in serial] == list(range(6))
   assert all(notes for _, notes in serial)
   assert list(mc.plan_examples(SPEC, range(6), workers=2)) == serial
+
+
+def test_examples_that_open_the_same_file_are_planned_as_each_alone():
+  """Planning hands the examples that open one file to one worker together; each plan and
+  its notes are still what that example, planned alone with nothing cached, gets."""
+  by_file = collections.defaultdict(list)
+  for index in range(80):
+    by_file[mc.first_file(SPEC, index)].append(index)
+  shared = next(group for group in by_file.values() if len(group) >= 2)[:3]
+  indices = [0] + shared + [1]          # the group's members apart in the order asked for
+  planned = list(mc.plan_examples(SPEC, indices, workers=1))
+  assert [plan.index for plan, _ in planned] == indices
+  for index, together in zip(indices, planned):
+    for cache in (corpus._parse, corpus.piece_notes, corpus.piece_key):
+      cache.cache_clear()
+    assert together == mc.plan_with_notes(SPEC, index)
 
 
 def test_the_medium_set_begins_with_the_small_one():
