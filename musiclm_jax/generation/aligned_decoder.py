@@ -14,6 +14,8 @@ frame, with the real audio. Here:
      window by window with the generation's windows and overlap, and each position is drawn
      as generation draws it (guidance, temperature, top-k/p) given the real tokens before
      it: tokens [frames, coarse_levels] with the stage's mistakes, aligned with the clip.
+     The CLI's `--overlap 0 --no_guidance` draw at a quarter of the cost, a little unlike
+     generation's draws: more clips in the same time, which is what the decoder gains from.
   2. `finetune_decoder`: the decoder alone learns to turn those tokens into the clip's real
      audio, with the codec's own reconstruction loss; the encoder and the codebooks stay
      as they are.
@@ -297,17 +299,28 @@ def main(argv=None) -> None:
   parser.add_argument("--batch_size", type=cli_utils.positive_int,
                       default=defaults.batch_size)
   parser.add_argument("--learning_rate", type=float, default=defaults.learning_rate)
+  parser.add_argument("--crop_frames", type=cli_utils.positive_int,
+                      default=defaults.crop_frames, help="codec frames a training crop")
   parser.add_argument("--temperature", type=float, default=guided.temperature)
   parser.add_argument("--top_k", type=int, default=guided.top_k)
   parser.add_argument("--guidance_scale", type=float, default=guided.guidance_scale)
+  parser.add_argument("--no_guidance", action="store_true",
+                      help="draw unguided (one pass of the stage, not two: half the time)")
+  parser.add_argument("--overlap", type=float, default=musiclm_lib.Windows().overlap,
+                      help="the draw windows' overlap, a fraction in [0, 1) (default: "
+                           "generation's; 0 puts them side by side: half the time)")
   parser.add_argument("--seed", type=int, default=0)
 
   def go(args):
     import gin  # pylint: disable=g-import-not-at-top
-    sampling = musiclm_lib.Sampling(temperature=args.temperature, top_k=args.top_k,
-                                    guidance_scale=args.guidance_scale)
+    if not 0.0 <= args.overlap < 1.0:
+      raise ValueError(f"--overlap: {args.overlap} is not in [0, 1)")
+    sampling = musiclm_lib.Sampling(
+        temperature=args.temperature, top_k=args.top_k,
+        guidance_scale=None if args.no_guidance else args.guidance_scale)
     config = dataclasses.replace(defaults, steps=args.steps, batch_size=args.batch_size,
-                                 learning_rate=args.learning_rate, seed=args.seed)
+                                 learning_rate=args.learning_rate,
+                                 crop_frames=args.crop_frames, seed=args.seed)
     coarse, layout, crop = export.load_stage_run("coarse", args.coarse_stage_dir, None, True)
     gin.clear_config()
     codec = codec_lib.Codec.load(args.codec)
@@ -321,8 +334,8 @@ def main(argv=None) -> None:
     started = time.time()
     clips, audio = read_clips(args.tokens, args.dataset, args.data_dir, args.split,
                               args.clips, codec.config.sample_rate, args.seed)
-    drawn = aligned_coarse_tokens(coarse, layout, clips, crop,
-                                  musiclm_lib.Windows().overlap, sampling, args.seed)
+    drawn = aligned_coarse_tokens(coarse, layout, clips, crop, args.overlap, sampling,
+                                  args.seed)
     agree = np.mean(np.concatenate([d == c[2][:len(d), :layout.coarse_levels]
                                     for d, c in zip(drawn, clips)]), axis=0)
     print(f"{len(clips)} clips: coarse tokens drawn teacher-forced in "
@@ -331,7 +344,7 @@ def main(argv=None) -> None:
     tuned, curve = finetune_decoder(codec, audio, drawn, config)
     tuned.provenance["decoder_finetune"].update(
         {"coarse_stage_dir": args.coarse_stage_dir, "tokens": args.tokens,
-         "sampling": dataclasses.asdict(sampling),
+         "sampling": dataclasses.asdict(sampling), "window_overlap": args.overlap,
          "agreement_with_real_tokens": [float(a) for a in agree]})
     tuned.save(args.out)
     print(f"decoder fine-tuned {config.steps} steps (loss {curve[0]:.1f} -> {curve[-1]:.1f})"

@@ -50,18 +50,21 @@ def _greedy_reference(coarse, clip, window, overlap, guidance_scale):
   return out
 
 
-@pytest.mark.parametrize("parallel_levels", [0, LAYOUT.coarse_levels])
-def test_aligned_tokens_are_drawn_teacher_forced_in_the_generation_windows(parallel_levels):
+@pytest.mark.parametrize("parallel_levels, overlap, guidance_scale", [
+    (0, WINDOWS.overlap, 1.5), (LAYOUT.coarse_levels, WINDOWS.overlap, 1.5),
+    (LAYOUT.coarse_levels, 0.0, None)])   # the cheap draws: windows side by side, unguided
+def test_aligned_tokens_are_drawn_teacher_forced_in_the_generation_windows(
+    parallel_levels, overlap, guidance_scale):
   coarse = _stage(LAYOUT, "coarse", 1, parallel_levels)
   clips = _clips([13, 2, 7])   # windows of 3 semantic frames: one clip shorter than that
   window = int(round(WINDOWS.coarse_seconds * LAYOUT.semantic_rate))
-  greedy = musiclm_lib.Sampling(temperature=0.0, guidance_scale=1.5)
+  greedy = musiclm_lib.Sampling(temperature=0.0, guidance_scale=guidance_scale)
   drawn = aligned_decoder.aligned_coarse_tokens(coarse, LAYOUT, clips, WINDOWS.coarse_seconds,
-                                                WINDOWS.overlap, greedy, batch_windows=4)
+                                                overlap, greedy, batch_windows=4)
   for clip, tokens in zip(clips, drawn):
     assert tokens.shape == (len(clip[1]) * RATIO, LAYOUT.coarse_levels)
     np.testing.assert_array_equal(
-        tokens, _greedy_reference(coarse, clip, window, WINDOWS.overlap, 1.5))
+        tokens, _greedy_reference(coarse, clip, window, overlap, guidance_scale))
   sampled = lambda seed: aligned_decoder.aligned_coarse_tokens(
       coarse, LAYOUT, clips, WINDOWS.coarse_seconds, WINDOWS.overlap,
       musiclm_lib.Sampling(temperature=1.0, guidance_scale=1.5), seed=seed)

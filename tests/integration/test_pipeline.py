@@ -206,6 +206,12 @@ def test_the_recipe_steps_read_only_earlier_steps_and_a_new_codec_leaves_the_sem
   codec_flag = aligned_export.run.index("--codec") + 1
   assert aligned_export.run[codec_flag] == step.outputs[0] == str(tmp_path / "aligned_codec")
   assert export[export.index("--codec") + 1] == str(tmp_path / "codec")
+  cheap = recipe_lib.build_steps(
+      dataclasses.replace(recipe, aligned_decoder_steps=500,
+                          aligned_decoder_flags=("--overlap=0", "--no_guidance")),
+      recipe_lib.size_settings("tiny"))
+  assert next(s for s in cheap if s.name == "aligned_decoder").run == step.run + [
+      "--overlap=0", "--no_guidance"]
 
 
 RECIPE_FILES = sorted(os.path.basename(f) for f in glob.glob(
