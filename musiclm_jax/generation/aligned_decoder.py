@@ -303,9 +303,10 @@ def main(argv=None) -> None:
                       default=defaults.crop_frames, help="codec frames a training crop")
   parser.add_argument("--temperature", type=float, default=guided.temperature)
   parser.add_argument("--top_k", type=int, default=guided.top_k)
-  parser.add_argument("--guidance_scale", type=float, default=guided.guidance_scale)
-  parser.add_argument("--no_guidance", action="store_true",
-                      help="draw unguided (one pass of the stage, not two: half the time)")
+  guidance = parser.add_mutually_exclusive_group()
+  guidance.add_argument("--guidance_scale", type=float, default=guided.guidance_scale)
+  guidance.add_argument("--no_guidance", action="store_true",
+                        help="draw unguided (one pass of the stage, not two: half the time)")
   parser.add_argument("--overlap", type=float, default=musiclm_lib.Windows().overlap,
                       help="the draw windows' overlap, a fraction in [0, 1) (default: "
                            "generation's; 0 puts them side by side: half the time)")
