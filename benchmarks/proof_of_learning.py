@@ -444,7 +444,12 @@ def main() -> None:
   # with a decoder fine-tuned on the coarse stage's tokens (Recipe.aligned_decoder_steps),
   # whose resynthesis is measured beside it, not used as the floor.
   codec = codec_lib.Codec.load(recipe.path("codec"))
-  renderer_differs = "decoder_finetune" in (musiclm.codec.provenance or {})
+  finetune = (musiclm.codec.provenance or {}).get("decoder_finetune")
+  renderer_differs = finetune is not None
+  renderer = "the codec's decoder"
+  if renderer_differs:
+    gain_db = finetune.get("output_gain_db", 0.0)
+    renderer = "aligned decoder" + (f", level-matched ({gain_db:+.1f} dB)" if gain_db else "")
   codec_rate = codec.config.sample_rate
   heldout = at(test_audio, rate, codec_rate)
   resynthesise = lambda x, decoder=codec: np.concatenate([
@@ -526,8 +531,9 @@ def main() -> None:
                                                        "mulan_steps", "stage_steps",
                                                        "extra_bindings", "codec_bundle",
                                                        "aligned_decoder_steps",
-                                                       "aligned_decoder_clips")},
-            "renderer": "aligned decoder" if renderer_differs else "the codec's decoder",
+                                                       "aligned_decoder_clips",
+                                                       "aligned_decoder_flags")},
+            "renderer": renderer,
             "codec_fidelity_on_heldout": codec_fidelity,
             "prompts": prompts, "prompt_templates": list(prompt_set.TEMPLATES),
             "reference_mix_prompts": reference_mix,

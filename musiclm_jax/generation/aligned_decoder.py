@@ -18,7 +18,10 @@ frame, with the real audio. Here:
      generation's draws: more clips in the same time, which is what the decoder gains from.
   2. `finetune_decoder`: the decoder alone learns to turn those tokens into the clip's real
      audio, with the codec's own reconstruction loss; the encoder and the codebooks stay
-     as they are.
+     as they are. A reconstruction loss on uncertain tokens hedges toward less energy, so
+     the fine-tuned decoder plays the clips several dB quieter than the codec does; its
+     output is then scaled (`level_gain`, folded into its last layer) to play the training
+     clips' drawn tokens as loud as the codec plays the same clips' real ones.
 
 The result is a codec bundle with the same encoder and codebooks: audio prompts tokenize as
 before, the tokens the stages were trained on are unchanged, and only the rendering of the
@@ -147,7 +150,9 @@ class FinetuneConfig:
     learning_rate: Adam's (b1 0.5, b2 0.9, as the codec's own training), constant.
     ema_decay: the exported parameters are this EMA of the steps'.
     clip_norm: global gradient-norm clip.
-    seed: crops drawn from this seed.
+    seed: crops (and the level's clips) drawn from this seed.
+    level_clips: the output level is matched to the codec's on this many clips (0: left
+      as trained).
   """
   steps: int = 1500
   batch_size: int = 16
@@ -156,6 +161,40 @@ class FinetuneConfig:
   ema_decay: float = 0.998
   clip_norm: float = 10.0
   seed: int = 0
+  level_clips: int = 64
+
+
+def rms_db(wave: np.ndarray) -> np.ndarray:
+  """Level in dB (20 log10 of the RMS) of each clip of [batch, samples]: [batch]."""
+  power = np.mean(np.square(np.asarray(wave, np.float64)), axis=-1)
+  return 10 * np.log10(np.maximum(power, 1e-20))
+
+
+def level_gain(codec: codec_lib.Codec, tuned: codec_lib.Codec,
+               pairs: Sequence[Tuple[np.ndarray, np.ndarray]]) -> float:
+  """The factor that makes `tuned` play the (audio [samples], codes [frames, q]) pairs'
+  codes as loud as `codec` plays the audio's own codes at all its levels (its
+  resynthesis): the median over clips of the level difference, as an amplitude ratio."""
+  gaps = []
+  for wave, tokens in pairs:
+    real = codec.encode(wave[None])
+    gaps.append(rms_db(codec.decode(real))[0] - rms_db(tuned.decode(tokens[None]))[0])
+  return float(10 ** (np.median(gaps) / 20))
+
+
+def with_output_gain(codec: codec_lib.Codec, gain: float) -> codec_lib.Codec:
+  """The codec with its decoder's output multiplied by `gain`, exactly: the decoder's
+  last layer is linear (no tanh, seanet.py), so its weights and bias are scaled."""
+  params = codec.variables["params"]
+  project = dict(params["decoder"]["project"])
+  weight = "scale" if "scale" in project else "kernel"   # weight-normalised or not
+  for name in (weight, "bias"):
+    project[name] = np.asarray(project[name]) * np.float32(gain)
+  decoder = {**params["decoder"], "project": project}
+  scaled = codec_lib.Codec(codec.config, {**codec.variables,
+                                          "params": {**params, "decoder": decoder}})
+  scaled.provenance = codec.provenance
+  return scaled
 
 
 def finetune_decoder(codec: codec_lib.Codec, audio: Sequence[np.ndarray],
@@ -233,11 +272,19 @@ def finetune_decoder(codec: codec_lib.Codec, audio: Sequence[np.ndarray],
             f"({time.time() - started:.0f} s)")
   tuned = codec_lib.Codec(codec.config, {**variables,
                                          "params": {**frozen, "decoder": jax.device_get(ema)}})
+  gain = 1.0
+  if config.level_clips:
+    chosen = rng.permutation(len(pairs))[:config.level_clips]
+    gain = level_gain(codec, tuned, [pairs[c] for c in sorted(chosen)])
+    tuned = with_output_gain(tuned, gain)
+    if log is not None:
+      log(f"decoder output scaled by {20 * np.log10(gain):+.2f} dB to the codec's level")
   tuned.provenance = {**(codec.provenance or {}),
                       "decoder_finetune": {**dataclasses.asdict(config),
                                            "clips": len(pairs),
                                            "levels": int(pairs[0][1].shape[1]),
-                                           "loss_every_100_steps": curve}}
+                                           "loss_every_100_steps": curve,
+                                           "output_gain_db": float(20 * np.log10(gain))}}
   return tuned, curve
 
 
@@ -301,6 +348,9 @@ def main(argv=None) -> None:
   parser.add_argument("--learning_rate", type=float, default=defaults.learning_rate)
   parser.add_argument("--crop_frames", type=cli_utils.positive_int,
                       default=defaults.crop_frames, help="codec frames a training crop")
+  parser.add_argument("--level_clips", type=int, default=defaults.level_clips,
+                      help="match the output level to the codec's on this many clips "
+                           "(0: leave it as trained)")
   parser.add_argument("--temperature", type=float, default=guided.temperature)
   parser.add_argument("--top_k", type=int, default=guided.top_k)
   guidance = parser.add_mutually_exclusive_group()
@@ -316,12 +366,15 @@ def main(argv=None) -> None:
     import gin  # pylint: disable=g-import-not-at-top
     if not 0.0 <= args.overlap < 1.0:
       raise ValueError(f"--overlap: {args.overlap} is not in [0, 1)")
+    if args.level_clips < 0:
+      raise ValueError(f"--level_clips: {args.level_clips} is negative")
     sampling = musiclm_lib.Sampling(
         temperature=args.temperature, top_k=args.top_k,
         guidance_scale=None if args.no_guidance else args.guidance_scale)
     config = dataclasses.replace(defaults, steps=args.steps, batch_size=args.batch_size,
                                  learning_rate=args.learning_rate,
-                                 crop_frames=args.crop_frames, seed=args.seed)
+                                 crop_frames=args.crop_frames, seed=args.seed,
+                                 level_clips=args.level_clips)
     coarse, layout, crop = export.load_stage_run("coarse", args.coarse_stage_dir, None, True)
     gin.clear_config()
     codec = codec_lib.Codec.load(args.codec)

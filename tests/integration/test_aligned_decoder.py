@@ -86,6 +86,17 @@ def test_finetuning_moves_the_decoder_alone_towards_the_audio(tmp_path):
   config = aligned_decoder.FinetuneConfig(steps=60, batch_size=4, crop_frames=10,
                                           learning_rate=3e-3, ema_decay=0.9)
   tuned, curve = aligned_decoder.finetune_decoder(codec, audio, slipped, config, log=None)
+  # Its output is scaled to play the slipped tokens as loud as the codec plays the clips'
+  # own tokens (every clip here is a level clip): exactly that, and by the one factor.
+  level = lambda c, codes: aligned_decoder.rms_db(c.decode(codes))
+  gap = np.median(level(codec, codec.encode(audio)) - level(tuned, slipped))
+  assert abs(gap) < 1e-3, gap
+  unscaled = aligned_decoder.finetune_decoder(
+      codec, audio, slipped, dataclasses.replace(config, level_clips=0), log=None)[0]
+  gain_db = tuned.provenance["decoder_finetune"]["output_gain_db"]
+  assert gain_db != 0 and unscaled.provenance["decoder_finetune"]["output_gain_db"] == 0
+  np.testing.assert_allclose(tuned.decode(slipped),
+                             10 ** (gain_db / 20) * unscaled.decode(slipped), atol=1e-5)
   loss = lambda c: float(losses.multi_scale_spectral_loss(audio, c.decode(slipped),
                                                           codec.config.sample_rate))
   assert loss(tuned) < 0.9 * loss(codec), (loss(tuned), loss(codec), curve)
