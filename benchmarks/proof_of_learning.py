@@ -449,7 +449,7 @@ def main() -> None:
   renderer = "the codec's decoder"
   if renderer_differs:
     gain_db = finetune.get("output_gain_db", 0.0)
-    renderer = "aligned decoder" + (f", level-matched ({gain_db:+.1f} dB)" if gain_db else "")
+    renderer = "aligned decoder" + (f", level {gain_db:+.1f} dB" if gain_db else "")
   codec_rate = codec.config.sample_rate
   heldout = at(test_audio, rate, codec_rate)
   resynthesise = lambda x, decoder=codec: np.concatenate([
